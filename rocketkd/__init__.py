@@ -1,0 +1,34 @@
+"""rocketkd: dense retrievers distilled from a cross-encoder re-ranker (RocketQAv2), FAISS serving, honest metrics.
+
+The public API, in the order data flows::
+
+    from rocketkd import load_config, load_retrieval_data, mine, train, DenseIndex, evaluate_run, run_pipeline
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Config": "config", "load_config": "config",
+    "load_retrieval_data": "data.formats", "Corpus": "data.formats",
+    "CandidateList": "types", "JointBatch": "types",
+    "DualEncoder": "models", "CrossEncoderRanker": "models",
+    "mine": "mining", "train": "train",
+    "DenseIndex": "index", "BM25Retriever": "bm25",
+    "rerank_run": "rerank", "fuse_runs": "rerank",
+    "evaluate_run": "metrics",
+    "run_pipeline": "pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # Lazy: `rocketkd --help` and the data layer should not pay for importing torch/transformers/faiss.
+    if name in _EXPORTS:
+        import importlib
+
+        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module 'rocketkd' has no attribute {name!r}")

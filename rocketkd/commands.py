@@ -1,0 +1,141 @@
+"""The body of each CLI stage: parse nothing, call the Python API, print what happened."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .config import describe, load_config
+from .errors import ConfigError, DataFormatError
+
+
+def _load(args: argparse.Namespace):
+    cfg = load_config(args.config, args.overrides)
+    if getattr(args, "output", None):
+        cfg.output_dir = str(args.output)
+    return cfg
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    width = max(len(k) for k, _, _ in describe())
+    for key, default, help_ in describe():
+        print(f"{key:<{width}}  {default:<14} {help_}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = _load(args)
+    result = train(cfg, output_dir=cfg.output_dir, resume=args.resume)
+    print(f"retriever: {result.retriever_dir}")
+    if result.reranker_dir:
+        print(f"reranker:  {result.reranker_dir}")
+    return 0
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    from .mining import mine
+
+    cfg = load_config(args.config, args.overrides)
+    output = args.output or Path(cfg.output_dir) / "candidates.jsonl"
+    result = mine(cfg, output=Path(output), retriever=args.retriever, reranker=args.reranker)
+    print(f"{result.num_lists} candidate lists for {result.num_queries} queries -> {result.path}")
+    return 0
+
+
+def _corpus_from(path: str):
+    from .data.formats import Corpus, load_retrieval_data
+
+    p = Path(path)
+    if p.is_dir():
+        return load_retrieval_data(p).corpus
+    if p.suffix == ".tsv":
+        return Corpus.from_msmarco(p)
+    return Corpus.from_beir(p)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .index import DenseIndex
+    from .models import DualEncoder, resolve_model_path
+
+    corpus = _corpus_from(args.corpus)
+    model = DualEncoder.from_pretrained(resolve_model_path(None if args.model == "packaged" else args.model))
+    index = DenseIndex.build(model, corpus, factory=args.factory, batch_size=args.batch_size, autocast=args.autocast)
+    index.save(args.output)
+    print(f"indexed {index.ntotal} passages ({args.factory}, dim {index.meta['dim']}) -> {args.output}")
+    return 0
+
+
+def _queries_from(path: str, split: str | None) -> dict[str, str]:
+    from .data.formats import load_queries, load_retrieval_data
+
+    p = Path(path)
+    if p.is_dir():
+        data = load_retrieval_data(p)
+        return data.split_queries(split) if split else data.queries
+    if split:
+        raise ConfigError("--split needs --queries to name a dataset folder")
+    return load_queries(p)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .data.formats import write_trec_run
+    from .index import DenseIndex, search_run
+
+    index = DenseIndex.load(args.index)
+    if args.query is None and args.queries is None:
+        raise ConfigError("give --queries FILE (with --output) or --query TEXT")
+    queries = {"query": args.query} if args.query is not None else _queries_from(args.queries, args.split)
+    run = search_run(index, queries, args.k)
+    corpus = None
+    if args.rerank or args.query is not None:
+        corpus_path = args.corpus or index.meta.get("corpus_path")
+        if not corpus_path:
+            raise ConfigError("re-ranking and printing hits need the passage texts: pass --corpus")
+        corpus = _corpus_from(corpus_path)
+    if args.rerank:
+        from .models import CrossEncoderRanker
+        from .rerank import fuse_runs, rerank_run
+
+        reranked = rerank_run(CrossEncoderRanker.from_pretrained(args.rerank), run, queries, corpus, depth=args.k)
+        run = fuse_runs(run, reranked, args.fusion_weight) if args.fusion_weight < 1 else reranked
+    if args.query is not None:
+        hits = sorted(run["query"].items(), key=lambda kv: -kv[1])
+        for rank, (pid, score) in enumerate(hits[: min(args.k, 10)], 1):
+            print(f"{rank:>2}. {pid}\t{score:.4f}\t{corpus.get_text(pid)[:100]}")
+        return 0
+    if args.output is None:
+        raise ConfigError("--queries needs --output RUN_FILE")
+    write_trec_run(args.output, run)
+    print(f"{len(run)} queries x top-{args.k} -> {args.output}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data.formats import load_qrels, read_trec_run
+    from .metrics import DEFAULT_METRICS, evaluate_run, format_table, to_json
+
+    run = read_trec_run(args.run)
+    qrels = load_qrels(args.qrels)
+    if not qrels:
+        raise DataFormatError(args.qrels, "no judgments")
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else list(DEFAULT_METRICS)
+    result = evaluate_run(run, qrels, metrics)
+    if args.json:
+        print(to_json(result.mean))
+    else:
+        print(format_table(result.mean))
+        print(f"({result.num_queries} queries; {len(result.missing_from_run)} missing from the run counted as 0; "
+              f"{len(result.skipped_no_relevant)} without a relevant passage skipped)")
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from .pipeline import run_pipeline
+
+    cfg = _load(args)
+    results = run_pipeline(cfg)
+    print(json.dumps(results.get("systems", results), indent=2))
+    return 0

@@ -1,0 +1,305 @@
+"""Typed configuration, one dataclass per stage, filled from YAML and ``--set section.key=value`` overrides.
+
+An unknown section or key, or a value of the wrong type, is a ``ConfigError`` that names the key. The resolved
+config is written next to every output (``config.yaml``) so a result can always be traced to its settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+def _f(default: Any, help: str, **kw) -> Any:  # noqa: A002 - "help" mirrors argparse
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class DataConfig:
+    path: str = _f("data/cranfield", "dataset folder in BEIR layout (corpus.jsonl, queries.jsonl, qrels/) or MS MARCO layout")
+    train_split: str = _f("train", "qrels split whose queries train the models")
+    dev_split: str = _f("dev", "qrels split used to check teachers and pick weights (held out from training)")
+    test_split: str = _f("test", "qrels split reported in results.json")
+    min_positive_grade: int = _f(1, "a judged passage counts as a positive when its grade is at least this")
+    cache_dir: str | None = _f(None, "where the Arrow cache of the corpus goes (default: a temp folder)")
+
+
+@dataclass
+class ModelConfig:
+    retriever: str | None = _f(None, "retriever start point: a local folder or Hub id; empty = packaged all-MiniLM-L6-v2")
+    reranker: str | None = _f(None, "re-ranker start point (new one-logit head if the folder has none); empty = packaged MiniLM")
+    shared_towers: bool = _f(True, "one encoder for queries and passages (False: two towers, separate weights)")
+    pooling: str | None = _f(None, "mean or cls; empty = what the model folder says, else mean")
+    similarity: str | None = _f(None, "dot or cosine; empty = what the model folder says (MiniLM: cosine)")
+    score_scale: float = _f(20.0, "retriever scores are multiplied by this before any softmax (cosine needs ~20; dot: 1)")
+    query_max_length: int = _f(64, "maximum query tokens")
+    passage_max_length: int = _f(256, "maximum passage tokens")
+    reranker_max_length: int = _f(320, "maximum tokens of a (query, passage) pair")
+
+
+@dataclass
+class CandidatesConfig:
+    path: str | None = _f(None, "candidate lists (JSONL from `rocketkd mine`); empty = qrels positives + sampled negatives")
+    list_length: int = _f(8, "G: candidates per query in a training list (1 positive + G-1 negatives)")
+    seed: int = _f(13, "seed for sampling negatives when lists are built without mining")
+
+
+@dataclass
+class TrainConfig:
+    mode: str = _f(
+        "joint",
+        "joint: re-ranker CE on labels + retriever distilled from it in the same step (RocketQAv2); "
+        "warmup: both models on labels only; contrastive: retriever on labels only; "
+        "static: retriever distilled from a frozen re-ranker or stored teacher scores",
+    )
+    teacher: str = _f("online", "static mode: 'reranker' (frozen model.reranker) or 'stored' (teacher_scores in the lists)")
+    distill_loss: str = _f("kl", "retriever distillation loss: kl, kl_reverse, mse, js, wasserstein")
+    temperature: float = _f(1.0, "distillation temperature T (RocketQAv2 used none, i.e. 1)")
+    online_teacher_weight: float = _f(
+        1.0,
+        "joint mode with stored teacher scores in the lists: target = (1-w)·softmax(stored) + w·softmax(re-ranker); "
+        "1 = the online re-ranker alone (RocketQAv2), 0 = the stored ensemble alone",
+    )
+    distill_to_reranker: bool = _f(False, "let the distillation gradient reach the re-ranker (paper) or not (released code)")
+    distill_weight: float = _f(1.0, "weight of the retriever's distillation loss (alpha)")
+    retriever_ce_weight: float = _f(0.0, "weight of the retriever's hard-label listwise CE (beta); contrastive mode uses 1")
+    reranker_ce_weight: float = _f(1.0, "weight of the re-ranker's listwise CE on labels")
+    in_batch_negatives: bool = _f(False, "retriever CE also sees the other lists' passages (and other processes')")
+    batch_size: int = _f(8, "query lists per step per process")
+    epochs: float = _f(1.0, "passes over the training lists")
+    max_steps: int | None = _f(None, "optimizer steps; overrides epochs when set")
+    lr_retriever: float = _f(2e-5, "retriever learning rate")
+    lr_reranker: float = _f(2e-5, "re-ranker body learning rate")
+    lr_reranker_head: float | None = _f(None, "re-ranker head learning rate (new heads learn faster); empty = lr_reranker")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
+    warmup_ratio: float = _f(0.1, "linear warm-up share of the steps, then linear decay")
+    gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step")
+    max_grad_norm: float = _f(1.0, "gradient clipping (0 = off)")
+    mixed_precision: str = _f("no", "no, bf16 or fp16 (bf16 works on CPUs with AVX512-BF16 too)")
+    gradient_checkpointing: bool = _f(False, "trade compute for activation memory")
+    chunk_size: int | None = _f(None, "cached-gradient chunking of passages/pairs (rows per chunk); empty = off")
+    seed: int = _f(42, "seed of initialisation order, sampling and dropout")
+    log_every: int = _f(10, "steps between log lines")
+    save_every: int | None = _f(None, "steps between resumable checkpoints (empty = only at the end)")
+    keep_checkpoints: int = _f(2, "complete checkpoints kept")
+    num_workers: int = _f(0, "data loader workers")
+
+
+@dataclass
+class MiningConfig:
+    first_round: str = _f("bm25", "candidates when no trained retriever exists: bm25 or base (the untrained encoder)")
+    depth: int = _f(50, "top-k retrieved per training query")
+    skip_top: int = _f(0, "ignore the first ranks (near-duplicates of the positive)")
+    denoise: bool = _f(True, "drop negatives the re-ranker scores as likely positives")
+    false_negative_threshold: float = _f(0.9, "a negative whose re-ranker probability (sigmoid) is above this is dropped")
+    false_negative_rank: int | None = _f(None, "alternatively: drop negatives the re-ranker ranks above the positive's rank minus this")
+    pseudo_positive_threshold: float | None = _f(None, "promote candidates above this re-ranker probability to positives")
+    sampled_negatives: int = _f(2, "undenoised negatives sampled from the corpus per list (hybrid augmentation)")
+    label_unlabeled: bool = _f(False, "teacher labelling: the re-ranker labels the unlabeled queries into lists")
+    unlabeled_positive_threshold: float = _f(0.9, "teacher labelling: pseudo-positive when probability is above this")
+    unlabeled_negative_threshold: float = _f(0.1, "teacher labelling: negative when probability is below this")
+    seed: int = _f(17, "seed of negative sampling")
+
+
+@dataclass
+class IndexConfig:
+    factory: str = _f("Flat", "faiss.index_factory string (inner product); IVF/HNSW/PQ train on a sample")
+    batch_size: int = _f(128, "passages per encoding batch")
+    autocast: str = _f("auto", "auto (bf16 where the CPU/GPU supports it), bf16, fp16 or no")
+    train_sample: int = _f(100_000, "vectors used to train an IVF/PQ index")
+
+
+@dataclass
+class EvalConfig:
+    k: int = _f(100, "passages retrieved per query")
+    rerank_depth: int = _f(100, "retrieved passages re-ranked")
+    fuse_rerank: bool = _f(True, "interpolate re-ranker and retriever scores per query, weight chosen on dev")
+
+
+@dataclass
+class PipelineConfig:
+    rounds: int = _f(2, "mine -> train rounds after warm-up")
+    warmup: bool = _f(True, "train both models on labels before distilling (a fresh head is a random teacher)")
+    warmup_steps: int | None = _f(None, "warm-up optimizer steps (empty = train.epochs worth)")
+    systems: list = _f(["bm25", "base", "retriever", "reranked"], "systems evaluated on the test split")
+    plot: bool = _f(True, "write recall@k and loss curves as PNG next to results.json")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    output_dir: str = _f("outputs/run", "where every output of the run goes")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def dump(self, path: str | Path) -> None:
+        from .io import atomic_write
+
+        with atomic_write(path) as f:
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a field's type, converting the strings of ``--set`` where unambiguous."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"config key {key!r}: {value!r} is not a valid {annotation}")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"config key {key!r}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
+    if annotation is list or origin is list:
+        if isinstance(value, list):
+            return value
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
+    return value
+
+
+def _fill(obj: Any, values: dict, prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    known = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(
+                f"unknown config key {dotted!r}; known keys here: {', '.join(sorted(known))}"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {dotted!r} is a section: give it a mapping")
+            _fill(current, value, dotted + ".")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], dotted))
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a ``Config`` from defaults, then the YAML file, then ``KEY=VALUE`` overrides (dotted keys)."""
+    values: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+        values = loaded
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.batch_size=16")
+        key, raw = item.split("=", 1)
+        _set_dotted(values, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    cfg = Config()
+    _fill(cfg, values, "")
+    validate_config(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "train.mode": ("joint", "warmup", "contrastive", "static"),
+    "train.teacher": ("online", "reranker", "stored"),
+    "train.mixed_precision": ("no", "bf16", "fp16"),
+    "mining.first_round": ("bm25", "base"),
+    "index.autocast": ("auto", "bf16", "fp16", "no"),
+}
+
+
+def validate_config(cfg: Config) -> None:
+    for dotted, choices in _CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in choices:
+            raise ConfigError(f"config key {dotted!r}: {value!r} is not one of {', '.join(choices)}")
+    if cfg.candidates.list_length < 2:
+        raise ConfigError("config key 'candidates.list_length': needs at least 2 (a positive and a negative)")
+    if cfg.train.batch_size < 1:
+        raise ConfigError("config key 'train.batch_size': must be at least 1")
+    if cfg.model.pooling not in (None, "mean", "cls"):
+        raise ConfigError(f"config key 'model.pooling': {cfg.model.pooling!r} is not one of mean, cls")
+    if cfg.model.similarity not in (None, "dot", "cosine"):
+        raise ConfigError(f"config key 'model.similarity': {cfg.model.similarity!r} is not one of dot, cosine")
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, help) for every key: printed by ``rocketkd config``."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            rows += describe(type(default), f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", repr(default), f.metadata.get("help", "")))
+    return rows

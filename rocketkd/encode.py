@@ -1,0 +1,183 @@
+"""Encoding a corpus or a query set with a :class:`~rocketkd.models.DualEncoder`, in bounded memory.
+
+The corpus is walked in chunks of ``CHUNK_BATCHES * batch_size`` rows. Each chunk's texts are fetched from the
+memory-mapped corpus, sorted by length (longest first, so padding is small and an out-of-memory error shows on the
+first batch rather than the last), encoded, and written back to their rows of a preallocated output array: either in
+memory or a ``.npy`` file memory-mapped on disk. No step ever tokenises or holds the texts of the whole corpus.
+
+Autocast names (``index.autocast`` in the config): ``"auto"``, ``"bf16"``, ``"fp16"``, ``"no"``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from rocketkd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rocketkd.data.formats import Corpus
+    from rocketkd.models import DualEncoder
+
+__all__ = ["AUTOCAST_NAMES", "CHUNK_BATCHES", "cpu_supports_bf16", "encode_corpus", "encode_queries", "resolve_autocast"]
+
+AUTOCAST_NAMES = ("auto", "bf16", "fp16", "no")
+CHUNK_BATCHES = 50  # batches per length-sorted chunk of the corpus
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16); otherwise bf16 is emulated and slow.
+
+    Reads ``/proc/cpuinfo`` (Linux); elsewhere falls back to torch's capability string (``"AVX512_BF16"``/``"AMX"``
+    style names only, so a plain AVX512 CPU counts as no).
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    try:
+        capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+    except Exception:  # pragma: no cover - very old torch
+        return False
+    return "BF16" in capability or "AMX" in capability
+
+
+def resolve_autocast(name: str | None, device: torch.device | str | None = None) -> torch.dtype | None:
+    """The autocast dtype for an autocast name on ``device`` (None = no autocast, full float32).
+
+    ``"auto"``: bf16 on a CUDA device that supports it; bf16 on a CPU with native bf16 (AVX512-BF16 or AMX, see
+    :func:`cpu_supports_bf16`); otherwise None (fp16 is never chosen automatically: it can overflow in large
+    models). ``"bf16"``/``"fp16"`` are taken as asked; ``"no"`` (or None) is None.
+    """
+    key = "no" if name is None else str(name).lower()
+    if key in ("no", "none", "off", "fp32", "false"):
+        return None
+    if key == "bf16":
+        return torch.bfloat16
+    if key == "fp16":
+        return torch.float16
+    if key != "auto":
+        raise ConfigError(f"unknown autocast {name!r}: expected one of {', '.join(AUTOCAST_NAMES)}")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    if dev.type == "cpu":
+        return torch.bfloat16 if cpu_supports_bf16() else None
+    return None
+
+
+def _model_device(model) -> torch.device:
+    device = getattr(model, "device", None)
+    if device is not None:
+        return torch.device(device)
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration, TypeError):
+        return torch.device("cpu")
+
+
+def _check_output(emb: np.ndarray, n: int, hidden: int, what: str) -> np.ndarray:
+    emb = np.asarray(emb, dtype=np.float32)
+    if emb.shape != (n, hidden):
+        raise RuntimeError(f"{what}: the encoder returned shape {emb.shape}, expected ({n}, {hidden})")
+    return emb
+
+
+def encode_corpus(
+    model: DualEncoder,
+    corpus: Corpus,
+    *,
+    batch_size: int = 128,
+    autocast: str = "auto",
+    out_path: str | os.PathLike | None = None,
+    show_progress: bool = True,
+    rows: Sequence[int] | np.ndarray | None = None,
+    chunk_size: int | None = None,
+) -> np.ndarray:
+    """Passage embeddings of ``corpus`` (or of its ``rows``), float32 ``(N, H)``, row i for ``rows[i]``.
+
+    ``rows``: a subset of corpus rows, in the order the output should have (e.g. one process's shard); default all
+    rows in corpus order. ``out_path``: write into a ``.npy`` file memory-mapped on disk (readable with
+    ``np.load(path, mmap_mode="r")``) and return it opened read-only; it is filled under a temporary name and renamed
+    into place when complete. ``chunk_size``: rows per length-sorted chunk (default ``50 * batch_size``).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    chunk = int(chunk_size) if chunk_size is not None else CHUNK_BATCHES * batch_size
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    wanted = np.arange(len(corpus), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+    n = len(wanted)
+    hidden = int(model.hidden_size)
+    dtype = resolve_autocast(autocast, _model_device(model))
+
+    tmp: Path | None = None
+    if out_path is None:
+        out: np.ndarray = np.empty((n, hidden), dtype=np.float32)
+    else:
+        final = Path(out_path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, hidden))
+
+    try:
+        from tqdm.auto import tqdm
+
+        with tqdm(total=n, desc="encode passages", unit="psg", disable=not show_progress) as bar:
+            for start in range(0, n, chunk):
+                chunk_rows = wanted[start : start + chunk]
+                texts = corpus.texts(chunk_rows)
+                # longest first: least padding per batch, and the largest batch runs first
+                order = np.argsort(-np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)),
+                                   kind="stable")
+                emb = model.encode(
+                    [texts[i] for i in order],
+                    side="passage",
+                    batch_size=batch_size,
+                    show_progress=False,
+                    autocast_dtype=dtype,
+                )
+                emb = _check_output(emb, len(texts), hidden, "encode_corpus")
+                out[start + order] = emb  # (chunk, H) back to corpus order
+                bar.update(len(texts))
+        if tmp is not None:
+            out.flush()  # type: ignore[union-attr]
+            del out
+            os.replace(tmp, final)
+            tmp = None
+            return np.load(final, mmap_mode="r")
+        return out
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def encode_queries(
+    model: DualEncoder,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 128,
+    autocast: str = "auto",
+    show_progress: bool = False,
+) -> np.ndarray:
+    """Query embeddings, float32 ``(Q, H)`` in the order given (queries are short: one call, no chunking)."""
+    texts = list(texts)
+    hidden = int(model.hidden_size)
+    if not texts:
+        return np.zeros((0, hidden), dtype=np.float32)
+    dtype = resolve_autocast(autocast, _model_device(model))
+    emb = model.encode(texts, side="query", batch_size=batch_size, show_progress=show_progress, autocast_dtype=dtype)
+    return _check_output(emb, len(texts), hidden, "encode_queries")

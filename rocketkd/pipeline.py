@@ -1,0 +1,259 @@
+"""``run_pipeline(cfg)``: the whole RocketQAv2 recipe as a sequence of resumable stages.
+
+    baselines  BM25 and the untrained encoder on dev and test (runs kept for the teacher check and results)
+    mine-0     first-round candidates (BM25 or the base encoder)
+    warmup     both models on labels only: a re-ranker with a fresh head is a random teacher
+    for each round r = 1..rounds:
+      mine-r      candidates from the current retriever, denoised by the current re-ranker
+      teachers-r  every teacher (re-ranker, BM25, base encoder) measured on dev beside the student; an ensemble is
+                  fitted there; a teacher worse than the student gets weight 0 (issue: teachers that help)
+      train-r     joint step: re-ranker on labels + retriever distilled toward the ensemble
+    final      index of the final retriever, its runs, the fused re-ranked runs, results.json and the PNG
+
+Each finished stage is recorded in ``stages.json`` (written atomically after the stage's own outputs), so rerunning
+after an interruption skips what is done and continues with the first unfinished stage.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+
+from .config import Config
+from .io import atomic_write, read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+REPORT_METRICS = ["MRR@10", "nDCG@10", "R@10", "R@100"]
+
+
+class StageLog:
+    """Which stages finished, with what they produced; persisted after each stage."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.done: dict[str, dict] = read_json(path) if path.exists() else {}
+
+    def run(self, name: str, fn, *args, **kwargs) -> dict:
+        if name in self.done:
+            logger.info("stage %s: already done, skipped", name)
+            return self.done[name]
+        logger.info("stage %s: starting", name)
+        start = time.time()
+        result = fn(*args, **kwargs) or {}
+        result["seconds"] = round(time.time() - start, 1)
+        self.done[name] = result
+        write_json(self.path, self.done)
+        logger.info("stage %s: done in %.1fs", name, result["seconds"])
+        return result
+
+
+def _run_path(out: Path, system: str, split: str) -> Path:
+    return out / "runs" / f"{system}.{split}.trec"
+
+
+def _stage_baselines(cfg: Config, data, out: Path) -> dict:
+    from .bm25 import BM25Retriever
+    from .data.formats import write_trec_run
+    from .index import DenseIndex, search_run
+    from .models import DualEncoder, resolve_model_path
+
+    k = cfg.eval.k
+    splits = [cfg.data.dev_split, cfg.data.test_split]
+    bm25 = BM25Retriever.build(data.corpus)
+    base = DualEncoder.from_pretrained(resolve_model_path(cfg.model.retriever), query_max_length=cfg.model.query_max_length,
+                                       passage_max_length=cfg.model.passage_max_length)
+    index = DenseIndex.build(base, data.corpus, batch_size=cfg.index.batch_size, autocast=cfg.index.autocast)
+    for split in splits:
+        queries = data.split_queries(split)
+        write_trec_run(_run_path(out, "bm25", split), bm25.search(queries, k))
+        write_trec_run(_run_path(out, "base", split), search_run(index, queries, k))
+    return {"systems": ["bm25", "base"]}
+
+
+def _train_cfg(cfg: Config, **train_overrides) -> Config:
+    new = copy.deepcopy(cfg)
+    for key, value in train_overrides.items():
+        setattr(new.train, key, value)
+    return new
+
+
+def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, reranker: str, lists_path: Path) -> dict:
+    """Measure each teacher on dev against the student, fit the ensemble, write the lists the round trains on."""
+    from .data.formats import read_candidates, write_candidates
+    from .index import DenseIndex, search_run
+    from .models import resolve_model_path
+    from .teachers import (
+        BM25Scorer,
+        RerankerScorer,
+        RetrieverScorer,
+        attach_teacher_scores,
+        candidates_from_run,
+        check_teachers,
+        ensemble_logprobs,
+        scores_on_candidates,
+    )
+
+    dev = data.split_queries(cfg.data.dev_split)
+    student_index = DenseIndex.build(retriever, data.corpus, batch_size=cfg.index.batch_size, autocast=cfg.index.autocast)
+    student_run = search_run(student_index, dev, cfg.eval.rerank_depth)
+    candidates = candidates_from_run(student_run, cfg.eval.rerank_depth)
+    scorers = {
+        "reranker": RerankerScorer(reranker),
+        "bm25": BM25Scorer(data.corpus),
+        "base": RetrieverScorer(resolve_model_path(cfg.model.retriever)),
+    }
+    members = {name: scores_on_candidates(s, candidates, dev, data.corpus) for name, s in scorers.items()}
+    choice = check_teachers(candidates, student_run, members, data.qrels[cfg.data.dev_split])
+    lists = read_candidates(lists_path, corpus=data.corpus)
+    static = {n: w for n, w in choice.weights.items() if n != "reranker" and w > 0}
+    online_weight = choice.weights.get("reranker", 0.0)
+    mode = "joint"
+    if not choice.usable:
+        mode = "contrastive"
+        logger.warning("round %d: no teacher beats the student on dev; training on labels only", r)
+    elif static:
+        member_scores = [scorers[n].score(lists, {**data.unlabeled_queries, **data.queries}, data.corpus) for n in static]
+        logprobs = ensemble_logprobs(member_scores, list(static.values()))
+        lists = attach_teacher_scores(lists, logprobs)
+    path = out / f"round{r}" / "teacher_lists.jsonl"
+    write_candidates(path, lists, provenance={"round": r, "weights": choice.weights})
+    report = {
+        "student_ndcg@10": choice.student_ndcg,
+        "ensemble_ndcg@10": choice.ensemble_ndcg,
+        "weights": choice.weights,
+        "members": {t.name: {"nDCG@10": t.ndcg, "weight": t.weight, "helps": t.helps} for t in choice.reports},
+        "mode": mode,
+        "online_teacher_weight": online_weight / max(1e-9, online_weight + sum(static.values())) if static else 1.0,
+        "lists": str(path),
+    }
+    return report
+
+
+def run_pipeline(cfg: Config) -> dict:
+    from .data.formats import load_retrieval_data, read_candidates
+    from .mining import mine
+    from .models import resolve_model_path
+    from .train import train
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.dump(out / "config.yaml")
+    data = load_retrieval_data(cfg.data.path, cache_dir=cfg.data.cache_dir)
+    stages = StageLog(out / "stages.json")
+    p = cfg.pipeline
+
+    stages.run("baselines", _stage_baselines, cfg, data, out)
+    stages.run("mine-0", lambda: _mined(mine(cfg, output=out / "round0" / "candidates.jsonl", data=data)))
+    retriever = resolve_model_path(cfg.model.retriever)
+    reranker = resolve_model_path(cfg.model.reranker)
+    if p.warmup:
+        def warm() -> dict:
+            wcfg = _train_cfg(cfg, mode="warmup", max_steps=p.warmup_steps or cfg.train.max_steps)
+            lists = read_candidates(out / "round0" / "candidates.jsonl", corpus=data.corpus)
+            res = train(wcfg, output_dir=out / "warmup", resume=True, data=data, lists=lists)
+            return {"retriever": str(res.retriever_dir), "reranker": str(res.reranker_dir), "steps": res.steps}
+
+        w = stages.run("warmup", warm)
+        retriever, reranker = w["retriever"], w["reranker"]
+    for r in range(1, p.rounds + 1):
+        lists_path = out / f"round{r}" / "candidates.jsonl"
+        stages.run(f"mine-{r}", lambda: _mined(mine(cfg, output=lists_path, data=data, retriever=retriever,
+                                                   reranker=reranker, round_index=r)))
+        t = stages.run(f"teachers-{r}", _stage_teachers, cfg, data, out, r, retriever, reranker, lists_path)
+
+        def joint(t=t, r=r, retriever=retriever, reranker=reranker) -> dict:
+            jcfg = _train_cfg(cfg, mode=t["mode"], online_teacher_weight=t["online_teacher_weight"])
+            lists = read_candidates(t["lists"], corpus=data.corpus)
+            res = train(jcfg, output_dir=out / f"round{r}", resume=True, data=data, lists=lists,
+                        retriever_path=retriever, reranker_path=reranker)
+            return {"retriever": str(res.retriever_dir), "reranker": str(res.reranker_dir or reranker), "steps": res.steps}
+
+        j = stages.run(f"train-{r}", joint)
+        retriever, reranker = j["retriever"], j["reranker"]
+    stages.run("final", _stage_final, cfg, data, out, retriever, reranker)
+    results = _write_results(cfg, data, out, stages)
+    return results
+
+
+def _mined(result) -> dict:
+    return {"path": str(result.path), "lists": result.num_lists, "queries": result.num_queries}
+
+
+def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str) -> dict:
+    from .data.formats import read_trec_run, write_trec_run
+    from .index import DenseIndex, search_run
+    from .models import CrossEncoderRanker
+    from .rerank import choose_fusion_weight, fuse_runs, rerank_run
+
+    index = DenseIndex.build(retriever, data.corpus, factory=cfg.index.factory, batch_size=cfg.index.batch_size,
+                             autocast=cfg.index.autocast)
+    index.save(out / "index")
+    ranker = CrossEncoderRanker.from_pretrained(reranker, max_length=cfg.model.reranker_max_length)
+    dev, test = cfg.data.dev_split, cfg.data.test_split
+    reranked = {}
+    for split in (dev, test):
+        queries = data.split_queries(split)
+        run = search_run(index, queries, cfg.eval.k)
+        write_trec_run(_run_path(out, "retriever", split), run)
+        reranked[split] = rerank_run(ranker, run, queries, data.corpus, depth=cfg.eval.rerank_depth)
+    weight = 1.0
+    if cfg.eval.fuse_rerank:
+        weight, _ = choose_fusion_weight(read_trec_run(_run_path(out, "retriever", dev)), reranked[dev], data.qrels[dev])
+    for split in (dev, test):
+        first = read_trec_run(_run_path(out, "retriever", split))
+        write_trec_run(_run_path(out, "reranked", split), fuse_runs(first, reranked[split], weight))
+    return {"index": str(out / "index"), "retriever": retriever, "reranker": reranker, "fusion_weight": weight}
+
+
+def _write_results(cfg: Config, data, out: Path, stages: StageLog) -> dict:
+    from .data.formats import read_trec_run
+    from .metrics import evaluate_run, format_table
+
+    test = cfg.data.test_split
+    qrels = data.qrels[test]
+    systems, curves = {}, {}
+    for system in cfg.pipeline.systems:
+        path = _run_path(out, system, test)
+        if not path.exists():
+            continue
+        run = read_trec_run(path)
+        res = evaluate_run(run, qrels, REPORT_METRICS + [f"R@{k}" for k in (1, 5, 20, 50)])
+        systems[system] = {m: res.mean[m] for m in REPORT_METRICS}
+        curves[system] = {k: res.mean[f"R@{k}"] for k in (1, 5, 10, 20, 50, 100)}
+    teachers = {name: v for name, v in stages.done.items() if name.startswith("teachers-")}
+    results = {
+        "dataset": cfg.data.path,
+        "split": test,
+        "num_queries": len(data.split_queries(test)),
+        "systems": systems,
+        "teachers": teachers,
+        "fusion_weight": stages.done.get("final", {}).get("fusion_weight"),
+        "stages": {k: v.get("seconds") for k, v in stages.done.items()},
+    }
+    write_json(out / "results.json", results)
+    with atomic_write(out / "results.md") as f:
+        f.write(f"# {cfg.data.path} — {test} split ({results['num_queries']} queries)\n\n")
+        f.write("| system | " + " | ".join(REPORT_METRICS) + " |\n|---|" + "---|" * len(REPORT_METRICS) + "\n")
+        for name, m in systems.items():
+            f.write(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in REPORT_METRICS) + " |\n")
+    print(f"\n{cfg.data.path}, {test} split ({results['num_queries']} queries):")
+    for name, m in systems.items():
+        print(f"  {name:<10}" + "  ".join(f"{k}={m[k]:.3f}" for k in REPORT_METRICS))
+    if cfg.pipeline.plot:
+        try:
+            from .plots import plot_run
+
+            plot_run(out, curves)
+        except ImportError as e:  # matplotlib is a dependency; keep results even if a user removed it
+            logger.warning("no plot: %s", e)
+    logger.info("results written to %s", out / "results.json")
+    _ = format_table
+    return results
+
+
+def load_results(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
