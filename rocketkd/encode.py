@@ -25,7 +25,14 @@ if TYPE_CHECKING:
     from rocketkd.data.formats import Corpus
     from rocketkd.models import DualEncoder
 
-__all__ = ["AUTOCAST_NAMES", "CHUNK_BATCHES", "cpu_supports_bf16", "encode_corpus", "encode_queries", "resolve_autocast"]
+__all__ = [
+    "AUTOCAST_NAMES",
+    "CHUNK_BATCHES",
+    "cpu_supports_bf16",
+    "encode_corpus",
+    "encode_queries",
+    "resolve_autocast",
+]
 
 AUTOCAST_NAMES = ("auto", "bf16", "fp16", "no")
 CHUNK_BATCHES = 50  # batches per length-sorted chunk of the corpus
@@ -119,7 +126,11 @@ def encode_corpus(
     chunk = int(chunk_size) if chunk_size is not None else CHUNK_BATCHES * batch_size
     if chunk < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    wanted = np.arange(len(corpus), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+    wanted = (
+        np.arange(len(corpus), dtype=np.int64)
+        if rows is None
+        else np.asarray(rows, dtype=np.int64).reshape(-1)
+    )
     n = len(wanted)
     hidden = int(model.hidden_size)
     dtype = resolve_autocast(autocast, _model_device(model))
@@ -141,8 +152,9 @@ def encode_corpus(
                 chunk_rows = wanted[start : start + chunk]
                 texts = corpus.texts(chunk_rows)
                 # longest first: least padding per batch, and the largest batch runs first
-                order = np.argsort(-np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)),
-                                   kind="stable")
+                order = np.argsort(
+                    -np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)), kind="stable"
+                )
                 emb = model.encode(
                     [texts[i] for i in order],
                     side="passage",
@@ -179,5 +191,7 @@ def encode_queries(
     if not texts:
         return np.zeros((0, hidden), dtype=np.float32)
     dtype = resolve_autocast(autocast, _model_device(model))
-    emb = model.encode(texts, side="query", batch_size=batch_size, show_progress=show_progress, autocast_dtype=dtype)
+    emb = model.encode(
+        texts, side="query", batch_size=batch_size, show_progress=show_progress, autocast_dtype=dtype
+    )
     return _check_output(emb, len(texts), hidden, "encode_queries")

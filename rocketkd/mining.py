@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .config import Config
+from .data.dataset import positives_of
 from .errors import ConfigError
 from .types import CandidateList, Qrels, Run
 
@@ -243,15 +244,354 @@ def label_unlabeled(
 
 @dataclass
 class MiningResult:
+    """What ``mine`` wrote: the lists file and the counts also recorded in its provenance (``<path>.meta.json``)."""
+
     path: Path
     num_lists: int
     num_queries: int
-    dropped_false_negatives: int
-    pseudo_positives: int
-    topped_up: int
-    source: str
-    labelled_queries: int = 0
+    dropped_false_negatives: int  # distinct (query, passage) pairs the re-ranker removed from the negatives
+    pseudo_positives: int  # lists whose positive is a re-ranker pseudo-positive of a training query
+    topped_up: int  # lists that needed extra sampled negatives to reach candidates.list_length
+    source: str  # "bm25" or "dense"
+    labelled_queries: int = 0  # unlabeled queries the teacher turned into lists
+    teacher_lists: int = 0  # lists from those queries
 
 
-def mine(*args: Any, **kwargs: Any) -> MiningResult:  # placeholder, replaced below
-    raise NotImplementedError
+def _training_queries(cfg: Config, data: Any) -> dict[str, str]:
+    split = cfg.data.train_split
+    if split not in data.qrels:
+        raise ConfigError(
+            f"config key 'data.train_split': no qrels split {split!r} (loaded: {', '.join(data.qrels) or 'none'})"
+        )
+    qrels = data.qrels[split]
+    queries = {qid: data.queries[qid] for qid in sorted(qrels) if positives_of(qrels, qid, cfg.data.min_positive_grade)}
+    if not queries:
+        raise ConfigError(
+            f"split {split!r} has no query with a positive of grade >= {cfg.data.min_positive_grade} "
+            "(config key 'data.min_positive_grade')"
+        )
+    return queries
+
+
+def _check_mining_config(m: Any) -> None:
+    if m.depth < 1:
+        raise ConfigError(f"config key 'mining.depth': must be at least 1, got {m.depth}")
+    if m.skip_top < 0:
+        raise ConfigError(f"config key 'mining.skip_top': must be >= 0, got {m.skip_top}")
+    if m.sampled_negatives < 0:
+        raise ConfigError(f"config key 'mining.sampled_negatives': must be >= 0, got {m.sampled_negatives}")
+    if m.false_negative_rank is not None and m.false_negative_rank < 0:
+        raise ConfigError(f"config key 'mining.false_negative_rank': must be >= 0, got {m.false_negative_rank}")
+    for key in ("false_negative_threshold", "pseudo_positive_threshold", "unlabeled_positive_threshold",
+                "unlabeled_negative_threshold"):
+        value = getattr(m, key)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"config key 'mining.{key}': a probability in [0, 1], got {value}")
+    if m.unlabeled_negative_threshold > m.unlabeled_positive_threshold:
+        raise ConfigError(
+            "config keys 'mining.unlabeled_negative_threshold' > 'mining.unlabeled_positive_threshold': "
+            "a candidate cannot be both"
+        )
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _describe(model: Any) -> str:
+    if isinstance(model, (str, Path)):
+        return str(model)
+    for attr in ("name_or_path", "path"):
+        value = getattr(model, attr, None)
+        if isinstance(value, (str, Path)) and str(value):
+            return str(value)
+    inner = getattr(model, "model", None)
+    value = getattr(getattr(inner, "config", None), "_name_or_path", None)
+    return str(value) if value else type(model).__name__
+
+
+def _first_stage(cfg: Config, data: Any, retriever: Any, show_progress: bool):
+    """(search(queries, k) -> Run, source, description) for BM25, the base encoder or a trained retriever."""
+    if retriever is None and cfg.mining.first_round == "bm25":
+        from .bm25 import BM25Retriever
+
+        bm25 = BM25Retriever.build(data.corpus, show_progress=show_progress)
+        return bm25.search, "bm25", "bm25"
+
+    from .index import DenseIndex, search_run
+    from .models import DualEncoder, resolve_model_path
+
+    m = cfg.model
+    model = retriever
+    if retriever is None or isinstance(retriever, (str, Path)):
+        path = resolve_model_path(retriever if retriever is not None else m.retriever)
+        model = DualEncoder.from_pretrained(
+            path,
+            shared=m.shared_towers,
+            pooling=m.pooling,
+            similarity=m.similarity,
+            query_max_length=m.query_max_length,
+            passage_max_length=m.passage_max_length,
+        ).to(_device())
+        description = path
+    else:
+        description = _describe(retriever)
+    ix = cfg.index
+    index = DenseIndex.build(
+        model, data.corpus, factory=ix.factory, batch_size=ix.batch_size, autocast=ix.autocast,
+        train_sample=ix.train_sample, show_progress=show_progress,
+    )
+
+    def search(queries: Mapping[str, str], k: int) -> Run:
+        return search_run(index, queries, k, batch_size=ix.batch_size, autocast=ix.autocast)
+
+    return search, "dense", description
+
+
+def _load_reranker(cfg: Config, reranker: Any) -> tuple[Any, str]:
+    if reranker is None or hasattr(reranker, "predict"):
+        return reranker, (None if reranker is None else _describe(reranker))
+    from .models import CrossEncoderRanker, resolve_model_path
+
+    path = resolve_model_path(reranker)
+    model = CrossEncoderRanker.from_pretrained(path, max_length=cfg.model.reranker_max_length).to(_device())
+    return model, path
+
+
+def _score_pairs(
+    reranker: Any,
+    plan: Sequence[tuple[str, str]],
+    queries: Mapping[str, str],
+    corpus: Any,
+    *,
+    batch_size: int,
+    autocast: str,
+    show_progress: bool,
+) -> dict[str, dict[str, float]]:
+    """Re-ranker logits of (query id, passage id) pairs: one batched ``predict`` per chunk of pairs."""
+    from tqdm.auto import tqdm
+
+    from .encode import resolve_autocast
+
+    plan = list(dict.fromkeys(plan))
+    dtype = resolve_autocast(autocast, getattr(reranker, "device", "cpu"))
+    out: dict[str, dict[str, float]] = {}
+    with tqdm(total=len(plan), desc="denoise", unit="pair", disable=not show_progress) as bar:
+        for start in range(0, len(plan), PAIRS_PER_CHUNK):
+            part = plan[start : start + PAIRS_PER_CHUNK]
+            texts = corpus.texts([corpus.row_of(pid) for _, pid in part])  # one Arrow take per chunk
+            pairs = [(queries[qid], text) for (qid, _), text in zip(part, texts)]
+            logits = np.asarray(
+                reranker.predict(pairs, batch_size=batch_size, show_progress=False, autocast_dtype=dtype),
+                dtype=np.float64,
+            ).reshape(-1)
+            if len(logits) != len(pairs):
+                raise RuntimeError(f"the re-ranker returned {len(logits)} scores for {len(pairs)} pairs")
+            if not np.all(np.isfinite(logits)):
+                raise RuntimeError("the re-ranker returned non-finite scores while mining")
+            for (qid, pid), score in zip(part, logits.tolist()):
+                out.setdefault(qid, {})[pid] = score
+            bar.update(len(part))
+    return out
+
+
+def mine(
+    cfg: Config,
+    *,
+    output: str | Path,
+    data: Any = None,
+    retriever: Any = None,
+    reranker: Any = None,
+    round_index: int = 0,
+    show_progress: bool = True,
+) -> MiningResult:
+    """Mine candidate lists for every training query and write them (JSONL + ``<output>.meta.json`` provenance).
+
+    ``retriever``: a trained retriever (folder, or a loaded ``DualEncoder``); None = ``mining.first_round``
+    (``bm25``, or ``base``: the untrained ``model.retriever``). ``reranker``: a re-ranker folder or any object with
+    ``predict(pairs, *, batch_size, show_progress, autocast_dtype) -> logits``; None = no denoising, no
+    pseudo-positives, no teacher labelling. ``data``: a loaded ``RetrievalData`` (else ``data.path`` is loaded).
+
+    One list per (training query, judged positive of grade >= ``data.min_positive_grade``), plus one per
+    pseudo-positive (source ``"pseudo"``) and per teacher-labelled positive of an unlabeled query (``"teacher"``).
+    Negatives: the retrieved top ``mining.depth`` minus the first ``skip_top`` ranks, minus every passage judged
+    relevant to the query in any split (any grade > 0), minus the re-ranker's likely false negatives (per list,
+    see :func:`denoise`), in rank order; then ``sampled_negatives`` undenoised corpus samples; then a top-up to
+    ``candidates.list_length``.
+    """
+    from .data.formats import load_retrieval_data, write_candidates
+
+    m = cfg.mining
+    _check_mining_config(m)
+    output = Path(output)
+    if data is None:
+        data = load_retrieval_data(cfg.data.path, cache_dir=cfg.data.cache_dir)
+    corpus = data.corpus
+    corpus_ids = corpus.ids
+    list_length = cfg.candidates.list_length
+    train_queries = _training_queries(cfg, data)
+    train_qrels = data.qrels[cfg.data.train_split]
+
+    reranker_model, reranker_desc = _load_reranker(cfg, reranker)
+    score = reranker_model is not None and (m.denoise or m.pseudo_positive_threshold is not None)
+    unlabeled: dict[str, str] = {}
+    if m.label_unlabeled:
+        if reranker_model is None:
+            logger.warning("mining.label_unlabeled is set but no re-ranker was given: unlabeled queries are skipped")
+        else:
+            # a query judged in any split (dev/test included) must never be labelled by the teacher
+            judged_anywhere = {qid for qrels in data.qrels.values() for qid in qrels}
+            unlabeled = {
+                qid: text
+                for qid, text in sorted(getattr(data, "unlabeled_queries", {}).items())
+                if qid not in judged_anywhere and qid not in train_queries
+            }
+
+    search, source, retriever_desc = _first_stage(cfg, data, retriever, show_progress)
+    run = search({**train_queries, **unlabeled}, m.depth)
+
+    # candidates per training query: rank order, skip_top skipped, every judged positive (any split) dropped
+    judged: dict[str, dict[str, int]] = {qid: judged_relevant(data.qrels, qid) for qid in train_queries}
+    candidates = {
+        qid: drop_positives(ranked(run.get(qid, {}))[m.skip_top :], judged[qid]) for qid in train_queries
+    }
+
+    scores: dict[str, dict[str, float]] = {}
+    if score or unlabeled:
+        plan = []
+        if score:
+            for qid in train_queries:
+                plan += [(qid, pid) for pid in positives_of(train_qrels, qid, cfg.data.min_positive_grade)]
+                plan += [(qid, pid) for pid in candidates[qid]]
+        for qid in unlabeled:
+            plan += [(qid, pid) for pid in ranked(run.get(qid, {}))]
+        scores = _score_pairs(
+            reranker_model, plan, {**train_queries, **unlabeled}, corpus,
+            batch_size=cfg.index.batch_size, autocast=cfg.index.autocast, show_progress=show_progress,
+        )
+
+    rng = random.Random(f"{m.seed}-{round_index}")
+    lists: list[CandidateList] = []
+    dropped_pairs = 0
+    n_pseudo = 0
+    topped_up = 0
+    for qid in train_queries:
+        cands = candidates[qid]
+        relevant = {pid for pid, grade in judged[qid].items() if grade > 0}
+        heads = [(pos, source) for pos in positives_of(train_qrels, qid, cfg.data.min_positive_grade)]
+        negatives_of: dict[str, list[str]] = {}
+        dropped: set[str] = set()
+        pseudo: list[str] = []
+        if score:
+            q_scores = scores[qid]
+            cand_scores = np.array([q_scores[pid] for pid in cands], dtype=np.float64)
+            pseudo = pseudo_positives(cands, cand_scores, m.pseudo_positive_threshold)
+            heads += [(pid, "pseudo") for pid in pseudo]
+            for pos, _ in heads:
+                if m.denoise:
+                    kept, gone = denoise(
+                        cands, cand_scores, false_negative_threshold=m.false_negative_threshold,
+                        false_negative_rank=m.false_negative_rank, positive_score=q_scores[pos],
+                    )
+                else:
+                    kept, gone = list(cands), []
+                dropped.update(gone)
+                negatives_of[pos] = kept
+        else:
+            negatives_of = {pos: list(cands) for pos, _ in heads}
+        pseudo_set = set(pseudo)
+        dropped_pairs += len(dropped - pseudo_set)
+        n_pseudo += len(pseudo)
+        exclude = relevant | dropped | pseudo_set
+        for pos, src in heads:
+            mined = [pid for pid in negatives_of[pos] if pid not in pseudo_set][: m.depth]
+            sampled = sample_negatives(corpus_ids, exclude | set(mined) | {pos}, m.sampled_negatives, rng)
+            cl, topped = build_list(
+                qid, pos, mined, sampled, list_length=list_length, rng=rng, corpus_ids=corpus_ids,
+                exclude=exclude, source=src,
+            )
+            topped_up += topped > 0
+            lists.append(cl)
+
+    teacher_lists: list[CandidateList] = []
+    if unlabeled:
+        labelled = label_unlabeled(
+            unlabeled, {qid: run.get(qid, {}) for qid in unlabeled}, scores,
+            m.unlabeled_positive_threshold, m.unlabeled_negative_threshold,
+        )
+        for raw in labelled:
+            # not negatives either: every candidate the teacher did not call a confident negative
+            q_scores = scores.get(raw.qid, {})
+            unsure = {pid for pid, s in q_scores.items() if sigmoid(s) >= m.unlabeled_negative_threshold}
+            exclude = unsure | {raw.positive}
+            sampled = sample_negatives(corpus_ids, exclude | set(raw.negatives), m.sampled_negatives, rng)
+            cl, topped = build_list(
+                raw.qid, raw.positive, raw.negatives, sampled, list_length=list_length, rng=rng,
+                corpus_ids=corpus_ids, exclude=exclude, source=raw.source,
+            )
+            topped_up += topped > 0
+            teacher_lists.append(cl)
+    lists += teacher_lists
+
+    _check_no_positive_negatives(lists, data.qrels)
+    num_queries = len({cl.qid for cl in lists})
+    labelled_queries = len({cl.qid for cl in teacher_lists})
+    provenance = {
+        "round": round_index,
+        "source": source,
+        "retriever": retriever_desc,
+        "reranker": reranker_desc,
+        "first_round": m.first_round,
+        "depth": m.depth,
+        "skip_top": m.skip_top,
+        "denoise": bool(score and m.denoise),
+        "false_negative_threshold": m.false_negative_threshold,
+        "false_negative_rank": m.false_negative_rank,
+        "pseudo_positive_threshold": m.pseudo_positive_threshold,
+        "sampled_negatives": m.sampled_negatives,
+        "label_unlabeled": bool(unlabeled),
+        "unlabeled_positive_threshold": m.unlabeled_positive_threshold,
+        "unlabeled_negative_threshold": m.unlabeled_negative_threshold,
+        "seed": m.seed,
+        "list_length": list_length,
+        "train_split": cfg.data.train_split,
+        "min_positive_grade": cfg.data.min_positive_grade,
+        "data_path": str(getattr(data, "path", cfg.data.path)),
+        "corpus_fingerprint": corpus.fingerprint() if hasattr(corpus, "fingerprint") else None,
+        "num_queries": num_queries,
+        "training_queries": len(train_queries),
+        "dropped_false_negatives": dropped_pairs,
+        "pseudo_positives": n_pseudo,
+        "topped_up": topped_up,
+        "labelled_queries": labelled_queries,
+        "teacher_lists": len(teacher_lists),
+    }
+    write_candidates(output, lists, provenance=provenance)
+    logger.info(
+        "mined %d lists for %d queries (%s, depth %d, round %d): %d false negatives dropped, %d pseudo-positives, "
+        "%d lists topped up, %d unlabeled queries labelled -> %s",
+        len(lists), num_queries, source, m.depth, round_index, dropped_pairs, n_pseudo, topped_up,
+        labelled_queries, output,
+    )
+    return MiningResult(
+        path=output,
+        num_lists=len(lists),
+        num_queries=num_queries,
+        dropped_false_negatives=dropped_pairs,
+        pseudo_positives=n_pseudo,
+        topped_up=topped_up,
+        source=source,
+        labelled_queries=labelled_queries,
+        teacher_lists=len(teacher_lists),
+    )
+
+
+def _check_no_positive_negatives(lists: Sequence[CandidateList], qrels_by_split: Mapping[str, Qrels]) -> None:
+    """The invariant, checked before anything is written: no negative is a judged positive of its query."""
+    for cl in lists:
+        judged = judged_relevant(qrels_by_split, cl.qid)
+        bad = [pid for pid in cl.negatives if judged.get(pid, 0) > 0]
+        if bad:  # a bug here, never a data problem: fail loudly rather than train on it
+            raise AssertionError(f"mining produced judged positive(s) {bad} of query {cl.qid!r} as negatives")

@@ -251,9 +251,11 @@ def train(
     with _StopFlag() as stop:
         while step < total_steps:
             epoch = step // steps_per_epoch
-            dataset.set_epoch(epoch)
             skip = (step % steps_per_epoch) * t.gradient_accumulation_steps
             epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+            # accelerate's loader calls dataset.set_epoch(its own iteration count) when iterated; a fresh
+            # skip-loader would count from 0, so give it the real epoch (this also redraws the negatives).
+            epoch_loader.set_epoch(epoch)
             for batch in epoch_loader:
                 with accelerator.accumulate(model):
                     parts = _step_loss(model, batch, cfg, teacher_model, accelerator, step)

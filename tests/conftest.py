@@ -19,9 +19,10 @@ TINY_DATA = RESOURCES / "tiny"
 
 def build_tiny_bert(path: Path, seed: int = 0) -> Path:
     """A 2-layer, hidden-32 BERT with a WordPiece vocabulary of the tiny collection, saved as a transformers folder."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel, BertTokenizer
 
-    tokenizer = BertTokenizerFast(vocab_file=str(RESOURCES / "tiny_vocab.txt"), do_lower_case=True)
+    words = (RESOURCES / "tiny_vocab.txt").read_text().split()
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,

@@ -44,6 +44,7 @@ __all__ = [
     "load_retrieval_data",
     "read_candidates",
     "read_provenance",
+    "read_qrels",
     "read_trec_run",
     "write_candidates",
     "write_trec_run",
@@ -176,13 +177,14 @@ def _tsv_fields(path: Path, lineno: int, line: str, expected: int, what: str) ->
 
 
 def _join_title(title: str, text: str) -> bool:
-    return bool(title) and not text.startswith(title)
+    return bool(title) and bool(text) and not text.startswith(title)
 
 
 def _encode_text(title: str, text: str, join: bool) -> str:
-    if not join:
-        return text if text else title
-    return f"{title} {text}" if text else title
+    """``title text`` when ``join``; else the text, or the title alone when the text is empty."""
+    if join:
+        return f"{title} {text}"
+    return text if text else title
 
 
 class _ArrowCorpusWriter:
@@ -692,6 +694,9 @@ def load_qrels(
     if not qrels:
         raise DataFormatError(path, "no judgments (only a header line)")
     return qrels
+
+
+read_qrels = load_qrels  # the same reader under the name the other ``read_*`` functions suggest
 
 
 # ----------------------------------------------------------------------------------------------------------------

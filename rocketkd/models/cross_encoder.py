@@ -66,7 +66,9 @@ class CrossEncoderRanker(nn.Module):
             raise ValueError(f"max_length must be an int >= 4 ([CLS] q [SEP] p [SEP]), got {max_length!r}")
         num_labels = getattr(model.config, "num_labels", 1)
         if num_labels != 1:
-            raise ValueError(f"a re-ranker needs a one-score head (num_labels=1), got num_labels={num_labels}")
+            raise ValueError(
+                f"a re-ranker needs a one-score head (num_labels=1), got num_labels={num_labels}"
+            )
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length

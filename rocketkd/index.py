@@ -1,0 +1,643 @@
+"""A dense index: FAISS (inner product) over passage embeddings, with an explicit row -> passage id map.
+
+On-disk format (one folder, written atomically: built beside the destination, then renamed into place)::
+
+    index.faiss   the FAISS index (``faiss.write_index``), metric inner product
+    ids.txt       passage id of FAISS row i on line i+1 (an explicit map: never inferred from file order elsewhere)
+    meta.json     format_version, dim, metric ("ip"), factory, count, encoder_path, encoder_fingerprint,
+                  corpus_fingerprint, corpus_path, similarity, created (UTC ISO time), rocketkd_version,
+                  encoder_in_folder
+    encoder/      the encoder that made the vectors (``DualEncoder.save``), so searching needs only this folder
+
+:meth:`DenseIndex.load` checks that the pieces agree (row counts, dimension, fingerprints of the encoder and the
+corpus when given) and raises :class:`~rocketkd.errors.IndexError_` naming the folder otherwise.
+
+Search backends, chosen per call by ``DenseIndex.backend`` (``"auto"`` by default): FAISS on the GPU when faiss
+has GPU support; otherwise, for an exact (``Flat``) index on a machine with CUDA, :func:`torch_topk_search` on the
+GPU (chunked matmul + top-k, the same result as FAISS Flat up to float rounding and the order of tied scores);
+otherwise FAISS on the CPU.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import faiss
+import numpy as np
+import torch
+
+from rocketkd.encode import encode_corpus, encode_queries
+from rocketkd.errors import DataFormatError, IndexError_
+from rocketkd.io import atomic_dir, atomic_write, read_json, write_json
+
+if TYPE_CHECKING:
+    from rocketkd.data.formats import Corpus
+    from rocketkd.models import DualEncoder
+    from rocketkd.types import Run
+
+__all__ = ["FORMAT_VERSION", "DenseIndex", "SearchResult", "search_run", "torch_topk_search"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.txt"
+META_FILE = "meta.json"
+ENCODER_DIR = "encoder"
+BACKENDS = ("auto", "faiss", "torch")
+_ADD_BLOCK = 65_536  # vectors per faiss.add call (bounded copies when the embeddings are a memmap)
+_GPU_MAX_K = 2_048
+_QUERY_BLOCK = 4_096  # queries per search call (bounded (Q, k) result buffers)
+
+
+@dataclass
+class SearchResult:
+    """Per query, best first: ``ids[q]`` passage ids and ``scores[q]`` float32 inner products (same length).
+
+    FAISS's ``-1`` placeholders (fewer than k vectors found) are dropped, so a list may be shorter than k.
+    """
+
+    ids: list[list[str]]
+    scores: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# exact search in torch
+
+
+def torch_topk_search(
+    corpus_emb: np.ndarray | torch.Tensor,
+    query_emb: np.ndarray | torch.Tensor,
+    k: int,
+    *,
+    chunk_size: int = 262_144,
+    query_block: int = 1_024,
+    device: torch.device | str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k by chunked matmul: ``(scores (Q, k'), rows (Q, k'))``, k' = min(k, N), best first.
+
+    The corpus is visited ``chunk_size`` rows at a time (moved to ``device`` chunk by chunk when it is a NumPy
+    array, so it need not fit there), queries ``query_block`` at a time; each chunk's top-k is merged into the
+    running top-k, so memory is O(query_block * (chunk_size + k)). ``device`` defaults to the corpus tensor's device
+    (CPU for a NumPy array). Scores are float32, rows int64.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if device is None:
+        device = corpus_emb.device if isinstance(corpus_emb, torch.Tensor) else torch.device("cpu")
+    device = torch.device(device)
+    n = int(corpus_emb.shape[0])
+    q_all = (
+        torch.as_tensor(np.ascontiguousarray(query_emb, dtype=np.float32))
+        if not isinstance(query_emb, torch.Tensor)
+        else query_emb.float()
+    )
+    if q_all.dim() != 2 or q_all.shape[1] != corpus_emb.shape[1]:
+        raise ValueError(
+            f"queries {tuple(q_all.shape)} do not match corpus vectors {tuple(corpus_emb.shape)}"
+        )
+    kk = min(k, n)
+    n_q = q_all.shape[0]
+    out_scores = np.empty((n_q, kk), dtype=np.float32)
+    out_rows = np.empty((n_q, kk), dtype=np.int64)
+    if n_q == 0 or kk == 0:
+        return out_scores, out_rows
+
+    def corpus_chunk(start: int) -> torch.Tensor:
+        part = corpus_emb[start : start + chunk_size]
+        if isinstance(part, torch.Tensor):
+            return part.to(device).float()
+        return torch.from_numpy(np.ascontiguousarray(part, dtype=np.float32)).to(device)
+
+    # Every query block keeps a running top-k (b, <=k) on the device; each corpus chunk is moved there once.
+    q_blocks = [q_all[s : s + query_block].to(device) for s in range(0, n_q, query_block)]
+    best: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(q_blocks)
+    with torch.inference_mode():
+        for c in range(0, n, chunk_size):
+            block = corpus_chunk(c)  # (C, H)
+            for qi, q in enumerate(q_blocks):
+                s, r = (q @ block.T).topk(min(kk, block.shape[0]), dim=1)  # (b, C) -> (b, <=k), descending
+                r = r + c
+                if best[qi] is not None:
+                    s = torch.cat([best[qi][0], s], dim=1)  # (b, <=2k)
+                    r = torch.cat([best[qi][1], r], dim=1)
+                    s, pick = s.topk(min(kk, s.shape[1]), dim=1)
+                    r = r.gather(1, pick)
+                best[qi] = (s, r)
+        start = 0
+        for (s, r), q in zip(best, q_blocks):
+            out_scores[start : start + q.shape[0]] = s.float().cpu().numpy()
+            out_rows[start : start + q.shape[0]] = r.cpu().numpy()
+            start += q.shape[0]
+    return out_scores, out_rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the index
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _version() -> str:
+    try:
+        from rocketkd import __version__
+
+        return str(__version__)
+    except Exception:  # pragma: no cover
+        return "unknown"
+
+
+def _encoder_source(model: Any) -> str | None:
+    """Where an encoder was loaded from, as far as transformers recorded it."""
+    config = getattr(getattr(model, "passage_encoder", None), "config", None)
+    name = getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None)
+    return str(name) if name else None
+
+
+def _flat_vectors(index: faiss.Index) -> np.ndarray | None:
+    """The stored vectors of an exact inner-product Flat index (a view, no copy), or None for any other index."""
+    if not isinstance(index, faiss.IndexFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return None
+    if index.ntotal == 0:
+        return np.zeros((0, index.d), dtype=np.float32)
+    return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+
+
+def _check_ids(ids: Sequence[str]) -> list[str]:
+    ids = list(ids)
+    for pid in ids:
+        if not isinstance(pid, str) or not pid or "\n" in pid or "\r" in pid:
+            raise IndexError_(
+                f"passage id {pid!r} cannot be stored in {IDS_FILE} (empty, not a string, or a line break)"
+            )
+    return ids
+
+
+class DenseIndex:
+    """FAISS inner-product index + the passage id of every row + metadata (+ its encoder, loaded lazily).
+
+    Build with :meth:`build` (encode a corpus) or :meth:`from_embeddings`; persist with :meth:`save` /
+    :meth:`load`. ``backend`` chooses the search implementation (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        index: faiss.Index,
+        ids: Sequence[str],
+        meta: Mapping[str, Any],
+        *,
+        path: str | os.PathLike | None = None,
+        encoder: DualEncoder | None = None,
+        backend: str = "auto",
+    ) -> None:
+        if index.ntotal != len(ids):
+            raise IndexError_(f"the index holds {index.ntotal} vectors but {len(ids)} passage ids were given")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self._index = index
+        self._ids = list(ids)
+        self._meta = dict(meta)
+        self.path = Path(path) if path is not None else None
+        self._encoder = encoder
+        self.backend = backend
+        self._gpu_index: faiss.Index | None = None
+        self._torch_corpus: torch.Tensor | None = None
+
+    # properties ---------------------------------------------------------------------------------------------
+
+    @property
+    def ids(self) -> list[str]:
+        """Passage id of each FAISS row (do not modify)."""
+        return self._ids
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self._meta
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)
+
+    @property
+    def faiss_index(self) -> faiss.Index:
+        """The CPU FAISS index (e.g. to set ``nprobe`` on an IVF index)."""
+        return self._index
+
+    @property
+    def encoder(self) -> DualEncoder:
+        """The encoder that made the vectors: the one given, else loaded from ``<folder>/encoder`` on first use."""
+        if self._encoder is None:
+            if self.path is None or not (self.path / ENCODER_DIR).is_dir():
+                where = f"index folder {self.path}" if self.path is not None else "this in-memory index"
+                raise IndexError_(
+                    f"{where} has no {ENCODER_DIR}/ folder: pass the encoder (DenseIndex.load(path, encoder=...))"
+                )
+            from rocketkd.models import DualEncoder
+
+            encoder = DualEncoder.from_pretrained(self.path / ENCODER_DIR)
+            self._check_encoder(encoder, self.path, self._meta)
+            self._encoder = encoder
+        return self._encoder
+
+    def attach_encoder(self, encoder: DualEncoder) -> None:
+        """Use ``encoder`` for :meth:`search_texts`; IndexError_ unless it is the encoder that built the index."""
+        if encoder is not self._encoder:
+            self._check_encoder(encoder, self.path, self._meta)
+            self._encoder = encoder
+
+    def __repr__(self) -> str:
+        where = f" at {self.path}" if self.path is not None else ""
+        return f"DenseIndex({self.ntotal} passages, dim {self.dim}, {self._meta.get('factory', '?')}{where})"
+
+    # building -----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        model: DualEncoder | str | os.PathLike,
+        corpus: Corpus,
+        *,
+        factory: str = "Flat",
+        batch_size: int = 128,
+        autocast: str = "auto",
+        train_sample: int = 100_000,
+        show_progress: bool = True,
+        embeddings_path: str | os.PathLike | None = None,
+    ) -> DenseIndex:
+        """Encode ``corpus`` with ``model`` (a DualEncoder or a model folder) and index it.
+
+        ``embeddings_path``: keep the passage embeddings in a memory-mapped ``.npy`` there instead of in memory
+        while the index is filled (large corpora).
+        """
+        source: str | None
+        if isinstance(model, (str, os.PathLike)):
+            from rocketkd.models import DualEncoder
+
+            source = str(model)
+            model = DualEncoder.from_pretrained(model)
+        else:
+            source = _encoder_source(model)
+        emb = encode_corpus(
+            model,
+            corpus,
+            batch_size=batch_size,
+            autocast=autocast,
+            out_path=embeddings_path,
+            show_progress=show_progress,
+        )
+        metadata = {
+            "encoder_path": source,
+            "encoder_fingerprint": model.fingerprint(),
+            "corpus_fingerprint": corpus.fingerprint(),
+            "corpus_path": getattr(corpus, "source", None),
+            "similarity": getattr(model, "similarity", None),
+            "autocast": autocast,
+        }
+        index = cls.from_embeddings(
+            emb, corpus.ids, factory=factory, metadata=metadata, train_sample=train_sample
+        )
+        index._encoder = model
+        return index
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        emb: np.ndarray,
+        ids: Sequence[str],
+        *,
+        factory: str = "Flat",
+        metadata: Mapping[str, Any] | None = None,
+        train_sample: int = 100_000,
+        seed: int = 0,
+        encoder: DualEncoder | None = None,
+    ) -> DenseIndex:
+        """Index precomputed vectors ``emb`` (N, H) whose row i is passage ``ids[i]``.
+
+        ``factory`` is a ``faiss.index_factory`` string, built with the inner-product metric. An index that needs
+        training (IVF, PQ) is trained on ``train_sample`` rows drawn without replacement (seeded). Vectors are
+        added in blocks, so ``emb`` may be a memmap larger than memory. On a machine where faiss sees GPUs, the
+        training and adding run there and the index is brought back to the CPU.
+        """
+        if emb.ndim != 2:
+            raise ValueError(f"embeddings must be (N, H), got shape {emb.shape}")
+        n, dim = int(emb.shape[0]), int(emb.shape[1])
+        ids = _check_ids(ids)
+        if len(ids) != n:
+            raise IndexError_(f"{n} embeddings but {len(ids)} passage ids")
+        try:
+            cpu_index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            raise IndexError_(
+                f"faiss cannot build the index factory {factory!r}: {_faiss_message(exc)}"
+            ) from None
+
+        work = cpu_index
+        on_gpu = False
+        if faiss.get_num_gpus() > 0:
+            try:
+                work = faiss.index_cpu_to_all_gpus(cpu_index)
+                on_gpu = True
+            except (RuntimeError, AttributeError) as exc:  # e.g. HNSW has no GPU version
+                logger.info("faiss GPU unavailable for %s (%s); building on the CPU", factory, exc)
+        if not work.is_trained:
+            if n == 0:
+                raise IndexError_(f"cannot train a {factory!r} index on an empty corpus")
+            rng = np.random.default_rng(seed)
+            if n > train_sample:
+                rows = np.sort(rng.choice(n, size=train_sample, replace=False))
+                sample = np.ascontiguousarray(emb[rows], dtype=np.float32)
+            else:
+                sample = np.ascontiguousarray(emb, dtype=np.float32)
+            try:
+                work.train(sample)
+            except RuntimeError as exc:
+                raise IndexError_(
+                    f"faiss could not train {factory!r} on {len(sample)} vectors: {_faiss_message(exc)}"
+                ) from None
+        for start in range(0, n, _ADD_BLOCK):
+            work.add(np.ascontiguousarray(emb[start : start + _ADD_BLOCK], dtype=np.float32))
+        if on_gpu:
+            cpu_index = faiss.index_gpu_to_cpu(work)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "dim": dim,
+            "metric": "ip",
+            "factory": factory,
+            "count": n,
+            "encoder_path": None,
+            "encoder_fingerprint": encoder.fingerprint() if encoder is not None else None,
+            "corpus_fingerprint": None,
+            "corpus_path": None,
+            "similarity": getattr(encoder, "similarity", None),
+            "created": _now(),
+            "rocketkd_version": _version(),
+        }
+        meta.update(dict(metadata or {}))
+        meta.update({"dim": dim, "count": n, "factory": factory, "metric": "ip"})
+        return cls(cpu_index, ids, meta, encoder=encoder)
+
+    # persistence --------------------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike, *, save_encoder: bool = True) -> Path:
+        """Write the index folder atomically (see the module docstring); returns its path.
+
+        The encoder is written into ``encoder/`` when it is loaded (or copied from the folder this index was loaded
+        from); ``save_encoder=False`` leaves it out (then ``load`` needs ``encoder=`` to search texts).
+        """
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            faiss.write_index(self._index, str(tmp / INDEX_FILE))
+            with atomic_write(tmp / IDS_FILE) as f:
+                for start in range(0, len(self._ids), 100_000):
+                    f.write("".join(pid + "\n" for pid in self._ids[start : start + 100_000]))
+            encoder_in_folder = False
+            if save_encoder:
+                if self._encoder is not None:
+                    self._encoder.save(tmp / ENCODER_DIR)
+                    encoder_in_folder = True
+                elif self.path is not None and (self.path / ENCODER_DIR).is_dir():
+                    shutil.copytree(self.path / ENCODER_DIR, tmp / ENCODER_DIR)
+                    encoder_in_folder = True
+            self._meta["encoder_in_folder"] = encoder_in_folder
+            write_json(tmp / META_FILE, self._meta)
+        self.path = path
+        return path
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        encoder: DualEncoder | None = None,
+        corpus: Corpus | None = None,
+        backend: str = "auto",
+    ) -> DenseIndex:
+        """Open an index folder, checking that its parts agree with each other and with ``encoder``/``corpus``.
+
+        Raises :class:`IndexError_` naming the folder when: it or one of its files is missing; ``meta.json`` is not
+        valid; ``index.faiss`` is truncated or corrupt; the number of ids, of vectors and ``meta.count`` differ;
+        the dimension differs from ``meta.dim`` or the encoder's; the encoder's fingerprint differs from the one
+        that built the index; the corpus's fingerprint differs from the indexed corpus.
+        """
+        folder = Path(path)
+        where = f"index folder {folder}"
+        if not folder.exists():
+            raise IndexError_(f"{where}: no such folder")
+        if not folder.is_dir():
+            raise IndexError_(f"{where}: is a file, not an index folder")
+        for name in (META_FILE, INDEX_FILE, IDS_FILE):
+            if not (folder / name).is_file():
+                raise IndexError_(
+                    f"{where}: {name} is missing (incomplete index; rebuild it with `rocketkd index`)"
+                )
+        try:
+            meta = read_json(folder / META_FILE)
+        except DataFormatError as exc:
+            raise IndexError_(f"{where}: {exc}") from None
+        if not isinstance(meta, dict):
+            raise IndexError_(f"{where}: {META_FILE} is not a JSON object")
+        for key in ("dim", "count"):
+            if not isinstance(meta.get(key), int):
+                raise IndexError_(f"{where}: {META_FILE} lacks an integer {key!r}")
+        if meta.get("metric", "ip") != "ip":
+            raise IndexError_(
+                f"{where}: metric {meta.get('metric')!r}, rocketkd indexes use inner product ('ip')"
+            )
+
+        ids = _read_ids(folder / IDS_FILE, where)
+        try:
+            index = faiss.read_index(str(folder / INDEX_FILE))
+        except (RuntimeError, MemoryError) as exc:
+            raise IndexError_(
+                f"{where}: {folder / INDEX_FILE} cannot be read, it is truncated or corrupt "
+                f"({_faiss_message(exc)}); rebuild the index"
+            ) from None
+        if not (len(ids) == index.ntotal == meta["count"]):
+            raise IndexError_(
+                f"{where}: counts disagree: {IDS_FILE} has {len(ids)} ids, {INDEX_FILE} holds {index.ntotal} "
+                f"vectors, {META_FILE} says {meta['count']}"
+            )
+        if index.d != meta["dim"]:
+            raise IndexError_(
+                f"{where}: {INDEX_FILE} has dimension {index.d} but {META_FILE} says {meta['dim']}"
+            )
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise IndexError_(f"{where}: {INDEX_FILE} does not use the inner-product metric")
+        if corpus is not None:
+            fp = corpus.fingerprint()
+            if meta.get("corpus_fingerprint") != fp:
+                raise IndexError_(
+                    f"{where}: built from a different corpus (fingerprint {meta.get('corpus_fingerprint')}, "
+                    f"{meta['count']} passages) than the one given ({fp}, {len(corpus)} passages); re-index"
+                )
+        out = cls(index, ids, meta, path=folder, backend=backend)
+        if encoder is not None:
+            cls._check_encoder(encoder, folder, meta)
+            out._encoder = encoder
+        return out
+
+    @staticmethod
+    def _check_encoder(
+        encoder: DualEncoder, folder: Path | None, meta: Mapping[str, Any] | None = None
+    ) -> None:
+        """Refuse an encoder whose vectors would not match the index (other weights or dimension)."""
+        raise_for = f"index folder {folder}" if folder is not None else "index"
+        if meta is None:
+            meta = read_json(folder / META_FILE) if folder is not None else {}
+        if int(encoder.hidden_size) != int(meta["dim"]):
+            raise IndexError_(
+                f"{raise_for}: the encoder gives {encoder.hidden_size}-dimensional vectors, the index holds {meta['dim']}"
+            )
+        expected = meta.get("encoder_fingerprint")
+        if expected is None:
+            return  # vectors of unknown origin (from_embeddings without an encoder): nothing to compare
+        got = encoder.fingerprint()
+        if got != expected:
+            raise IndexError_(
+                f"{raise_for}: built by another encoder (fingerprint {expected}, from {meta.get('encoder_path')}) "
+                f"than the one given ({got}); its vectors are not comparable, re-index with this encoder"
+            )
+
+    # search -------------------------------------------------------------------------------------------------
+
+    def _chosen_backend(self) -> str:
+        if self.backend != "auto":
+            return self.backend
+        if faiss.get_num_gpus() > 0:
+            return "faiss"
+        if torch.cuda.is_available() and _flat_vectors(self._index) is not None:
+            needed = self.ntotal * self.dim * 4
+            free, _ = torch.cuda.mem_get_info()
+            if needed < 0.8 * free:
+                return "torch"
+        return "faiss"
+
+    def _faiss_searcher(self) -> faiss.Index:
+        if faiss.get_num_gpus() > 0 and self._gpu_index is None:
+            try:
+                self._gpu_index = faiss.index_cpu_to_all_gpus(self._index)
+            except (RuntimeError, AttributeError) as exc:
+                logger.info("faiss GPU search unavailable (%s); searching on the CPU", exc)
+                self._gpu_index = self._index
+        return self._gpu_index if self._gpu_index is not None else self._index
+
+    def _torch_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        vectors = _flat_vectors(self._index)
+        if vectors is None:
+            raise IndexError_(
+                f"the torch backend searches exact Flat indexes only, not {self._meta.get('factory')!r}"
+            )
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        if device.type == "cuda":
+            if self._torch_corpus is None:
+                # copy once to the GPU in blocks (no second host copy); reused by every later search
+                dev = torch.empty(vectors.shape, dtype=torch.float32, device=device)
+                for start in range(0, len(vectors), _ADD_BLOCK):
+                    dev[start : start + _ADD_BLOCK] = torch.from_numpy(
+                        vectors[start : start + _ADD_BLOCK]
+                    ).to(device)
+                self._torch_corpus = dev
+            return torch_topk_search(self._torch_corpus, q, k, device=device)
+        return torch_topk_search(vectors, q, k, device=device)
+
+    def search(self, query_emb: np.ndarray, k: int) -> SearchResult:
+        """Top ``k`` passages of each query vector (rows of ``query_emb`` (Q, H)), best first."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        q = np.ascontiguousarray(query_emb, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"query vectors must be (Q, {self.dim}), got shape {q.shape}")
+        ids_out: list[list[str]] = []
+        scores_out: list[np.ndarray] = []
+        if self.ntotal == 0 or len(q) == 0:
+            return SearchResult([[] for _ in range(len(q))], [np.zeros(0, np.float32) for _ in range(len(q))])
+        backend = self._chosen_backend()
+        searcher = self._faiss_searcher() if backend == "faiss" else None
+        if searcher is not None and searcher is not self._index and k > _GPU_MAX_K:
+            searcher = self._index  # faiss GPU indexes answer at most 2048 neighbours per query
+        ids = self._ids
+        for start in range(0, len(q), _QUERY_BLOCK):
+            block = q[start : start + _QUERY_BLOCK]
+            if searcher is not None:
+                scores, rows = searcher.search(block, min(k, self.ntotal))  # (b, k) each; -1 rows when short
+            else:
+                scores, rows = self._torch_search(block, k)
+            for s_row, r_row in zip(scores, rows):
+                keep = r_row >= 0
+                ids_out.append([ids[r] for r in r_row[keep].tolist()])
+                scores_out.append(np.asarray(s_row[keep], dtype=np.float32))
+        return SearchResult(ids_out, scores_out)
+
+    def search_texts(
+        self, texts: Sequence[str], k: int, *, batch_size: int = 128, autocast: str = "auto"
+    ) -> SearchResult:
+        """Encode ``texts`` as queries with this index's encoder, then :meth:`search`."""
+        emb = encode_queries(self.encoder, texts, batch_size=batch_size, autocast=autocast)
+        return self.search(emb, k)
+
+
+def search_run(
+    index: DenseIndex,
+    queries: Mapping[str, str],
+    k: int,
+    *,
+    batch_size: int = 128,
+    autocast: str = "auto",
+) -> Run:
+    """A run: query id -> {passage id: inner product} with each query's top ``k`` passages."""
+    qids = list(queries)
+    result = index.search_texts([queries[q] for q in qids], k, batch_size=batch_size, autocast=autocast)
+    return {
+        qid: {pid: float(s) for pid, s in zip(pids, scores.tolist())}
+        for qid, pids, scores in zip(qids, result.ids, result.scores)
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _faiss_message(exc: BaseException) -> str:
+    """faiss errors carry a C++ location prefix; keep the informative tail on one line."""
+    text = " ".join(str(exc).split())
+    marker = "Error: "
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    return text[:300] or type(exc).__name__
+
+
+def _read_ids(file: Path, where: str) -> list[str]:
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise IndexError_(f"{where}: cannot read {file.name}: {exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise IndexError_(f"{where}: {file.name} line {line} is not valid UTF-8") from None
+    if not text:
+        return []
+    if not text.endswith("\n"):
+        raise IndexError_(f"{where}: {file.name} does not end with a line break (truncated?)")
+    ids = text[:-1].split("\n")
+    for lineno, pid in enumerate(ids, 1):
+        if not pid:
+            raise IndexError_(f"{where}: {file.name} line {lineno} is empty")
+    return ids

@@ -1,0 +1,163 @@
+"""Second stage: re-score a first-stage run with the cross-encoder, and fuse the two stages' scores.
+
+Fusion
+------
+:func:`fuse_runs` interpolates the two stages per query. Their scores live on unrelated scales (inner products,
+BM25, cross-encoder logits), so each run's scores are first z-normalised per query over the passages *both* runs
+scored::
+
+    z(s) = (s - mean) / std        (population std over the shared passages; all scores 0 when std is 0)
+    fused = weight * z(second) + (1 - weight) * z(first)
+
+``weight = 0`` ranks by the first stage alone, ``weight = 1`` by the second alone (z-scoring is monotone, so the
+orders are exactly those of the input runs, ties included). Passages only one run scored are dropped (after
+:func:`rerank_run` that is the first stage below the re-ranking depth). A query with no shared passage keeps the
+run that has passages for it (z-normalised): the second when ``weight >= 0.5``, else the first if it has any.
+
+:func:`choose_fusion_weight` picks ``weight`` on held-out judgements (dev queries, never the test queries).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rocketkd.encode import resolve_autocast
+from rocketkd.metrics import evaluate_run, parse_metric, rank_scores
+
+if TYPE_CHECKING:
+    from rocketkd.data.formats import Corpus
+    from rocketkd.models import CrossEncoderRanker
+    from rocketkd.types import Qrels, Run
+
+__all__ = ["DEFAULT_FUSION_GRID", "choose_fusion_weight", "fuse_runs", "rerank_run"]
+
+DEFAULT_FUSION_GRID: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(11))
+_PAIRS_PER_CALL = 8_192  # (query, passage) pairs handed to the cross-encoder at once (bounded text memory)
+
+
+def _reranker_device(reranker) -> object:
+    device = getattr(reranker, "device", None)
+    if device is not None:
+        return device
+    try:
+        return next(reranker.parameters()).device
+    except (AttributeError, StopIteration, TypeError):
+        return "cpu"
+
+
+def rerank_run(
+    reranker: CrossEncoderRanker,
+    run: Run,
+    queries: Mapping[str, str],
+    corpus: Corpus,
+    *,
+    depth: int = 100,
+    batch_size: int = 64,
+    autocast: str = "auto",
+    show_progress: bool = True,
+) -> Run:
+    """Re-score each query's top ``depth`` passages of ``run`` with the cross-encoder's raw logits.
+
+    The top ``depth`` is taken in the metrics' order (score descending, ties by passage id descending, as
+    trec_eval ranks); passages below it are dropped from the result. Queries with an empty ranking stay empty.
+    Raises KeyError naming a query id that ``queries`` lacks or a passage id the corpus lacks.
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    plan: list[tuple[str, str]] = []  # (qid, pid) in run order
+    for qid, scores in run.items():
+        if qid not in queries:
+            raise KeyError(f"rerank_run: query {qid!r} of the run has no text in the queries given")
+        plan.extend((qid, pid) for pid in rank_scores(scores, qid)[:depth])
+    dtype = resolve_autocast(autocast, _reranker_device(reranker))
+
+    out: Run = {qid: {} for qid in run}
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(plan), desc="re-rank", unit="pair", disable=not show_progress) as bar:
+        for start in range(0, len(plan), _PAIRS_PER_CALL):
+            part = plan[start : start + _PAIRS_PER_CALL]
+            texts = corpus.texts([corpus.row_of(pid) for _, pid in part])  # one Arrow take per call
+            pairs = [(queries[qid], text) for (qid, _), text in zip(part, texts)]
+            logits = np.asarray(
+                reranker.predict(pairs, batch_size=batch_size, show_progress=False, autocast_dtype=dtype),
+                dtype=np.float64,
+            ).reshape(-1)
+            if len(logits) != len(pairs):
+                raise RuntimeError(f"the re-ranker returned {len(logits)} scores for {len(pairs)} pairs")
+            for (qid, pid), score in zip(part, logits.tolist()):
+                out[qid][pid] = float(score)
+            bar.update(len(part))
+    return out
+
+
+def _zscore(values: np.ndarray) -> np.ndarray:
+    std = values.std()
+    if not np.isfinite(std) or std == 0:
+        return np.zeros_like(values)
+    return (values - values.mean()) / std
+
+
+def fuse_runs(first: Run, second: Run, weight: float) -> Run:
+    """``weight * z(second) + (1 - weight) * z(first)`` per query, over the passages both runs scored.
+
+    See the module docstring for the normalisation and the passages kept. The result covers every query of
+    either run. ``weight`` must lie in [0, 1].
+    """
+    weight = float(weight)
+    if not 0.0 <= weight <= 1.0 or math.isnan(weight):
+        raise ValueError(f"fusion weight must be in [0, 1], got {weight}")
+    fused: Run = {}
+    for qid in dict.fromkeys([*first, *second]):
+        a = first.get(qid) or {}
+        b = second.get(qid) or {}
+        shared = [pid for pid in b if pid in a]
+        if not shared:
+            alone = b if (weight >= 0.5 and b) or not a else a
+            pids = list(alone)
+            z = _zscore(np.array([alone[p] for p in pids], dtype=np.float64))
+            fused[qid] = dict(zip(pids, z.tolist()))
+            continue
+        za = _zscore(np.array([a[p] for p in shared], dtype=np.float64))
+        zb = _zscore(np.array([b[p] for p in shared], dtype=np.float64))
+        if weight == 1.0:
+            mix = zb
+        elif weight == 0.0:
+            mix = za
+        else:
+            mix = weight * zb + (1.0 - weight) * za
+        fused[qid] = dict(zip(shared, mix.tolist()))
+    return fused
+
+
+def choose_fusion_weight(
+    first: Run,
+    second: Run,
+    qrels: Qrels,
+    *,
+    grid: Sequence[float] = DEFAULT_FUSION_GRID,
+    metric: str = "nDCG@10",
+) -> tuple[float, dict[float, float]]:
+    """The fusion weight of ``grid`` with the best mean ``metric`` on ``qrels`` (held-out queries), and every score.
+
+    Ties go to the smaller weight (the cheaper first stage keeps more say). Only the queries of ``qrels`` are
+    fused and scored. Returns ``(best_weight, {weight: metric value})``.
+    """
+    parse_metric(metric)  # ConfigError on a bad name, before any work
+    if not grid:
+        raise ValueError("the fusion weight grid is empty")
+    first_q = {q: first[q] for q in qrels if q in first}
+    second_q = {q: second[q] for q in qrels if q in second}
+    scores: dict[float, float] = {}
+    for w in sorted(float(w) for w in grid):
+        scores[w] = evaluate_run(fuse_runs(first_q, second_q, w), qrels, [metric]).mean[metric]
+    best = None
+    for w, value in scores.items():  # ascending weights: strict improvement needed to move up
+        if best is None or value > scores[best] + 1e-12:
+            best = w
+    assert best is not None
+    return best, scores

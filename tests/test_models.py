@@ -1,0 +1,326 @@
+"""rocketkd.models: pooling, scoring, encode order, save/load round trips through sentence-transformers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rocketkd.errors import ModelLoadError
+from rocketkd.models import (
+    DEFAULT_MODEL,
+    CrossEncoderRanker,
+    DualEncoder,
+    cls_pool,
+    mean_pool,
+    resolve_model_path,
+)
+
+# Texts of clearly different lengths: with any vocabulary they give different embeddings, and sorting by length
+# reorders them.
+TEXTS = [
+    "wing flutter",
+    "shock",
+    "boundary layer heat transfer on a flat plate at high speed with a turbulent wake",
+    "nozzle jet noise",
+    "vortex shedding behind a cylinder in cross flow",
+    "panel buckling under pressure",
+    "cone",
+]
+PAIRS = [
+    ("wing flutter", "flutter of a swept wing at transonic speed"),
+    ("shock", "shock boundary layer interaction " * 12),  # longer than max_length: exercises truncation
+    ("heat transfer on a cone", "cone"),
+    ("vortex", "vortex shedding behind a cylinder"),
+]
+
+
+def _perturb(module: torch.nn.Module, seed: int = 1) -> None:
+    """Make a tower's weights differ (in place), so that separate towers are really separate."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=gen))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Pooling and scoring
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_mean_and_cls_pool_by_hand():
+    hidden = torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 3, 2)  # (N=2, L=3, H=2)
+    mask = torch.tensor([[1, 1, 0], [0, 1, 1]])  # row 1 is left-padded
+    assert torch.allclose(mean_pool(hidden, mask), torch.tensor([[1.0, 2.0], [9.0, 10.0]]))
+    assert torch.equal(cls_pool(hidden, mask), torch.tensor([[0.0, 1.0], [8.0, 9.0]]))
+    empty = mean_pool(hidden, torch.zeros(2, 3, dtype=torch.long))
+    assert torch.isfinite(empty).all() and torch.count_nonzero(empty) == 0
+    bf16 = mean_pool(hidden.bfloat16(), mask)
+    assert bf16.dtype == torch.bfloat16
+
+
+def test_score_groups_equals_loop_and_score_all_shape():
+    torch.manual_seed(0)
+    batch, group, dim = 3, 4, 8
+    q = torch.randn(batch, dim)
+    p = torch.randn(batch * group, dim)
+    scores = DualEncoder.score_groups(q, p)
+    expected = torch.empty(batch, group)
+    for b in range(batch):
+        for g in range(group):
+            expected[b, g] = q[b] @ p[b * group + g]
+    assert scores.shape == (batch, group)
+    assert torch.allclose(scores, expected, atol=1e-6)
+
+    everything = DualEncoder.score_all(q, p)
+    assert everything.shape == (batch, batch * group)
+    # query 1's own group sits at columns 4..7
+    assert torch.allclose(everything[1, 4:8], scores[1], atol=1e-6)
+
+    with pytest.raises(ValueError):
+        DualEncoder.score_groups(q, p[:-1])  # 11 rows do not split into 3 groups
+
+
+def test_cosine_normalises_and_dot_does_not(tiny_bert):
+    cosine = DualEncoder.from_pretrained(str(tiny_bert), similarity="cosine")
+    dot = DualEncoder.from_pretrained(str(tiny_bert))
+    assert (cosine.similarity, dot.similarity, dot.pooling) == ("cosine", "dot", "mean")
+    assert np.allclose(np.linalg.norm(cosine.encode(TEXTS), axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(np.linalg.norm(dot.encode(TEXTS), axis=1), 1.0, atol=1e-3)
+    q = cosine.encode_queries(cosine.tokenize_queries(TEXTS[:2]))
+    assert torch.allclose(q.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_tokenize_pads_dynamically_and_truncates(tiny_bert):
+    model = DualEncoder.from_pretrained(str(tiny_bert), query_max_length=8, passage_max_length=12)
+    short = model.tokenize_passages(["shock", "cone"])
+    assert short["input_ids"].shape == (2, 3)  # [CLS] word [SEP]: padded to this batch, not to max_length
+    assert set(short) >= {"input_ids", "attention_mask", "token_type_ids"}
+    assert model.tokenize_passages([TEXTS[2]])["input_ids"].shape[1] == 12
+    assert model.tokenize_queries([TEXTS[2]])["input_ids"].shape[1] == 8
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# encode()
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_encode_restores_input_order_and_mode(tiny_bert):
+    model = DualEncoder.from_pretrained(str(tiny_bert))
+    model.train()
+    batched = model.encode(TEXTS, batch_size=3, side="passage")
+    one_by_one = np.stack([model.encode([t], side="passage")[0] for t in TEXTS])
+    assert batched.dtype == np.float32 and batched.shape == (len(TEXTS), model.hidden_size)
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+    assert model.training and model.passage_encoder.training  # previous mode restored
+
+    model.eval()
+    queries = model.encode(TEXTS, side="query", batch_size=2, autocast_dtype=torch.bfloat16)
+    assert not model.training
+    np.testing.assert_allclose(queries, batched, atol=0.05)  # shared tower; bf16 autocast is close, not equal
+    assert model.encode([], side="query").shape == (0, model.hidden_size)
+
+
+def test_gradient_checkpointing_backward(tiny_bert):
+    model = DualEncoder.from_pretrained(str(tiny_bert), shared=False, gradient_checkpointing=True)
+    model.train()
+    q, p = model(model.tokenize_queries(TEXTS[:2]), model.tokenize_passages(TEXTS[:4]))
+    model.score_groups(q, p).logsumexp(dim=-1).sum().backward()
+    assert model.query_encoder.embeddings.word_embeddings.weight.grad is not None
+    assert model.passage_encoder.embeddings.word_embeddings.weight.grad is not None
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# save / load
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("pooling", "similarity"), [("mean", "dot"), ("cls", "cosine")])
+def test_save_loads_in_sentence_transformers(tiny_bert, tmp_path, pooling, similarity):
+    from sentence_transformers import SentenceTransformer
+
+    model = DualEncoder.from_pretrained(
+        str(tiny_bert), pooling=pooling, similarity=similarity, passage_max_length=16
+    )
+    ours = model.encode(TEXTS)
+    out = model.save(tmp_path / "retriever")
+    assert (out / "rocketkd.json").is_file() and (out / "2_Normalize").is_dir() == (similarity == "cosine")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left behind
+
+    st = SentenceTransformer(str(out), device="cpu")
+    assert st.max_seq_length == 16
+    np.testing.assert_allclose(st.encode(TEXTS, convert_to_numpy=True), ours, atol=1e-5)
+
+    again = DualEncoder.from_pretrained(str(out))
+    assert (again.pooling, again.similarity, again.passage_max_length, again.shared) == (
+        pooling,
+        similarity,
+        16,
+        True,
+    )
+    np.testing.assert_allclose(again.encode(TEXTS), ours, atol=1e-6)
+    assert again.fingerprint() == model.fingerprint()
+
+
+def test_separate_towers_save_and_reload(tiny_bert, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    model = DualEncoder.from_pretrained(str(tiny_bert), shared=False, query_max_length=10)
+    assert model.query_encoder is not model.passage_encoder
+    assert not any(
+        k.startswith("query_encoder.") for k in DualEncoder.from_pretrained(str(tiny_bert)).state_dict()
+    )
+    _perturb(model.query_encoder)
+    queries, passages = model.encode(TEXTS, side="query"), model.encode(TEXTS, side="passage")
+    assert not np.allclose(queries, passages, atol=1e-3)
+
+    out = model.save(tmp_path / "retriever")
+    again = DualEncoder.from_pretrained(str(out))
+    assert not again.shared and again.query_max_length == 10
+    np.testing.assert_allclose(again.encode(TEXTS, side="query"), queries, atol=1e-6)
+    np.testing.assert_allclose(again.encode(TEXTS, side="passage"), passages, atol=1e-6)
+    assert (
+        again.fingerprint()
+        == model.fingerprint()
+        != DualEncoder.from_pretrained(str(tiny_bert)).fingerprint()
+    )
+
+    st_query = SentenceTransformer(str(out / "query_encoder"), device="cpu")  # what ST users load for queries
+    np.testing.assert_allclose(st_query.encode(TEXTS, convert_to_numpy=True), queries, atol=1e-5)
+
+
+def test_save_replaces_atomically(tiny_bert, tmp_path, monkeypatch):
+    target = tmp_path / "retriever"
+    model = DualEncoder.from_pretrained(str(tiny_bert))
+    model.save(target)
+    model.save(target)  # replacing an existing folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["retriever", "tiny-bert"]
+
+    before = sorted(p.name for p in target.rglob("*"))
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(DualEncoder, "_write_st_folder", broken)
+    with pytest.raises(OSError, match="disk full"):
+        model.save(target)
+    assert sorted(p.name for p in target.rglob("*")) == before  # the old folder is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["retriever", "tiny-bert"]
+
+
+def test_packaged_minilm_matches_sentence_transformers():
+    from sentence_transformers import SentenceTransformer
+
+    path = resolve_model_path(None)
+    model = DualEncoder.from_pretrained(None)
+    assert (model.pooling, model.similarity, model.passage_max_length, model.hidden_size) == (
+        "mean",
+        "cosine",
+        256,
+        384,
+    )
+    texts = TEXTS[:3]
+    expected = SentenceTransformer(path, device="cpu").encode(texts, convert_to_numpy=True)
+    np.testing.assert_allclose(model.encode(texts, batch_size=2), expected, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Cross-encoder
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_cross_encoder_new_head_round_trips(tiny_bert, tmp_path, caplog):
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoModelForSequenceClassification
+
+    with caplog.at_level(logging.WARNING, logger="rocketkd"):
+        ranker = CrossEncoderRanker.from_pretrained(str(tiny_bert), max_length=24)
+    assert "head is new" in caplog.text and "warm-up" in caplog.text
+
+    queries, passages = [q for q, _ in PAIRS], [p for _, p in PAIRS]
+    inputs = ranker.tokenize_pairs(queries, passages)
+    assert inputs["input_ids"].shape[1] == 24  # the long pair is truncated to max_length
+    ours = ranker.predict(PAIRS, batch_size=3)
+    assert ours.shape == (len(PAIRS),) and ours.dtype == np.float32
+    assert np.unique(ours).size == len(PAIRS)
+    with torch.no_grad():
+        grouped = ranker.score_groups(inputs, group_size=2)
+    assert grouped.shape == (2, 2)
+    np.testing.assert_allclose(grouped.flatten().numpy(), ours, atol=1e-5)
+
+    out = ranker.save(tmp_path / "reranker")
+    st = CrossEncoder(str(out), device="cpu")
+    assert isinstance(st.activation_fn, torch.nn.Identity)
+    np.testing.assert_allclose(st.predict(PAIRS, convert_to_numpy=True), ours, atol=1e-5)
+
+    hf = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        hf_logits = hf(**inputs).logits.view(-1).numpy()
+    np.testing.assert_allclose(hf_logits, ours, atol=1e-5)
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rocketkd"):
+        again = CrossEncoderRanker.from_pretrained(str(out))
+    assert "head is new" not in caplog.text and again.max_length == 24
+    np.testing.assert_allclose(again.predict(PAIRS), ours, atol=1e-6)
+
+
+def test_cross_encoder_loads_a_sentence_transformers_cross_encoder(tiny_bert, tmp_path, caplog):
+    from sentence_transformers import CrossEncoder
+
+    st = CrossEncoder(str(tiny_bert), device="cpu", max_length=32)
+    st.save(str(tmp_path / "st-ce"))
+    with caplog.at_level(logging.WARNING, logger="rocketkd"):
+        ranker = CrossEncoderRanker.from_pretrained(str(tmp_path / "st-ce"))
+    assert "head is new" not in caplog.text
+    expected = st.predict(PAIRS, activation_fn=torch.nn.Identity(), convert_to_numpy=True)
+    np.testing.assert_allclose(ranker.predict(PAIRS), expected, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Paths and errors
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_resolve_model_path(tiny_bert, tmp_path):
+    packaged = resolve_model_path(None)
+    assert resolve_model_path(DEFAULT_MODEL) == packaged and Path(packaged, "config.json").is_file()
+    assert resolve_model_path(str(tiny_bert)) == str(tiny_bert)
+    assert (
+        resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
+        == "sentence-transformers/all-MiniLM-L6-v2"
+    )
+    (tmp_path / "runs").mkdir()
+    for bad in [
+        "./no/such/model",
+        "no/such/model",
+        str(tmp_path / "missing"),
+        str(tmp_path / "runs" / "ckpt"),
+    ]:
+        with pytest.raises(ModelLoadError, match=bad.replace(".", r"\.")):
+            resolve_model_path(bad)
+    with pytest.raises(ModelLoadError, match="no/such/model"):
+        DualEncoder.from_pretrained("./no/such/model")
+    with pytest.raises(ModelLoadError, match="no/such/model"):
+        CrossEncoderRanker.from_pretrained("./no/such/model")
+
+
+def test_unloadable_folder_is_a_model_load_error(tmp_path):
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match="empty-model"):
+        DualEncoder.from_pretrained(str(empty))
+    with pytest.raises(ModelLoadError, match="empty-model"):
+        CrossEncoderRanker.from_pretrained(str(empty))
+
+
+def test_fingerprint_tracks_weights_and_settings(tiny_bert):
+    model = DualEncoder.from_pretrained(str(tiny_bert))
+    first = model.fingerprint()
+    assert len(first) == 16 and first == DualEncoder.from_pretrained(str(tiny_bert)).fingerprint()
+    assert DualEncoder.from_pretrained(str(tiny_bert), similarity="cosine").fingerprint() != first
+    _perturb(model.passage_encoder)
+    assert model.fingerprint() != first

@@ -1,0 +1,141 @@
+"""Re-ranking with the cross-encoder, fusing two stages by hand-worked numbers, choosing the weight, retrieve+evaluate."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rocketkd.data.formats import load_retrieval_data
+from rocketkd.errors import IndexError_
+from rocketkd.evaluate import evaluate_system, retrieve
+from rocketkd.index import DenseIndex
+from rocketkd.metrics import rank_scores
+from rocketkd.models import CrossEncoderRanker, DualEncoder
+from rocketkd.rerank import DEFAULT_FUSION_GRID, choose_fusion_weight, fuse_runs, rerank_run
+
+
+class KeywordRanker:
+    """A deterministic stand-in cross-encoder: the score of (query, passage) is how often the query's last word
+    occurs in the passage, minus a tiny length penalty so that no two passages of the tiny corpus tie."""
+
+    def __init__(self):
+        self.calls: list[list[tuple[str, str]]] = []
+
+    def predict(self, pairs, *, batch_size=64, show_progress=False, autocast_dtype=None):
+        self.calls.append(list(pairs))
+        return np.array([p.split().count(q.split()[-1]) - 1e-3 * len(p) for q, p in pairs], dtype=np.float32)
+
+
+@pytest.fixture
+def data(tiny_data):
+    return load_retrieval_data(tiny_data)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# rerank_run
+
+
+def test_rerank_orders_by_predict_and_cuts_at_depth(data):
+    queries = {"a": "flow wing", "b": "about heat"}
+    # first stage: wing passages last, and a heat passage below the re-ranking depth
+    run = {
+        "a": {"d12": 5.0, "d3": 4.0, "d1": 3.0, "d0": 2.0, "d2": 1.0},
+        "b": {"d0": 9.0, "d1": 8.0, "d5": 7.0, "d12": 1.0},
+    }
+    ranker = KeywordRanker()
+    out = rerank_run(ranker, run, queries, data.corpus, depth=4, autocast="no", show_progress=False)
+    assert set(out["a"]) == {"d12", "d3", "d1", "d0"}  # d2 was below depth 4: dropped
+    assert set(out["b"]) == {"d0", "d1", "d5", "d12"}
+    pairs = [pair for call in ranker.calls for pair in call]
+    expected = dict(zip(pairs, ranker.predict(pairs).tolist()))
+    for qid, scores in out.items():
+        for pid, score in scores.items():
+            assert score == pytest.approx(expected[(queries[qid], data.corpus.get_text(pid))])
+    assert rank_scores(out["a"])[:2] == ["d0", "d1"]  # "wing" three times, then twice
+    assert rank_scores(out["b"])[0] == "d12"
+
+
+def test_rerank_with_the_tiny_cross_encoder_matches_predict(data, tiny_bert):
+    reranker = CrossEncoderRanker.from_pretrained(tiny_bert)
+    queries = {"q0": data.queries["q0"]}
+    run = {"q0": {f"d{i}": float(10 - i) for i in range(8)}}
+    out = rerank_run(reranker, run, queries, data.corpus, depth=8, autocast="no", show_progress=False)
+    pids = list(run["q0"])
+    direct = reranker.predict([(queries["q0"], data.corpus.get_text(p)) for p in pids])
+    np.testing.assert_allclose([out["q0"][p] for p in pids], direct, atol=1e-5, rtol=0)
+    assert rank_scores(out["q0"]) == [pids[i] for i in np.argsort(-direct, kind="stable")]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fusion
+
+
+def test_fuse_weights_zero_and_one_give_the_input_orders():
+    first = {"q": {"a": 10.0, "b": 30.0, "c": 20.0, "d": 5.0, "only-first": 99.0}}
+    second = {"q": {"a": -1.0, "b": -3.0, "c": 2.0, "d": 0.5}}
+    shared_first = {p: s for p, s in first["q"].items() if p != "only-first"}
+    assert (
+        rank_scores(fuse_runs(first, second, 0.0)["q"]) == rank_scores(shared_first) == ["b", "c", "a", "d"]
+    )
+    assert rank_scores(fuse_runs(first, second, 1.0)["q"]) == rank_scores(second["q"]) == ["c", "d", "a", "b"]
+
+
+def test_fuse_three_passages_by_hand():
+    # first: 3, 2, 1 -> z = (+r, 0, -r) with r = sqrt(3/2); second: 0, 10, 5 -> z = (-r, +r, 0)
+    first = {"q": {"a": 3.0, "b": 2.0, "c": 1.0}}
+    second = {"q": {"a": 0.0, "b": 10.0, "c": 5.0}}
+    r = math.sqrt(1.5)
+    fused = fuse_runs(first, second, 0.25)["q"]
+    assert fused["a"] == pytest.approx(0.25 * -r + 0.75 * r)  # 0.612
+    assert fused["b"] == pytest.approx(0.25 * r)  # 0.306
+    assert fused["c"] == pytest.approx(0.75 * -r)  # -0.919
+    assert rank_scores(fused) == ["a", "b", "c"]
+    assert rank_scores(fuse_runs(first, second, 0.75)["q"]) == ["b", "c", "a"]  # b: .919, c: -.306, a: -.612
+    # a query only one run has keeps that run; constant scores give zeros, not NaN
+    fused = fuse_runs({"q": {"a": 1.0}, "x": {"p": 2.0, "r": 2.0}}, {"q": {"a": 7.0}}, 0.5)
+    assert fused == {"q": {"a": 0.0}, "x": {"p": 0.0, "r": 0.0}}
+    with pytest.raises(ValueError, match="weight"):
+        fuse_runs(first, second, 1.5)
+
+
+def test_choose_fusion_weight_prefers_the_better_run_and_the_smaller_weight_on_ties():
+    # the relevant passage "p" is last in the first stage and first in the second
+    first = {"q1": {"p": 0.0, "n1": 1.0, "n2": 2.0}, "q2": {"p": 0.0, "n1": 2.0, "n2": 1.0}}
+    second = {"q1": {"p": 9.0, "n1": 1.0, "n2": 0.0}, "q2": {"p": 9.0, "n1": 0.0, "n2": 1.0}}
+    qrels = {"q1": {"p": 1}, "q2": {"p": 1}}
+    best, scores = choose_fusion_weight(first, second, qrels, metric="MRR@10")
+    assert list(scores) == list(DEFAULT_FUSION_GRID)
+    assert scores[0.0] == pytest.approx(1 / 3) and scores[1.0] == 1.0
+    assert best == min(w for w, v in scores.items() if v == 1.0)
+    assert 0.0 < best < 1.0  # a mixture already puts p first: the smallest such weight wins
+    # equal runs tie everywhere: keep the first stage
+    assert choose_fusion_weight(first, first, qrels)[0] == 0.0
+    # the first stage better: weight 0
+    assert choose_fusion_weight(second, first, qrels)[0] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# retrieve + evaluate
+
+
+def test_retrieve_and_evaluate_cover_every_test_query(data, tiny_bert):
+    model = DualEncoder.from_pretrained(tiny_bert)
+    run = retrieve(model, data, "test", k=10, batch_size=32, autocast="no")
+    assert set(run) == set(data.qrels["test"])
+    assert all(len(scores) == 10 for scores in run.values())
+    result = evaluate_system(run, data.qrels["test"], ["MRR@10", "nDCG@10", "R@10"])
+    assert result.num_queries == 4 and result.missing_from_run == []
+    assert list(result.mean) == ["MRR@10", "nDCG@10", "R@10"]
+    assert all(0.0 <= v <= 1.0 for v in result.mean.values())
+
+    # with a prebuilt index: the same run; a different encoder is refused
+    index = DenseIndex.build(model, data.corpus, autocast="no", show_progress=False)
+    assert retrieve(None, data, "test", k=10, index=index, autocast="no") == run
+    other = DualEncoder.from_pretrained(tiny_bert)
+    with torch.no_grad():
+        next(other.parameters()).mul_(2.0)
+    with pytest.raises(IndexError_, match="another encoder"):
+        retrieve(other, data, "test", k=10, index=index, autocast="no")
