@@ -283,19 +283,27 @@ class BM25Scorer(Scorer):
         return out
 
 
-def _load_retriever(model_or_path: Any) -> DualEncoder:
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load_retriever(model_or_path: Any, device: Any) -> DualEncoder:
+    """A model object is used where it is (unless ``device`` says otherwise); a path is loaded onto ``device``,
+    by default the GPU when there is one."""
     if isinstance(model_or_path, (str, os.PathLike)) or model_or_path is None:
         from rocketkd.models import DualEncoder
 
-        return DualEncoder.from_pretrained(model_or_path)
+        return DualEncoder.from_pretrained(model_or_path).to(device or _default_device())
     return model_or_path
 
 
-def _load_reranker(model_or_path: Any) -> CrossEncoderRanker:
+def _load_reranker(model_or_path: Any, device: Any) -> CrossEncoderRanker:
     if isinstance(model_or_path, (str, os.PathLike)) or model_or_path is None:
         from rocketkd.models import CrossEncoderRanker
 
-        return CrossEncoderRanker.from_pretrained(model_or_path)
+        return CrossEncoderRanker.from_pretrained(model_or_path).to(device or _default_device())
     return model_or_path
 
 
@@ -305,7 +313,8 @@ class RetrieverScorer(Scorer):
     Each distinct query of the groups is encoded once, and each distinct passage once, unless
     ``passage_embeddings`` (``(N, H)`` by corpus row, e.g. the memory-mapped output of
     :func:`rocketkd.encode.encode_corpus` of the *same* model) is given, in which case passages are looked up.
-    Memory: ``4 * H`` bytes per distinct passage.
+    Memory: ``4 * H`` bytes per distinct passage. A model given by path is loaded onto ``device`` (default: the GPU
+    when there is one); a model object is used on its own device unless ``device`` is given.
     """
 
     name = "retriever"
@@ -320,7 +329,7 @@ class RetrieverScorer(Scorer):
         device: torch.device | str | None = None,
         name: str | None = None,
     ) -> None:
-        self.model = _load_retriever(model_or_path)
+        self.model = _load_retriever(model_or_path, device)
         self.batch_size = batch_size
         self.autocast_dtype = autocast_dtype
         self.passage_embeddings = passage_embeddings
@@ -355,7 +364,11 @@ class RetrieverScorer(Scorer):
 
 
 class RerankerScorer(Scorer):
-    """A cross-encoder's raw logit for each (query, candidate) pair (``CrossEncoderRanker.predict``)."""
+    """A cross-encoder's raw logit for each (query, candidate) pair (``CrossEncoderRanker.predict``).
+
+    Pairs go to ``predict`` in chunks of whole lists (about 50k pairs each), so the texts in memory stay bounded.
+    Devices as for :class:`RetrieverScorer`.
+    """
 
     name = "reranker"
 
@@ -368,7 +381,7 @@ class RerankerScorer(Scorer):
         device: torch.device | str | None = None,
         name: str | None = None,
     ) -> None:
-        self.model = _load_reranker(model_or_path)
+        self.model = _load_reranker(model_or_path, device)
         self.batch_size = batch_size
         self.autocast_dtype = autocast_dtype
         self.device = device
@@ -521,13 +534,13 @@ def _entropy(w: Sequence[float]) -> float:
 
 def _best(results: list[tuple[float, tuple[float, ...]]], allowed: set[int]) -> tuple[float, tuple[float, ...]] | None:
     """The best grid point whose support lies in ``allowed``. Ties (within 1e-12) go to the simpler choice: fewer
-    members with weight first, then the more uniform weights (higher entropy), then grid order."""
+    members with weight first, then the more uniform weights (higher entropy), then more weight on earlier members."""
     pool = [(v, w) for v, w in results if all(x == 0 or i in allowed for i, x in enumerate(w))]
     if not pool:
         return None
     top = max(v for v, _ in pool)
     tied = [(v, w) for v, w in pool if v >= top - _TIE]
-    return min(tied, key=lambda vw: (sum(x > 0 for x in vw[1]), -_entropy(vw[1])))
+    return min(tied, key=lambda vw: (sum(x > 0 for x in vw[1]), -_entropy(vw[1]), tuple(-x for x in vw[1])))
 
 
 def check_teachers(
@@ -553,8 +566,9 @@ def check_teachers(
     2. Ensemble weights by exhaustive grid search on the simplex (multiples of ``grid_step``; at most
        ``MAX_MEMBERS`` members), the ensemble built as in training (:func:`ensemble_logprobs` with ``combine``,
        ``normalize_how`` (one name, or name -> name) and ``temperatures`` (name -> T, default 1)). Ties go to the
-       simpler choice: fewer members, then more uniform weights. Note the grid is fitted on the same held-out
-       queries it is scored on, so the ensemble's number is optimistic; raise ``min_gain`` on small sets.
+       simpler choice: fewer members, then more uniform weights, then more weight on the members named first.
+       The grid is fitted on the same held-out queries it is scored on, so the ensemble's number is optimistic;
+       raise ``min_gain`` on small sets.
     3. A member *helps* if alone it beats the student by more than ``min_gain``, or if the best ensemble with it
        beats the best without it by more than ``min_gain`` (a member can be worse alone yet complement another:
        the issue's best teacher, 0.8 bi-encoder + 0.2 BM25, has BM25 alone below the student). Each member not
@@ -641,7 +655,7 @@ def check_teachers(
         ensemble_ndcg, chosen = first_value, tuple(0.0 for _ in names)
     ensemble_helps = bool(active) and ensemble_ndcg > student + min_gain
     weights = {n: float(chosen[m]) for m, n in enumerate(names)}
-    if False:
+    if zero_bad and not ensemble_helps:
         weights = {n: 0.0 for n in names}
 
     reports = []
@@ -649,9 +663,9 @@ def check_teachers(
         if good_alone[m]:
             note = "beats the student alone"
         elif helps[m]:
-            note = "worse than the student alone, but raises the ensemble"
+            note = "not better than the student alone, but raises the ensemble"
         elif zero_bad:
-            note = "worse than the student alone and does not raise the ensemble: weight 0"
+            note = "not better than the student alone and does not raise the ensemble: weight 0"
         else:
             note = "does not help (kept: zero_bad=False)"
         if weights[n] == 0 and helps[m] and not good_alone[m]:

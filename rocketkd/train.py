@@ -43,6 +43,17 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
+def make_accelerator(**kwargs):
+    """An ``Accelerator`` that also joins a torchrun/gloo group on machines without a GPU.
+
+    accelerate only treats WORLD_SIZE>1 as multi-CPU when told ``cpu=True``; without CUDA there is nothing else
+    to run on, so say so (on one process this changes nothing).
+    """
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
+
+
 def needs_reranker(cfg: Config) -> bool:
     """Whether the run trains a re-ranker online (joint, warmup) — static uses a frozen one outside the optimizer."""
     return cfg.train.mode in ("joint", "warmup")
@@ -155,7 +166,6 @@ def train(
     reranker_path: str | None = None,
 ) -> TrainResult:
     """Train per ``cfg.train.mode`` and save ``retriever/`` (+ ``reranker/``) under the output folder."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
 
@@ -164,7 +174,7 @@ def train(
     t = cfg.train
     out = Path(output_dir or cfg.output_dir)
     ckpt_root = out / "checkpoints"
-    accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.gradient_accumulation_steps)
+    accelerator = make_accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.gradient_accumulation_steps)
     set_seed(t.seed)
     is_main = accelerator.is_main_process
 
@@ -188,6 +198,11 @@ def train(
         passage_max_length=m.passage_max_length,
         gradient_checkpointing=t.gradient_checkpointing,
     )
+    # The backbone's pooler (BERT's tanh layer over [CLS]) feeds no retriever score: freeze it so DDP does not wait
+    # for gradients that never come and the optimizer does not decay weights nobody uses.
+    for name, param in retriever.named_parameters():
+        if ".pooler." in f".{name}":
+            param.requires_grad_(False)
     reranker = None
     teacher_model = None
     if needs_reranker(cfg) or (t.mode == "static" and t.teacher == "reranker"):
@@ -198,6 +213,12 @@ def train(
         )
         if not needs_reranker(cfg):
             teacher_model, reranker = reranker.eval().requires_grad_(False), None
+        else:
+            # A listwise softmax is shift-invariant, so the one-logit head's bias gets an exactly-zero gradient;
+            # Adam would turn its float noise into +-lr steps that differ between runs. Keep it fixed.
+            for name, param in reranker.named_parameters():
+                if name.endswith("bias") and tuple(param.shape) == (1,):
+                    param.requires_grad_(False)
     if t.mode == "static" and t.teacher == "stored" and lists[0].teacher_scores is None:
         raise TrainingError("train.teacher=stored but the candidate lists carry no teacher_scores")
 

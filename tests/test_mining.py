@@ -135,3 +135,233 @@ def test_label_unlabeled():
     lists = label_unlabeled({"u1": "x", "u2": "y", "u3": "z", "u4": "w"}, run, scores, 0.9, 0.1)
     assert [(cl.qid, cl.pids) for cl in lists] == [("u1", ["a", "c", "e"]), ("u1", ["d", "c", "e"])]
     assert all(cl.source == "teacher" for cl in lists)
+
+
+# ---------------------------------------------------------------------------------------------- mine end to end
+
+
+def _cfg(tiny_data, tmp_path, **mining):
+    from rocketkd.config import Config
+
+    cfg = Config()
+    cfg.data.path = str(tiny_data)
+    cfg.data.cache_dir = str(tmp_path / "cache")
+    cfg.candidates.list_length = 8
+    cfg.index.autocast = "no"
+    cfg.index.batch_size = 16
+    for key, value in mining.items():
+        setattr(cfg.mining, key, value)
+    return cfg
+
+
+def _load(cfg):
+    from rocketkd.data.formats import load_retrieval_data
+
+    return load_retrieval_data(cfg.data.path, cache_dir=cfg.data.cache_dir)
+
+
+def _check_lists(lists, data, cfg):
+    """Every list: >= G pids, distinct, and no negative judged relevant (grade > 0) to its query in any split."""
+    assert lists
+    for cl in lists:
+        assert len(cl.pids) >= cfg.candidates.list_length, cl
+        assert len(set(cl.pids)) == len(cl.pids)
+        for split, qrels in data.qrels.items():
+            judged = qrels.get(cl.qid, {})
+            leaked = [pid for pid in cl.negatives if judged.get(pid, 0) > 0]
+            assert not leaked, f"{cl.qid}: judged positives {leaked} ({split}) among the negatives"
+
+
+class FakeReranker:
+    """Duck-typed re-ranker: ``rule(query_text, passage_text) -> logit``; records how it was called."""
+
+    def __init__(self, rule):
+        self.rule = rule
+        self.calls = 0
+        self.pairs = 0
+
+    def predict(self, pairs, *, batch_size=64, show_progress=False, autocast_dtype=None):
+        self.calls += 1
+        self.pairs += len(pairs)
+        return np.array([self.rule(q, p) for q, p in pairs], dtype=np.float32)
+
+
+def test_mine_bm25_first_round(tiny_data, tmp_path):
+    from rocketkd.data.formats import read_candidates, read_provenance
+    from rocketkd.mining import mine
+
+    # a judgement of training query q0 in another split (dev, grade 1): it must never be a negative of q0
+    with open(tiny_data / "qrels" / "dev.tsv", "a") as f:
+        f.write("q0\td59\t1\n")
+    cfg = _cfg(tiny_data, tmp_path)
+    cfg.data.min_positive_grade = 2  # grade-1 passages are then neither positives nor negatives
+    data = _load(cfg)
+    assert "d59" in data.qrels["dev"]["q0"]
+    out = tmp_path / "mined" / "candidates.jsonl"
+    result = mine(cfg, output=out, data=data, show_progress=False)
+
+    lists = read_candidates(out, corpus=data.corpus)
+    assert result.path == out and result.num_lists == len(lists) and result.source == "bm25"
+    _check_lists(lists, data, cfg)
+    # one list per (training query, positive of grade >= 2): the 12 train queries have one grade-2 passage each
+    train = data.qrels["train"]
+    assert sorted((cl.qid, cl.positive) for cl in lists) == sorted(
+        (q, p) for q, judged in train.items() for p, g in judged.items() if g >= 2
+    )
+    assert result.num_queries == len(train)
+    assert all(cl.source == "bm25" for cl in lists)
+    q0 = next(cl for cl in lists if cl.qid == "q0")
+    assert not {"d0", "d1", "d2", "d59"} & set(q0.negatives)
+    # the mined part is BM25's ranking: q0's first negative shares a term with it
+    assert "wing" in data.corpus.get_text(q0.negatives[0]) or "data" in data.corpus.get_text(q0.negatives[0])
+
+    meta = read_provenance(out)
+    assert meta is not None
+    for key in ("round", "retriever", "reranker", "first_round", "depth", "false_negative_threshold",
+                "false_negative_rank", "pseudo_positive_threshold", "unlabeled_positive_threshold",
+                "unlabeled_negative_threshold", "dropped_false_negatives", "topped_up"):
+        assert key in meta, key
+    assert meta["retriever"] == "bm25" and meta["reranker"] is None and meta["num_lists"] == len(lists)
+    assert meta["false_negative_threshold"] == cfg.mining.false_negative_threshold
+
+
+def test_mine_tops_up_short_lists(tiny_data, tmp_path):
+    from rocketkd.data.formats import read_candidates
+    from rocketkd.mining import mine
+
+    cfg = _cfg(tiny_data, tmp_path, depth=3, sampled_negatives=1)
+    data = _load(cfg)
+    out = tmp_path / "c.jsonl"
+    result = mine(cfg, output=out, data=data, show_progress=False)
+    lists = read_candidates(out, corpus=data.corpus)
+    _check_lists(lists, data, cfg)
+    # at most 3 mined + 1 sampled < G - 1 = 7: every list needed a top-up
+    assert result.topped_up == len(lists) == 36
+    assert all(len(cl.pids) == cfg.candidates.list_length for cl in lists)
+
+
+def test_mine_dense_with_tiny_cross_encoder(tiny_data, tiny_bert, tmp_path):
+    from rocketkd.data.formats import read_candidates, read_provenance
+    from rocketkd.mining import mine
+    from rocketkd.models import CrossEncoderRanker
+
+    cfg = _cfg(tiny_data, tmp_path, depth=20, false_negative_rank=0)
+    data = _load(cfg)
+    reranker = CrossEncoderRanker.from_pretrained(tiny_bert)
+    out = tmp_path / "dense.jsonl"
+    result = mine(cfg, output=out, data=data, retriever=str(tiny_bert), reranker=reranker, round_index=1,
+                  show_progress=False)
+    lists = read_candidates(out, corpus=data.corpus)
+    assert result.source == "dense" and result.num_lists == len(lists) == 36
+    assert all(cl.source == "dense" for cl in lists)
+    _check_lists(lists, data, cfg)
+    meta = read_provenance(out)
+    assert meta["round"] == 1 and meta["denoise"] is True and meta["retriever"] == str(tiny_bert)
+    assert meta["false_negative_rank"] == 0 and meta["dropped_false_negatives"] == result.dropped_false_negatives
+
+    # the rank rule (margin 0) removes every negative the re-ranker puts above the list's positive
+    scores = {}
+    for cl in lists:
+        texts = [data.corpus.get_text(p) for p in cl.pids]
+        logits = reranker.predict([(data.queries[cl.qid], t) for t in texts])
+        scores[cl.qid, cl.positive] = logits
+    assert result.dropped_false_negatives > 0  # a random head puts some negatives above the positive
+    checked = 0
+    for cl in lists:
+        if len(cl.pids) <= cfg.candidates.list_length:
+            continue  # may hold top-up negatives, which are not denoised
+        logits = scores[cl.qid, cl.positive]
+        mined = logits[1 : len(cl.pids) - cfg.mining.sampled_negatives]  # the mined negatives come first
+        assert np.all(mined <= logits[0] + 1e-4), cl.qid
+        checked += 1
+    assert checked > 0
+
+
+def test_mine_base_encoder_first_round(tiny_data, tiny_bert, tmp_path):
+    from rocketkd.data.formats import read_candidates
+    from rocketkd.mining import mine
+
+    cfg = _cfg(tiny_data, tmp_path, first_round="base", depth=10)
+    cfg.model.retriever = str(tiny_bert)
+    data = _load(cfg)
+    result = mine(cfg, output=tmp_path / "base.jsonl", data=data, show_progress=False)
+    assert result.source == "dense"
+    _check_lists(read_candidates(tmp_path / "base.jsonl"), data, cfg)
+
+
+def test_mine_drops_a_false_negative_the_reranker_is_sure_of(tiny_data, tmp_path):
+    from rocketkd.data.formats import read_candidates
+    from rocketkd.mining import mine
+
+    cfg = _cfg(tiny_data, tmp_path, sampled_negatives=0)
+    data = _load(cfg)
+    plain = mine(cfg, output=tmp_path / "plain.jsonl", data=data, show_progress=False)
+    before = read_candidates(plain.path)
+    q0_lists = [cl for cl in before if cl.qid == "q0"]
+    target = q0_lists[0].negatives[0]  # BM25's best unjudged passage for q0
+    target_text = data.corpus.get_text(target)
+    q0_text = data.queries["q0"]
+
+    fake = FakeReranker(lambda q, p: 6.0 if (q, p) == (q0_text, target_text) else -3.0)
+    result = mine(cfg, output=tmp_path / "denoised.jsonl", data=data, reranker=fake, show_progress=False)
+    after = read_candidates(result.path)
+    assert fake.calls >= 1
+    assert result.dropped_false_negatives == 1
+    for cl in after:
+        if cl.qid == "q0":
+            assert target not in cl.pids
+    # everything else is unchanged: same lists, same mined negatives minus the target
+    assert [(cl.qid, cl.positive) for cl in after] == [(cl.qid, cl.positive) for cl in before]
+    for a, b in zip(after, before):
+        if a.qid != "q0":
+            assert a.pids == b.pids
+        else:
+            assert a.pids[: len(b.pids) - 1] == [p for p in b.pids if p != target]
+    _check_lists(after, data, cfg)
+
+    # the same passage above a pseudo-positive threshold becomes the positive of its own list
+    cfg.mining.pseudo_positive_threshold = 0.99
+    result = mine(cfg, output=tmp_path / "pseudo.jsonl", data=data, reranker=fake, show_progress=False)
+    lists = read_candidates(result.path)
+    pseudo = [cl for cl in lists if cl.source == "pseudo"]
+    assert result.pseudo_positives == 1 and [(cl.qid, cl.positive) for cl in pseudo] == [("q0", target)]
+    assert target not in [p for cl in lists if cl.qid == "q0" for p in cl.negatives]
+    _check_lists(lists, data, cfg)
+
+
+def test_mine_teacher_labels_unlabeled_queries(tiny_data, tmp_path):
+    import json
+
+    from rocketkd.data.formats import read_candidates
+    from rocketkd.mining import mine
+
+    with open(tiny_data / "queries_unlabeled.jsonl", "w") as f:
+        f.write(json.dumps({"_id": "u0", "text": "flutter wing"}) + "\n")
+        f.write(json.dumps({"_id": "u1", "text": "heat nozzle"}) + "\n")  # the teacher finds nothing: no list
+        f.write(json.dumps({"_id": "q5", "text": "nozzle"}) + "\n")  # a judged query: never teacher-labelled
+    cfg = _cfg(tiny_data, tmp_path, label_unlabeled=True, denoise=False)
+    data = _load(cfg)
+    assert set(data.unlabeled_queries) == {"u0", "u1", "q5"}
+
+    def rule(q, p):
+        if q == "flutter wing":
+            return 5.0 if p.startswith("flutter report") else (0.0 if "flutter" in p else -5.0)
+        return -5.0
+
+    fake = FakeReranker(rule)
+    result = mine(cfg, output=tmp_path / "t.jsonl", data=data, reranker=fake, show_progress=False)
+    lists = read_candidates(result.path)
+    teacher = [cl for cl in lists if cl.source == "teacher"]
+    assert {cl.qid for cl in teacher} == {"u0"}
+    assert sorted(cl.positive for cl in teacher) == ["d3", "d4", "d5"]
+    assert result.labelled_queries == 1 and result.teacher_lists == 3
+    assert result.num_queries == 12 + 1
+    for cl in teacher:
+        assert len(cl.pids) >= cfg.candidates.list_length
+        for pid in cl.negatives:
+            text = data.corpus.get_text(pid)
+            # neither a teacher positive nor a passage the teacher was unsure about (d2 mentions flutter)
+            assert not text.startswith("flutter report") and pid != "d2"
+    # denoise off: training lists equal those of a run without a re-ranker
+    plain = read_candidates(mine(cfg, output=tmp_path / "p.jsonl", data=data, show_progress=False).path)
+    assert [cl.pids for cl in lists if cl.source != "teacher"] == [cl.pids for cl in plain]

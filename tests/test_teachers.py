@@ -211,9 +211,9 @@ def test_check_teachers_all_bad_is_not_usable(caplog):
     assert sum(kept.weights.values()) == pytest.approx(1.0) and not kept.report("ensemble").helps
 
 
-def test_check_teachers_keeps_members_that_only_help_together():
-    # The issue's case: the student (zero-shot bi-encoder) and BM25 are each no better than the student alone, yet
-    # their fusion is. Here "student" swaps the top two; "lexical" gets the top right but buries the grade-1s.
+def _complementary():
+    """The issue's case: "student" (the zero-shot bi-encoder) swaps the top two of every query; "lexical" (BM25) gets
+    the top right but buries the grade-1s. Each alone is no better than the student; their mixture is perfect."""
     rng = np.random.default_rng(5)
     qrels, student, lexical, candidates = {}, {}, {}, {}
     for i in range(10):
@@ -223,11 +223,29 @@ def test_check_teachers_keeps_members_that_only_help_together():
         student[q] = dict(zip(pids, [1.0, 1.05, 0.9] + rng.uniform(-0.1, 0.1, 7).tolist()))
         lexical[q] = dict(zip(pids, [5.0, 0.0, 0.0] + rng.uniform(0.5, 3.0, 7).tolist()))
         candidates[q] = pids
+    return candidates, student, lexical, qrels
+
+
+def test_check_teachers_keeps_members_that_only_help_together():
+    candidates, student, lexical, qrels = _complementary()
     choice = check_teachers(candidates, student, {"student": student, "lexical": lexical}, qrels)
     assert choice.report("lexical").ndcg < choice.student_ndcg
     assert choice.report("student").ndcg == pytest.approx(choice.student_ndcg)
-    assert choice.ensemble_ndcg > choice.student_ndcg and choice.usable
-    assert choice.weights["student"] > 0 and choice.weights["lexical"] > 0
+    assert choice.ensemble_ndcg == pytest.approx(1.0) and choice.usable
+    # many weightings reach 1.0 here; ties go to the more uniform one
+    assert choice.weights == {"student": 0.5, "lexical": 0.5}
+    # per-member normalisation and temperature (e.g. the online re-ranker raw at T, as objective.mix_teachers does)
+    hows, temps = {"student": "zscore", "lexical": "none"}, {"lexical": 4.0}
+    raw = check_teachers(
+        candidates, student, {"student": student, "lexical": lexical}, qrels, normalize_how=hows, temperatures=temps
+    )
+    names = list(raw.weights)
+    lists = [[np.array([m[q][p] for p in candidates[q]]) for q in candidates] for m in (student, lexical)]
+    logprobs = ensemble_logprobs(
+        lists, [raw.weights[n] for n in names], temperatures=[1.0, 4.0], normalize_how=[hows[n] for n in names]
+    )
+    run = {q: dict(zip(candidates[q], lp.tolist())) for q, lp in zip(candidates, logprobs)}
+    assert rerank_ndcg(run, qrels) == pytest.approx(raw.ensemble_ndcg)
     assert choice.report("student").helps and choice.report("lexical").helps
     # which is what the training targets will be: the ensemble of the chosen weights re-ranks that well
     names = list(choice.weights)
@@ -235,6 +253,25 @@ def test_check_teachers_keeps_members_that_only_help_together():
     logprobs = ensemble_logprobs(lists, [choice.weights[n] for n in names])
     run = {q: dict(zip(candidates[q], lp.tolist())) for q, lp in zip(candidates, logprobs)}
     assert rerank_ndcg(run, qrels) == pytest.approx(choice.ensemble_ndcg)
+
+
+def test_check_teachers_zeroes_an_ensemble_that_does_not_beat_the_student(caplog):
+    # the same two complementary members, but now the student is already perfect: together they only tie with it
+    candidates, weak, lexical, qrels = _complementary()
+    student = {q: {p: float(qrels[q].get(p, 0)) for p in pids} for q, pids in candidates.items()}
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        choice = check_teachers(candidates, student, {"weak": weak, "lexical": lexical}, qrels)
+    assert choice.ensemble_ndcg == pytest.approx(choice.student_ndcg) == pytest.approx(1.0)
+    assert choice.weights == {"weak": 0.0, "lexical": 0.0} and not choice.usable
+    assert not choice.report("ensemble").helps
+    assert any("ensemble" in r.getMessage() and "do not distil" in r.getMessage() for r in caplog.records)
+
+
+def test_check_teachers_ties_go_to_the_simpler_choice():
+    candidates, student, grades, qrels, _ = _synthetic()
+    choice = check_teachers(candidates, student, {"a": grades, "b": dict(grades), "c": dict(grades)}, qrels)
+    assert choice.weights == {"a": 1.0, "b": 0.0, "c": 0.0}  # one member, not a mixture of equals
+    assert choice.report("a").helps and choice.report("b").helps  # each beats the student alone
 
 
 def test_check_teachers_input_errors():
@@ -343,6 +380,11 @@ def test_retriever_scorer_equals_dot_products_and_encodes_once(tiny, tiny_bert):
             assert np.allclose(scores, p @ q, atol=1e-5)
             if similarity == "cosine":
                 assert np.all(np.abs(scores) <= 1 + 1e-5)
+    # a path loads the model itself (onto the GPU when there is one): same weights, same scores
+    from_path = RetrieverScorer(str(tiny_bert), device="cpu").score(lists, queries, corpus)
+    dot_model = DualEncoder.from_pretrained(str(tiny_bert))
+    for a, b in zip(from_path, RetrieverScorer(dot_model).score(lists, queries, corpus)):
+        assert np.allclose(a, b, atol=1e-5)
     # precomputed passage embeddings (by corpus row) give the same scores
     embeddings = model.encode(corpus.texts(range(len(corpus))), side="passage")
     again = RetrieverScorer(model, passage_embeddings=embeddings).score(lists, queries, corpus)
