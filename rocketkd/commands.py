@@ -74,6 +74,8 @@ def _queries_from(path: str, split: str | None) -> dict[str, str]:
     p = Path(path)
     if p.is_dir():
         data = load_retrieval_data(p)
+        if split and split not in data.qrels:
+            raise ConfigError(f"--split {split!r}: {p} has no qrels for it (found: {', '.join(data.qrels) or 'none'})")
         return data.split_queries(split) if split else data.queries
     if split:
         raise ConfigError("--split needs --queries to name a dataset folder")
@@ -122,7 +124,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not qrels:
         raise DataFormatError(args.qrels, "no judgments")
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else list(DEFAULT_METRICS)
-    result = evaluate_run(run, qrels, metrics)
+    try:
+        result = evaluate_run(run, qrels, metrics)
+    except ValueError as e:  # no query with a relevant passage: nothing to average
+        raise DataFormatError(args.qrels, str(e)) from None
     if args.json:
         print(to_json(result.mean))
     else:

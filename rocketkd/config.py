@@ -131,6 +131,13 @@ class PipelineConfig:
     rounds: int = _f(2, "mine -> train rounds after warm-up")
     warmup: bool = _f(True, "train both models on labels before distilling (a fresh head is a random teacher)")
     warmup_steps: int | None = _f(None, "warm-up optimizer steps (empty = train.epochs worth)")
+    round_mode: str = _f(
+        "auto",
+        "how each round trains the retriever: auto (teachers checked on dev decide: joint with the best ensemble, or "
+        "labels only when none helps), joint (online re-ranker alone, RocketQAv2), static (frozen warmed-up re-ranker), "
+        "contrastive (labels only, no teacher)",
+    )
+    teacher_min_gain: float = _f(0.005, "a teacher (or ensemble) must beat the student on dev nDCG@10 by this to teach")
     systems: list = _f(["bm25", "base", "retriever", "reranked"], "systems evaluated on the test split")
     plot: bool = _f(True, "write recall@k and loss curves as PNG next to results.json")
 
@@ -274,6 +281,7 @@ _CHOICES = {
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "mining.first_round": ("bm25", "base"),
     "index.autocast": ("auto", "bf16", "fp16", "no"),
+    "pipeline.round_mode": ("auto", "joint", "static", "contrastive"),
 }
 
 
@@ -283,6 +291,8 @@ def validate_config(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), key)
         if value not in choices:
             raise ConfigError(f"config key {dotted!r}: {value!r} is not one of {', '.join(choices)}")
+    if cfg.train.mode == "static" and cfg.train.teacher == "online":
+        raise ConfigError("config key 'train.teacher': static mode needs a frozen 'reranker' or 'stored' scores, not 'online'")
     if cfg.candidates.list_length < 2:
         raise ConfigError("config key 'candidates.list_length': needs at least 2 (a positive and a negative)")
     if cfg.train.batch_size < 1:

@@ -270,6 +270,11 @@ def _training_queries(cfg: Config, data: Any) -> dict[str, str]:
             f"split {split!r} has no query with a positive of grade >= {cfg.data.min_positive_grade} "
             "(config key 'data.min_positive_grade')"
         )
+    if len(queries) < len(qrels):
+        logger.info(
+            "split %r: %d of %d queries have no positive of grade >= %d (config key 'data.min_positive_grade'): "
+            "skipped", split, len(qrels) - len(queries), len(qrels), cfg.data.min_positive_grade,
+        )
     return queries
 
 
@@ -431,6 +436,11 @@ def mine(
     corpus = data.corpus
     corpus_ids = corpus.ids
     list_length = cfg.candidates.list_length
+    if list_length > len(corpus):
+        raise ConfigError(
+            f"config key 'candidates.list_length': {list_length} candidates per list, but the corpus has only "
+            f"{len(corpus)} passages"
+        )
     train_queries = _training_queries(cfg, data)
     train_qrels = data.qrels[cfg.data.train_split]
 

@@ -107,7 +107,14 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
         "base": RetrieverScorer(resolve_model_path(cfg.model.retriever)),
     }
     members = {name: scores_on_candidates(s, candidates, dev, data.corpus) for name, s in scorers.items()}
-    choice = check_teachers(candidates, student_run, members, data.qrels[cfg.data.dev_split])
+    # The re-ranker is checked as training will use it: raw logits at train.temperature (mix_teachers); the
+    # offline members (BM25, cosine) live on other scales and are z-scored per list.
+    choice = check_teachers(
+        candidates, student_run, members, data.qrels[cfg.data.dev_split],
+        min_gain=cfg.pipeline.teacher_min_gain,
+        normalize_how={"reranker": "none", "bm25": "zscore", "base": "zscore"},
+        temperatures={"reranker": cfg.train.temperature},
+    )
     lists = read_candidates(lists_path, corpus=data.corpus)
     static = {n: w for n, w in choice.weights.items() if n != "reranker" and w > 0}
     online_weight = choice.weights.get("reranker", 0.0)
@@ -163,10 +170,15 @@ def run_pipeline(cfg: Config) -> dict:
         lists_path = out / f"round{r}" / "candidates.jsonl"
         stages.run(f"mine-{r}", lambda: _mined(mine(cfg, output=lists_path, data=data, retriever=retriever,
                                                    reranker=reranker, round_index=r)))
-        t = stages.run(f"teachers-{r}", _stage_teachers, cfg, data, out, r, retriever, reranker, lists_path)
+        if p.round_mode == "auto":
+            t = stages.run(f"teachers-{r}", _stage_teachers, cfg, data, out, r, retriever, reranker, lists_path)
+        else:  # a fixed recipe, e.g. for the ablation table in docs/results.md
+            teacher = {"static": "reranker"}.get(p.round_mode, cfg.train.teacher)
+            t = {"mode": p.round_mode, "online_teacher_weight": 1.0, "lists": str(lists_path), "teacher": teacher}
 
         def joint(t=t, r=r, retriever=retriever, reranker=reranker) -> dict:
-            jcfg = _train_cfg(cfg, mode=t["mode"], online_teacher_weight=t["online_teacher_weight"])
+            jcfg = _train_cfg(cfg, mode=t["mode"], online_teacher_weight=t["online_teacher_weight"],
+                              teacher=t.get("teacher", cfg.train.teacher))
             lists = read_candidates(t["lists"], corpus=data.corpus)
             res = train(jcfg, output_dir=out / f"round{r}", resume=True, data=data, lists=lists,
                         retriever_path=retriever, reranker_path=reranker)

@@ -6,6 +6,7 @@ depends only on (seed, epoch, list index), so a resumed run sees exactly the gro
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 
@@ -14,6 +15,7 @@ import torch
 from ..errors import ConfigError
 from ..types import CandidateList, Qrels
 
+logger = logging.getLogger(__name__)
 
 def positives_of(qrels: Qrels, qid: str, min_grade: int = 1) -> list[str]:
     """Judged positives of a query, best grade first (ties by id, so the order is stable)."""
@@ -35,12 +37,19 @@ def label_lists(
     Sampled negatives skip every passage judged relevant to the query (any grade >= ``min_grade``), so a known
     positive is never used as a negative. ``pool_size`` negatives are kept per list (default 4·(G-1)) so each
     epoch can draw a different G-1 of them.
+
+    A query without a positive is skipped (the count is logged); qrels where no query has one are a ``ConfigError``,
+    as is a query for which the corpus holds no passage to serve as a negative.
     """
     rng = random.Random(seed)
     pool = pool_size or 4 * (list_length - 1)
     lists = []
+    skipped = 0
     for qid in sorted(qrels):
         positives = positives_of(qrels, qid, min_grade)
+        if not positives:
+            skipped += 1
+            continue
         relevant = set(positives)
         for pos in positives:
             negatives: list[str] = []
@@ -53,7 +62,22 @@ def label_lists(
                     continue
                 seen.add(pid)
                 negatives.append(pid)
+            if not negatives:
+                raise ConfigError(
+                    f"query {qid!r}: no passage of the corpus ({len(corpus_ids)} passages, {len(relevant)} of them "
+                    "judged relevant to it) is left to serve as a negative"
+                )
             lists.append(CandidateList(qid=qid, pids=[pos, *negatives], source="sampled"))
+    if not lists:
+        raise ConfigError(
+            f"none of the {len(qrels)} queries of the training qrels has a positive of grade >= {min_grade}: "
+            "nothing to train on (config keys 'data.train_split', 'data.min_positive_grade')"
+        )
+    if skipped:
+        logger.info(
+            "%d of %d queries of the training qrels have no positive of grade >= %d: skipped",
+            skipped, len(qrels), min_grade,
+        )
     return lists
 
 

@@ -770,14 +770,18 @@ def _meta_path(path: PathLike) -> Path:
     return path.with_name(path.name + ".meta.json")
 
 
-def read_candidates(path: PathLike, *, corpus: Corpus | Any | None = None) -> list[CandidateList]:
+def read_candidates(
+    path: PathLike, *, corpus: Corpus | Any | None = None, queries: Mapping[str, Any] | None = None
+) -> list[CandidateList]:
     """Candidate lists from JSONL (one ``CandidateList.to_dict()`` per line), validated; with ``corpus``, every pid
-    must be in it."""
+    must be in it; with ``queries``, every qid must be among them."""
     path = Path(path)
     lists: list[CandidateList] = []
     for lineno, line in _iter_lines(path):
         obj = _json_object(path, lineno, line)
         qid = _check_id(path, lineno, _required(path, lineno, obj, "qid"), "qid")
+        if queries is not None and qid not in queries:
+            raise DataFormatError(path, f"query id {qid!r} is not among the queries", line=lineno)
         pids = _required(path, lineno, obj, "pids")
         if not isinstance(pids, list):
             raise DataFormatError(path, f"'pids' must be a list, got {_json_type(pids)}", line=lineno)

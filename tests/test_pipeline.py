@@ -1,0 +1,42 @@
+"""The whole recipe on tiny models: every stage's output, results.json with every system, resume by stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rocketkd.config import load_config
+from rocketkd.pipeline import REPORT_METRICS, run_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pipeline_end_to_end_and_resume(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [
+        f"data.path={tiny_data}", f"model.retriever={tiny_bert}", f"model.reranker={tiny_bert}", f"output_dir={out}",
+    ])
+    results = run_pipeline(cfg)
+    assert set(results["systems"]) == {"bm25", "base", "retriever", "reranked"}
+    for metrics in results["systems"].values():
+        assert set(metrics) == set(REPORT_METRICS)
+        assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["systems"] == results["systems"]
+    assert "teachers-1" in saved["teachers"] and "weights" in saved["teachers"]["teachers-1"]
+    assert (out / "curves.png").stat().st_size > 1000
+    assert (out / "index" / "index.faiss").exists() and (out / "runs" / "reranked.test.trec").exists()
+    stages = json.loads((out / "stages.json").read_text())
+    assert list(stages) == ["baselines", "mine-0", "warmup", "mine-1", "teachers-1", "train-1", "final"]
+
+    # An interruption after train-1: rerunning must redo only the final stage.
+    del stages["final"]
+    (out / "stages.json").write_text(json.dumps(stages))
+    import rocketkd.train as train_mod
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr(train_mod, "train", no_training)
+    again = run_pipeline(cfg)
+    assert again["systems"] == results["systems"]
