@@ -7,7 +7,6 @@ printed as one line (file and line, config key, or step) with exit status 2 and 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys

@@ -75,7 +75,8 @@ def _queries_from(path: str, split: str | None) -> dict[str, str]:
     if p.is_dir():
         data = load_retrieval_data(p)
         if split and split not in data.qrels:
-            raise ConfigError(f"--split {split!r}: {p} has no qrels for it (found: {', '.join(data.qrels) or 'none'})")
+            found = ", ".join(data.qrels) or "none"
+            raise ConfigError(f"--split {split!r}: {p} has no qrels for it (found: {found})")
         return data.split_queries(split) if split else data.queries
     if split:
         raise ConfigError("--split needs --queries to name a dataset folder")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from rocketkd.distributed import gather_rows, shard_rows, world
 from rocketkd.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -113,13 +114,20 @@ def encode_corpus(
     show_progress: bool = True,
     rows: Sequence[int] | np.ndarray | None = None,
     chunk_size: int | None = None,
-) -> np.ndarray:
+    distributed: bool | None = None,
+) -> np.ndarray | None:
     """Passage embeddings of ``corpus`` (or of its ``rows``), float32 ``(N, H)``, row i for ``rows[i]``.
 
     ``rows``: a subset of corpus rows, in the order the output should have (e.g. one process's shard); default all
     rows in corpus order. ``out_path``: write into a ``.npy`` file memory-mapped on disk (readable with
     ``np.load(path, mmap_mode="r")``) and return it opened read-only; it is filled under a temporary name and renamed
     into place when complete. ``chunk_size``: rows per length-sorted chunk (default ``50 * batch_size``).
+
+    ``distributed`` (default: True when a process group of several processes is initialised, see
+    :mod:`rocketkd.distributed`): every process encodes only its contiguous share of the rows
+    (:func:`~rocketkd.distributed.shard_rows`) and the main process gathers the shares by row index. The main process
+    returns the full ``(N, H)`` array (and alone writes ``out_path``); **every other process returns None**. Every
+    process must call it (it is a collective). ``False``: encode every row here, as in one process.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -134,22 +142,15 @@ def encode_corpus(
     n = len(wanted)
     hidden = int(model.hidden_size)
     dtype = resolve_autocast(autocast, _model_device(model))
+    rank, size = world()
+    sharded = size > 1 and distributed is not False
 
-    tmp: Path | None = None
-    if out_path is None:
-        out: np.ndarray = np.empty((n, hidden), dtype=np.float32)
-    else:
-        final = Path(out_path)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, hidden))
-
-    try:
+    def fill(out: np.ndarray, which: np.ndarray, progress: bool) -> None:
         from tqdm.auto import tqdm
 
-        with tqdm(total=n, desc="encode passages", unit="psg", disable=not show_progress) as bar:
-            for start in range(0, n, chunk):
-                chunk_rows = wanted[start : start + chunk]
+        with tqdm(total=len(which), desc="encode passages", unit="psg", disable=not progress) as bar:
+            for start in range(0, len(which), chunk):
+                chunk_rows = which[start : start + chunk]
                 texts = corpus.texts(chunk_rows)
                 # longest first: least padding per batch, and the largest batch runs first
                 order = np.argsort(
@@ -165,6 +166,34 @@ def encode_corpus(
                 emb = _check_output(emb, len(texts), hidden, "encode_corpus")
                 out[start + order] = emb  # (chunk, H) back to corpus order
                 bar.update(len(texts))
+
+    local: np.ndarray | None = None
+    share = range(n)
+    if sharded:  # this process's rows first, in memory; the main process then gathers every share into `out`
+        share = shard_rows(n, rank, size)
+        local = np.empty((len(share), hidden), dtype=np.float32)
+        fill(local, wanted[share.start : share.stop], show_progress and rank == 0)
+
+    tmp: Path | None = None
+    out: np.ndarray | None = None
+    if rank == 0 or not sharded:
+        if out_path is None:
+            out = np.empty((n, hidden), dtype=np.float32)
+        else:
+            final = Path(out_path)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, hidden))
+
+    try:
+        if sharded:
+            assert local is not None
+            out = gather_rows(local, share, n, out=out)
+            if out is None:  # not the main process: its share is with the main process now
+                return None
+        else:
+            assert out is not None
+            fill(out, wanted, show_progress)
         if tmp is not None:
             out.flush()  # type: ignore[union-attr]
             del out

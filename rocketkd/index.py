@@ -33,6 +33,7 @@ import faiss
 import numpy as np
 import torch
 
+from rocketkd.distributed import gather_objects, shard_rows, world
 from rocketkd.encode import encode_corpus, encode_queries
 from rocketkd.errors import DataFormatError, IndexError_
 from rocketkd.io import atomic_dir, atomic_write, read_json, write_json
@@ -279,11 +280,17 @@ class DenseIndex:
         train_sample: int = 100_000,
         show_progress: bool = True,
         embeddings_path: str | os.PathLike | None = None,
-    ) -> DenseIndex:
+        distributed: bool | None = None,
+    ) -> DenseIndex | None:
         """Encode ``corpus`` with ``model`` (a DualEncoder or a model folder) and index it.
 
         ``embeddings_path``: keep the passage embeddings in a memory-mapped ``.npy`` there instead of in memory
         while the index is filled (large corpora).
+
+        Under several processes (``distributed``, default: when a process group of several processes is
+        initialised, see :func:`~rocketkd.encode.encode_corpus`) every process encodes its share of the corpus and
+        the main process alone gathers the vectors (in row order) and builds the index. **The other processes
+        return None**: build nothing, save nothing. Every process must call it.
         """
         source: str | None
         if isinstance(model, (str, os.PathLike)):
@@ -300,7 +307,10 @@ class DenseIndex:
             autocast=autocast,
             out_path=embeddings_path,
             show_progress=show_progress,
+            distributed=distributed,
         )
+        if emb is None:  # not the main process of a multi-process run: the main process builds the index
+            return None
         metadata = {
             "encoder_path": source,
             "encoder_fingerprint": model.fingerprint(),
@@ -599,14 +609,30 @@ def search_run(
     *,
     batch_size: int = 128,
     autocast: str = "auto",
-) -> Run:
-    """A run: query id -> {passage id: inner product} with each query's top ``k`` passages."""
+    distributed: bool | None = None,
+) -> Run | None:
+    """A run: query id -> {passage id: inner product} with each query's top ``k`` passages.
+
+    ``distributed`` (default: when a process group of several processes is initialised): every process, each with
+    the same index loaded, encodes and searches its contiguous share of the queries (in the mapping's order); the
+    main process gathers the results by query position and returns the whole run, in the mapping's order. **The
+    other processes return None.** Every process must call it.
+    """
     qids = list(queries)
-    result = index.search_texts([queries[q] for q in qids], k, batch_size=batch_size, autocast=autocast)
-    return {
-        qid: {pid: float(s) for pid, s in zip(pids, scores.tolist())}
-        for qid, pids, scores in zip(qids, result.ids, result.scores)
-    }
+    rank, size = world()
+    sharded = size > 1 and distributed is not False
+    share = shard_rows(len(qids), rank, size) if sharded else range(len(qids))
+    mine = qids[share.start : share.stop]
+    result = index.search_texts([queries[q] for q in mine], k, batch_size=batch_size, autocast=autocast)
+    hits = [
+        {pid: float(s) for pid, s in zip(pids, scores.tolist())} for pids, scores in zip(result.ids, result.scores)
+    ]
+    if sharded:
+        gathered = gather_objects(hits, share, len(qids))
+        if gathered is None:
+            return None
+        hits = gathered
+    return dict(zip(qids, hits))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -273,7 +273,8 @@ def _training_queries(cfg: Config, data: Any) -> dict[str, str]:
     if len(queries) < len(qrels):
         logger.info(
             "split %r: %d of %d queries have no positive of grade >= %d (config key 'data.min_positive_grade'): "
-            "skipped", split, len(qrels) - len(queries), len(qrels), cfg.data.min_positive_grade,
+            "skipped",
+            split, len(qrels) - len(queries), len(qrels), cfg.data.min_positive_grade,
         )
     return queries
 

@@ -168,8 +168,8 @@ def run_pipeline(cfg: Config) -> dict:
         retriever, reranker = w["retriever"], w["reranker"]
     for r in range(1, p.rounds + 1):
         lists_path = out / f"round{r}" / "candidates.jsonl"
-        stages.run(f"mine-{r}", lambda: _mined(mine(cfg, output=lists_path, data=data, retriever=retriever,
-                                                   reranker=reranker, round_index=r)))
+        stages.run(f"mine-{r}", lambda r=r, lists_path=lists_path, retriever=retriever, reranker=reranker: _mined(
+            mine(cfg, output=lists_path, data=data, retriever=retriever, reranker=reranker, round_index=r)))
         if p.round_mode == "auto":
             t = stages.run(f"teachers-{r}", _stage_teachers, cfg, data, out, r, retriever, reranker, lists_path)
         else:  # a fixed recipe, e.g. for the ablation table in docs/results.md
@@ -223,7 +223,7 @@ def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str) ->
 
 def _write_results(cfg: Config, data, out: Path, stages: StageLog) -> dict:
     from .data.formats import read_trec_run
-    from .metrics import evaluate_run, format_table
+    from .metrics import evaluate_run
 
     test = cfg.data.test_split
     qrels = data.qrels[test]
@@ -263,7 +263,6 @@ def _write_results(cfg: Config, data, out: Path, stages: StageLog) -> dict:
         except ImportError as e:  # matplotlib is a dependency; keep results even if a user removed it
             logger.warning("no plot: %s", e)
     logger.info("results written to %s", out / "results.json")
-    _ = format_table
     return results
 
 

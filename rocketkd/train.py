@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .config import Config
 from .data.collator import JointCollator
 from .data.dataset import GroupDataset, label_lists
-from .errors import TrainingError
+from .errors import ConfigError, TrainingError
 from .joint import JointModel
 from .models import CrossEncoderRanker, DualEncoder, resolve_model_path
 from .objective import compute_objective, in_batch_ce
@@ -64,8 +64,14 @@ def build_lists(cfg: Config, data) -> list[CandidateList]:
     from .data.formats import read_candidates
 
     if cfg.candidates.path:
-        return read_candidates(cfg.candidates.path, corpus=data.corpus)
-    qrels = data.qrels[cfg.data.train_split]
+        queries = {**getattr(data, "unlabeled_queries", {}), **data.queries}
+        return read_candidates(cfg.candidates.path, corpus=data.corpus, queries=queries)
+    split = cfg.data.train_split
+    if split not in data.qrels:
+        raise ConfigError(
+            f"config key 'data.train_split': no qrels split {split!r} (loaded: {', '.join(data.qrels) or 'none'})"
+        )
+    qrels = data.qrels[split]
     return label_lists(
         qrels,
         data.corpus.ids,
@@ -279,8 +285,13 @@ def train(
             epoch_loader.set_epoch(epoch)
             for batch in epoch_loader:
                 with accelerator.accumulate(model):
-                    parts = _step_loss(model, batch, cfg, teacher_model, accelerator, step)
-                    accelerator.backward(parts.total)
+                    if t.chunk_size:  # cached score gradients: forwards in chunks, backward done inside
+                        from .gradcache import chunked_backward
+
+                        parts = chunked_backward(model, batch, cfg, teacher_model, accelerator, step)
+                    else:
+                        parts = _step_loss(model, batch, cfg, teacher_model, accelerator, step)
+                        accelerator.backward(parts.total)
                     if accelerator.sync_gradients:
                         _check_gradients(model, accelerator, step, parts, t.max_grad_norm)
                     optimizer.step()

@@ -38,6 +38,18 @@ def build_tiny_bert(path: Path, seed: int = 0) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_corpus_cache(tmp_path_factory):
+    """Keep the Arrow corpus caches of the suite out of the shared temp folder."""
+    old = os.environ.get("ROCKETKD_CACHE_DIR")
+    os.environ["ROCKETKD_CACHE_DIR"] = str(tmp_path_factory.mktemp("corpus-cache"))
+    yield
+    if old is None:
+        os.environ.pop("ROCKETKD_CACHE_DIR", None)
+    else:
+        os.environ["ROCKETKD_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def _tiny_bert_session(tmp_path_factory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert") / "model")

@@ -8,6 +8,8 @@ read, before any model is loaded. The defects are written into a private copy of
 
 A training query without a positive: ``mine`` and ``label_lists`` (``train`` without ``candidates.path``) skip it
 and log how many they skipped; a training split where *no* query has a positive is an error.
+
+``train`` checks a candidate file's query ids and the training split before it creates its output folder.
 """
 
 from __future__ import annotations
@@ -294,11 +296,6 @@ def test_candidates_positive_also_negative(capsys, tiny_data, tiny_bert, tmp_pat
     assert_no_output(out, corpus_cache)
 
 
-@pytest.mark.xfail(
-    raises=KeyError, strict=False,
-    reason="train.build_lists must pass queries= to read_candidates (rocketkd/train.py, the lead's file); until "
-    "then an unknown qid is a KeyError in the collator, after the output folder was made",
-)
 def test_candidates_unknown_query(capsys, tiny_data, tiny_bert, tmp_path, corpus_cache):
     # would otherwise be a KeyError in the collator, after the output folder was made
     cands = tmp_path / "candidates.jsonl"
@@ -312,11 +309,6 @@ def test_candidates_unknown_query(capsys, tiny_data, tiny_bert, tmp_path, corpus
     assert_no_output(out, corpus_cache)
 
 
-@pytest.mark.xfail(
-    raises=KeyError, strict=False,
-    reason="train.build_lists indexes data.qrels[cfg.data.train_split] unchecked (rocketkd/train.py, the lead's "
-    "file); mine already raises a ConfigError naming 'data.train_split'",
-)
 def test_train_unknown_train_split(capsys, tiny_data, tiny_bert, tmp_path, corpus_cache):
     out = tmp_path / "run"
     result = cli(capsys, *train_args(tiny_data, tiny_bert, out, "data.train_split=nosuch"))

@@ -38,8 +38,8 @@ def label_lists(
     positive is never used as a negative. ``pool_size`` negatives are kept per list (default 4·(G-1)) so each
     epoch can draw a different G-1 of them.
 
-    A query without a positive is skipped (the count is logged); qrels where no query has one are a ``ConfigError``,
-    as is a query for which the corpus holds no passage to serve as a negative.
+    A query without a positive is skipped (the count is logged); qrels where no query has one are a
+    ``ConfigError``, as is a query for which the corpus holds no passage to serve as a negative.
     """
     rng = random.Random(seed)
     pool = pool_size or 4 * (list_length - 1)
@@ -64,8 +64,8 @@ def label_lists(
                 negatives.append(pid)
             if not negatives:
                 raise ConfigError(
-                    f"query {qid!r}: no passage of the corpus ({len(corpus_ids)} passages, {len(relevant)} of them "
-                    "judged relevant to it) is left to serve as a negative"
+                    f"query {qid!r}: no passage of the corpus ({len(corpus_ids)} passages, {len(relevant)} of "
+                    "them judged relevant to it) is left to serve as a negative"
                 )
             lists.append(CandidateList(qid=qid, pids=[pos, *negatives], source="sampled"))
     if not lists:

@@ -24,8 +24,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rocketkd.errors import ModelLoadError
+from rocketkd.io import atomic_dir  # noqa: F401 - re-exported for cross_encoder.py
 from rocketkd.models.pooling import POOLINGS
 from rocketkd.types import check_group_layout, group_view
 
@@ -212,35 +211,6 @@ def enable_checkpointing(model: nn.Module) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-@contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty temp folder beside ``path``; on success it replaces ``path`` by rename.
-
-    An existing ``path`` is renamed aside only once the new folder is complete, then deleted, so a reader sees either
-    the old folder or the new one, never a half-written one. On failure the temp folder is removed and ``path`` is
-    untouched.
-    """
-    final = Path(path)
-    if final.exists() and not final.is_dir():
-        raise NotADirectoryError(f"{final}: exists and is not a folder; refusing to replace it with a model")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    tmp = final.parent / f".{final.name}.tmp-{tag}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{tag}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: Path, obj: Any) -> None:
