@@ -36,12 +36,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
+    from .distributed import init_if_launched, is_main
     from .mining import mine
 
+    init_if_launched()  # under torchrun / accelerate launch: retrieval and denoising shard across the processes
     cfg = load_config(args.config, args.overrides)
     output = args.output or Path(cfg.output_dir) / "candidates.jsonl"
     result = mine(cfg, output=Path(output), retriever=args.retriever, reranker=args.reranker)
-    print(f"{result.num_lists} candidate lists for {result.num_queries} queries -> {result.path}")
+    if is_main():  # mine() wrote the file on the main process and returned the same result everywhere
+        print(f"{result.num_lists} candidate lists for {result.num_queries} queries -> {result.path}")
     return 0
 
 
@@ -57,14 +60,22 @@ def _corpus_from(path: str):
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from .distributed import barrier, init_if_launched, local_device, main_process_first
     from .index import DenseIndex
     from .models import DualEncoder, resolve_model_path
 
-    corpus = _corpus_from(args.corpus)
+    # Under torchrun / accelerate launch every process encodes its share of the corpus; the main process gathers
+    # the vectors in row order, builds and saves the index; the others wait for it, then exit.
+    init_if_launched()
+    with main_process_first():  # one process parses the corpus into the Arrow cache, the others then read it
+        corpus = _corpus_from(args.corpus)
     model = DualEncoder.from_pretrained(resolve_model_path(None if args.model == "packaged" else args.model))
+    model.to(local_device())
     index = DenseIndex.build(model, corpus, factory=args.factory, batch_size=args.batch_size, autocast=args.autocast)
-    index.save(args.output)
-    print(f"indexed {index.ntotal} passages ({args.factory}, dim {index.meta['dim']}) -> {args.output}")
+    if index is not None:  # None on the other processes of a multi-process run
+        index.save(args.output)
+        print(f"indexed {index.ntotal} passages ({args.factory}, dim {index.meta['dim']}) -> {args.output}")
+    barrier()
     return 0
 
 
@@ -85,13 +96,25 @@ def _queries_from(path: str, split: str | None) -> dict[str, str]:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .data.formats import write_trec_run
+    from .distributed import barrier, init_if_launched, is_main, local_device, main_process_first
     from .index import DenseIndex, search_run
 
-    index = DenseIndex.load(args.index)
+    # Under torchrun / accelerate launch every process encodes and searches its share of the queries; the main
+    # process merges the run (in query order), re-ranks and writes it; the others wait for it, then exit.
+    init_if_launched()
     if args.query is None and args.queries is None:
         raise ConfigError("give --queries FILE (with --output) or --query TEXT")
-    queries = {"query": args.query} if args.query is not None else _queries_from(args.queries, args.split)
-    run = search_run(index, queries, args.k)
+    if args.query is None and args.output is None:
+        raise ConfigError("--queries needs --output RUN_FILE")
+    index = DenseIndex.load(args.index)
+    with main_process_first():  # a dataset folder's corpus goes into the Arrow cache once
+        queries = {"query": args.query} if args.query is not None else _queries_from(args.queries, args.split)
+    index.encoder.to(local_device())
+    # queries in the precision the passages were encoded in (the index records it)
+    run = search_run(index, queries, args.k, autocast=index.meta.get("autocast") or "auto")
+    if not is_main():  # its share is in the main process's run
+        barrier()
+        return 0
     corpus = None
     if args.rerank or args.query is not None:
         corpus_path = args.corpus or index.meta.get("corpus_path")
@@ -108,11 +131,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         hits = sorted(run["query"].items(), key=lambda kv: -kv[1])
         for rank, (pid, score) in enumerate(hits[: min(args.k, 10)], 1):
             print(f"{rank:>2}. {pid}\t{score:.4f}\t{corpus.get_text(pid)[:100]}")
-        return 0
-    if args.output is None:
-        raise ConfigError("--queries needs --output RUN_FILE")
-    write_trec_run(args.output, run)
-    print(f"{len(run)} queries x top-{args.k} -> {args.output}")
+    else:
+        write_trec_run(args.output, run)
+        print(f"{len(run)} queries x top-{args.k} -> {args.output}")
+    barrier()
     return 0
 
 

@@ -100,9 +100,11 @@ def local_device() -> torch.device:
 
 def _group():
     """The gloo group the helpers talk over (created once, collectively, on first use)."""
-    if "gloo" not in _group_cache:
+    default = torch.distributed.group.WORLD
+    if _group_cache.get("world") is not default:  # first use, or a new default group since (re-initialised)
         timeout = _dt.timedelta(seconds=float(os.environ.get("ROCKETKD_DIST_TIMEOUT_S", _DEFAULT_TIMEOUT_S)))
         _group_cache["gloo"] = torch.distributed.new_group(backend="gloo", timeout=timeout)
+        _group_cache["world"] = default
     return _group_cache["gloo"]
 
 
@@ -266,16 +268,16 @@ def gather_objects(local: Sequence[Any], rows: Sequence[int] | range, n_total: i
     return full
 
 
-def scatter_objects(items: Sequence[Any] | None) -> tuple[list[Any], range]:
-    """The main process's list split by :func:`shard_rows`: ``(this process's items, their row range)``.
+def scatter_objects(items: Sequence[Any] | None) -> tuple[list[Any], range, int]:
+    """The main process's list split by :func:`shard_rows`: ``(this process's items, their row range, total)``.
 
     Only the main process's ``items`` is read (pass None elsewhere). Sent in blocks, never the whole list to one
-    process. In one process: ``(list(items), range(len(items)))``.
+    process. In one process: ``(list(items), range(len(items)), len(items))``.
     """
     rank, size = world()
     if size == 1:
         items = list(items or [])
-        return items, range(len(items))
+        return items, range(len(items)), len(items)
     n = broadcast_object(len(items) if rank == 0 and items is not None else None)
     if n is None:
         raise ValueError("scatter_objects: the main process gave no items")
@@ -295,7 +297,7 @@ def scatter_objects(items: Sequence[Any] | None) -> tuple[list[Any], range]:
     mine = shards[rank]
     if len(local) != len(mine):  # pragma: no cover - a bug, not a data problem
         raise RuntimeError(f"scatter_objects: rank {rank} got {len(local)} items for {len(mine)} rows")
-    return local, mine
+    return local, mine, n
 
 
 class main_process_first:  # noqa: N801 - used as a context manager, like a function

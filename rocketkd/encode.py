@@ -5,6 +5,10 @@ memory-mapped corpus, sorted by length (longest first, so padding is small and a
 first batch rather than the last), encoded, and written back to their rows of a preallocated output array: either in
 memory or a ``.npy`` file memory-mapped on disk. No step ever tokenises or holds the texts of the whole corpus.
 
+Several processes (torchrun / ``accelerate launch`` with a process group initialised): :func:`encode_corpus` encodes
+only this process's contiguous share of the rows and the main process gathers the shares by row index (see
+:mod:`rocketkd.distributed`); the other processes get None. ``distributed=False`` encodes everything locally.
+
 Autocast names (``index.autocast`` in the config): ``"auto"``, ``"bf16"``, ``"fp16"``, ``"no"``.
 """
 

@@ -16,6 +16,12 @@ Search backends, chosen per call by ``DenseIndex.backend`` (``"auto"`` by defaul
 has GPU support; otherwise, for an exact (``Flat``) index on a machine with CUDA, :func:`torch_topk_search` on the
 GPU (chunked matmul + top-k, the same result as FAISS Flat up to float rounding and the order of tied scores);
 otherwise FAISS on the CPU.
+
+Several processes (torchrun / ``accelerate launch``, a process group initialised; see :mod:`rocketkd.distributed`):
+:meth:`DenseIndex.build` has every process encode its share of the corpus and returns the index on the main process
+only (None elsewhere); :func:`search_run` has every process search its share of the queries and returns the merged
+run on the main process only (None elsewhere). Both are collectives: every process must call them, or pass
+``distributed=False`` to work in this process alone (e.g. inside an ``if is_main():`` block).
 """
 
 from __future__ import annotations

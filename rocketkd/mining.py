@@ -28,6 +28,15 @@ import numpy as np
 
 from .config import Config
 from .data.dataset import positives_of
+from .distributed import (
+    broadcast_object,
+    gather_objects,
+    gather_rows,
+    is_main,
+    scatter_objects,
+    shard_rows,
+    world,
+)
 from .errors import ConfigError
 from .types import CandidateList, Qrels, Run
 
@@ -324,7 +333,7 @@ def _first_stage(cfg: Config, data: Any, retriever: Any, show_progress: bool):
         from .bm25 import BM25Retriever
 
         bm25 = BM25Retriever.build(data.corpus, show_progress=show_progress)
-        return bm25.search, "bm25", "bm25"
+        return _sharded(bm25.search), "bm25", "bm25"
 
     from .index import DenseIndex, search_run
     from .models import DualEncoder, resolve_model_path
@@ -345,15 +354,52 @@ def _first_stage(cfg: Config, data: Any, retriever: Any, show_progress: bool):
     else:
         description = _describe(retriever)
     ix = cfg.index
+    # several processes: each encodes its share of the corpus, the main process alone holds the index (None here)
     index = DenseIndex.build(
         model, data.corpus, factory=ix.factory, batch_size=ix.batch_size, autocast=ix.autocast,
         train_sample=ix.train_sample, show_progress=show_progress,
     )
 
-    def search(queries: Mapping[str, str], k: int) -> Run:
-        return search_run(index, queries, k, batch_size=ix.batch_size, autocast=ix.autocast)
+    def search(queries: Mapping[str, str], k: int) -> Run | None:
+        if world()[1] == 1:
+            return search_run(index, queries, k, batch_size=ix.batch_size, autocast=ix.autocast)
+        # each process encodes its share of the queries; the main process searches them all against its index
+        from .encode import encode_queries
+
+        qids = list(queries)
+        share = shard_rows(len(qids), *world())
+        emb = encode_queries(
+            model, [queries[q] for q in qids[share.start : share.stop]], batch_size=ix.batch_size,
+            autocast=ix.autocast,
+        )
+        emb = gather_rows(emb, share, len(qids))
+        if index is None or emb is None:
+            return None
+        result = index.search(emb, k)
+        return {
+            qid: {pid: float(x) for pid, x in zip(pids, scores.tolist())}
+            for qid, pids, scores in zip(qids, result.ids, result.scores)
+        }
 
     return search, "dense", description
+
+
+def _sharded(search: Any) -> Any:
+    """``search(queries, k) -> Run`` run by every process on its share of the queries, merged on the main process.
+
+    One process: ``search`` itself. Several: the main process gets the whole run (in query order), the others None.
+    """
+
+    def sharded(queries: Mapping[str, str], k: int) -> Run | None:
+        if world()[1] == 1:
+            return search(queries, k)
+        qids = list(queries)
+        share = shard_rows(len(qids), *world())
+        part = search({q: queries[q] for q in qids[share.start : share.stop]}, k)
+        hits = gather_objects([part.get(q, {}) for q in qids[share.start : share.stop]], share, len(qids))
+        return None if hits is None else dict(zip(qids, hits))
+
+    return sharded
 
 
 def _load_reranker(cfg: Config, reranker: Any) -> tuple[Any, str]:
@@ -368,22 +414,29 @@ def _load_reranker(cfg: Config, reranker: Any) -> tuple[Any, str]:
 
 def _score_pairs(
     reranker: Any,
-    plan: Sequence[tuple[str, str]],
+    plan: Sequence[tuple[str, str]] | None,
     queries: Mapping[str, str],
     corpus: Any,
     *,
     batch_size: int,
     autocast: str,
     show_progress: bool,
-) -> dict[str, dict[str, float]]:
-    """Re-ranker logits of (query id, passage id) pairs: one batched ``predict`` per chunk of pairs."""
+) -> dict[str, dict[str, float]] | None:
+    """Re-ranker logits of (query id, passage id) pairs: one batched ``predict`` per chunk of pairs.
+
+    Several processes (every one calls it; only the main process's ``plan`` is read): the pairs are split into
+    contiguous shares, each process scores its share, and the main process gets every logit back by pair position
+    and returns the dict; the others return None.
+    """
     from tqdm.auto import tqdm
 
     from .encode import resolve_autocast
 
-    plan = list(dict.fromkeys(plan))
+    sharded = world()[1] > 1
+    full = list(dict.fromkeys(plan)) if plan is not None and is_main() else None
+    plan, share, n_total = scatter_objects(full) if sharded else (full, range(len(full)), len(full))
     dtype = resolve_autocast(autocast, getattr(reranker, "device", "cpu"))
-    out: dict[str, dict[str, float]] = {}
+    logits_all = np.empty(len(plan), dtype=np.float64)
     with tqdm(total=len(plan), desc="denoise", unit="pair", disable=not show_progress) as bar:
         for start in range(0, len(plan), PAIRS_PER_CHUNK):
             part = plan[start : start + PAIRS_PER_CHUNK]
@@ -397,9 +450,16 @@ def _score_pairs(
                 raise RuntimeError(f"the re-ranker returned {len(logits)} scores for {len(pairs)} pairs")
             if not np.all(np.isfinite(logits)):
                 raise RuntimeError("the re-ranker returned non-finite scores while mining")
-            for (qid, pid), score in zip(part, logits.tolist()):
-                out.setdefault(qid, {})[pid] = score
+            logits_all[start : start + len(part)] = logits
             bar.update(len(part))
+    if sharded:
+        logits_all = gather_rows(logits_all, share, n_total)
+        if logits_all is None:  # not the main process: its logits are with the main process now
+            return None
+        plan = full
+    out: dict[str, dict[str, float]] = {}
+    for (qid, pid), score in zip(plan, logits_all.tolist()):
+        out.setdefault(qid, {})[pid] = score
     return out
 
 
@@ -426,14 +486,22 @@ def mine(
     relevant to the query in any split (any grade > 0), minus the re-ranker's likely false negatives (per list,
     see :func:`denoise`), in rank order; then ``sampled_negatives`` undenoised corpus samples; then a top-up to
     ``candidates.list_length``.
+
+    Several processes (torchrun / ``accelerate launch``, a process group initialised; every process calls it): the
+    retrieval (corpus and query encoding, or BM25 search) and the re-ranker scoring are split into contiguous shares
+    across the processes and gathered on the main process by position, which alone builds and writes the lists;
+    every process returns the main process's result. The lists equal those of one process.
     """
     from .data.formats import load_retrieval_data, write_candidates
+    from .distributed import main_process_first
 
     m = cfg.mining
     _check_mining_config(m)
     output = Path(output)
+    show_progress = show_progress and is_main()
     if data is None:
-        data = load_retrieval_data(cfg.data.path, cache_dir=cfg.data.cache_dir)
+        with main_process_first():  # one process fills the corpus cache, the others then read it
+            data = load_retrieval_data(cfg.data.path, cache_dir=cfg.data.cache_dir)
     corpus = data.corpus
     corpus_ids = corpus.ids
     list_length = cfg.candidates.list_length
@@ -462,6 +530,8 @@ def mine(
 
     search, source, retriever_desc = _first_stage(cfg, data, retriever, show_progress)
     run = search({**train_queries, **unlabeled}, m.depth)
+    if run is None:  # another process of a multi-process run: only the main process holds the run, and uses it
+        run = {}
 
     # candidates per training query: rank order, skip_top skipped, every judged positive (any split) dropped
     judged: dict[str, dict[str, int]] = {qid: judged_relevant(data.qrels, qid) for qid in train_queries}
@@ -482,6 +552,8 @@ def mine(
             reranker_model, plan, {**train_queries, **unlabeled}, corpus,
             batch_size=cfg.index.batch_size, autocast=cfg.index.autocast, show_progress=show_progress,
         )
+    if not is_main():  # its shares of the work are with the main process: wait for the main process's result
+        return broadcast_object(None)
 
     rng = random.Random(f"{m.seed}-{round_index}")
     lists: list[CandidateList] = []
@@ -586,7 +658,7 @@ def mine(
         len(lists), num_queries, source, m.depth, round_index, dropped_pairs, n_pseudo, topped_up,
         labelled_queries, output,
     )
-    return MiningResult(
+    return broadcast_object(MiningResult(  # the same result on every process (they wait for it here)
         path=output,
         num_lists=len(lists),
         num_queries=num_queries,
@@ -596,7 +668,7 @@ def mine(
         source=source,
         labelled_queries=labelled_queries,
         teacher_lists=len(teacher_lists),
-    )
+    ))
 
 
 def _check_no_positive_negatives(lists: Sequence[CandidateList], qrels_by_split: Mapping[str, Qrels]) -> None:

@@ -51,6 +51,11 @@ class StageLog:
         return result
 
 
+def all_queries(data) -> dict[str, str]:
+    """Judged and unlabeled queries: teacher-labelled lists may name the latter."""
+    return {**data.unlabeled_queries, **data.queries}
+
+
 def _run_path(out: Path, system: str, split: str) -> Path:
     return out / "runs" / f"{system}.{split}.trec"
 
@@ -115,7 +120,7 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
         normalize_how={"reranker": "none", "bm25": "zscore", "base": "zscore"},
         temperatures={"reranker": cfg.train.temperature},
     )
-    lists = read_candidates(lists_path, corpus=data.corpus)
+    lists = read_candidates(lists_path, corpus=data.corpus, queries=all_queries(data))
     static = {n: w for n, w in choice.weights.items() if n != "reranker" and w > 0}
     online_weight = choice.weights.get("reranker", 0.0)
     mode = "joint"
@@ -123,7 +128,7 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
         mode = "contrastive"
         logger.warning("round %d: no teacher beats the student on dev; training on labels only", r)
     elif static:
-        member_scores = [scorers[n].score(lists, {**data.unlabeled_queries, **data.queries}, data.corpus) for n in static]
+        member_scores = [scorers[n].score(lists, all_queries(data), data.corpus) for n in static]
         logprobs = ensemble_logprobs(member_scores, list(static.values()))
         lists = attach_teacher_scores(lists, logprobs)
     path = out / f"round{r}" / "teacher_lists.jsonl"
@@ -160,7 +165,7 @@ def run_pipeline(cfg: Config) -> dict:
     if p.warmup:
         def warm() -> dict:
             wcfg = _train_cfg(cfg, mode="warmup", max_steps=p.warmup_steps or cfg.train.max_steps)
-            lists = read_candidates(out / "round0" / "candidates.jsonl", corpus=data.corpus)
+            lists = read_candidates(out / "round0" / "candidates.jsonl", corpus=data.corpus, queries=all_queries(data))
             res = train(wcfg, output_dir=out / "warmup", resume=True, data=data, lists=lists)
             return {"retriever": str(res.retriever_dir), "reranker": str(res.reranker_dir), "steps": res.steps}
 
@@ -179,7 +184,7 @@ def run_pipeline(cfg: Config) -> dict:
         def joint(t=t, r=r, retriever=retriever, reranker=reranker) -> dict:
             jcfg = _train_cfg(cfg, mode=t["mode"], online_teacher_weight=t["online_teacher_weight"],
                               teacher=t.get("teacher", cfg.train.teacher))
-            lists = read_candidates(t["lists"], corpus=data.corpus)
+            lists = read_candidates(t["lists"], corpus=data.corpus, queries=all_queries(data))
             res = train(jcfg, output_dir=out / f"round{r}", resume=True, data=data, lists=lists,
                         retriever_path=retriever, reranker_path=reranker)
             return {"retriever": str(res.retriever_dir), "reranker": str(res.reranker_dir or reranker), "steps": res.steps}

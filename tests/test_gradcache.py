@@ -29,6 +29,15 @@ ROOT = Path(__file__).resolve().parents[1]
 B, G = 3, 4
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run faster on one thread (and the timing stays steady on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _set_dropout(model_dir: Path, p: float) -> Path:
     cfg = json.loads((model_dir / "config.json").read_text())
     cfg.update(hidden_dropout_prob=p, attention_probs_dropout_prob=p)
@@ -223,7 +232,19 @@ def test_composes_with_gradient_accumulation(tiny_bert, tiny_data):
     _assert_same_grads(_grads(other), want)
 
 
-def test_bf16_autocast_runs_and_agrees_roughly(tiny_bert, tiny_data):
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate fixes the precision at its first Accelerator in a process: start and leave a clean state."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def test_bf16_autocast_runs_and_agrees_roughly(tiny_bert, tiny_data, fresh_accelerate_state):
     model, teacher, cfg, (batch,) = _setup(tiny_bert, tiny_data, *CASES["joint-inbatch"])
     acc = make_accelerator(mixed_precision="bf16")
     plain = _plain(model, batch, cfg, teacher, acc)

@@ -1,0 +1,184 @@
+#!/usr/bin/env python
+"""Peak memory and time of one joint training step, plain vs cached score gradients (``train.chunk_size``).
+
+For each list length L (candidates per query) and each path (plain: one forward/backward of the whole batch;
+chunked: ``rocketkd.gradcache.chunked_backward``), a fresh child process loads the packaged all-MiniLM-L6-v2 as both
+the retriever and the re-ranker, builds one batch of B lists of L Cranfield passages, and runs a warm-up step and
+then ``--steps`` timed steps (forward + loss + backward into the parameter gradients, joint mode; no optimizer,
+whose state does not depend on L). Peak memory is the child's peak resident set size (``VmHWM``) minus its resident
+size after the models are loaded; the peak is reset there through ``/proc/self/clear_refs`` where the kernel allows
+it. The parameter gradients (about 2 x 90 MB) are part of every figure.
+
+The last line of output is one JSON object with every figure and ``memory_ratio`` = chunked peak at the longest L /
+chunked peak at the shortest L (1 = flat). ``--quick`` runs a small version (L = 8 and 32, one timed step).
+
+    python scripts/bench_memory.py            # L = 8, 32, 128; a few minutes on a 2-core CPU
+    python scripts/bench_memory.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False when not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _texts(n_lists: int, length: int, seed: int) -> tuple[list[str], list[list[str]]]:
+    data = ROOT / "data" / "cranfield"
+    queries = [json.loads(x)["text"] for x in (data / "queries.jsonl").read_text().splitlines() if x.strip()]
+    corpus = []
+    for line in (data / "corpus.jsonl").read_text().splitlines():
+        if line.strip():
+            doc = json.loads(line)
+            text = doc.get("text") or doc.get("title") or ""
+            if text.strip():
+                corpus.append(text)
+    rng = random.Random(seed)
+    return queries[:n_lists], [rng.sample(corpus, length) for _ in range(n_lists)]
+
+
+def child(args) -> dict:
+    import gc
+
+    import torch
+
+    from rocketkd.config import load_config
+    from rocketkd.gradcache import chunked_backward
+    from rocketkd.joint import JointModel
+    from rocketkd.models import CrossEncoderRanker, DualEncoder, resolve_model_path
+    from rocketkd.train import _step_loss, make_accelerator
+    from rocketkd.types import JointBatch
+
+    torch.manual_seed(0)
+    cfg = load_config(None, ["train.mode=joint", f"candidates.list_length={args.length}"])
+    path = resolve_model_path(None)
+    retriever = DualEncoder.from_pretrained(path, query_max_length=args.query_len, passage_max_length=args.passage_len)
+    reranker = CrossEncoderRanker.from_pretrained(path, max_length=args.pair_len)
+    model = JointModel(retriever, reranker, score_scale=cfg.model.score_scale).train()
+    for name, param in model.named_parameters():
+        if ".pooler." in f".{name}" or (name.endswith("bias") and tuple(param.shape) == (1,)):
+            param.requires_grad_(False)  # as train() does
+    accelerator = make_accelerator()
+
+    queries, lists = _texts(args.batch, args.length, seed=1)
+    passages = [p for group in lists for p in group]
+    batch = JointBatch(
+        query_inputs=retriever.tokenize_queries(queries),
+        passage_inputs=retriever.tokenize_passages(passages),
+        pair_inputs=reranker.tokenize_pairs([q for q in queries for _ in range(args.length)], passages),
+        group_size=args.length,
+    )
+
+    def step() -> float:
+        if args.chunk:
+            parts = chunked_backward(model, batch, cfg, None, accelerator, 0, chunk_size=args.chunk)
+        else:
+            parts = _step_loss(model, batch, cfg, None, accelerator, 0)
+            accelerator.backward(parts.total)
+        model.zero_grad(set_to_none=False)  # keep the gradient buffers: they are part of every step's memory
+        return float(parts.total)
+
+    gc.collect()
+    reset = _reset_peak()
+    base_kb = _status_kb("VmRSS") if reset else _status_kb("VmHWM")
+    losses, times = [], []
+    for i in range(1 + args.steps):
+        start = time.perf_counter()
+        losses.append(step())
+        if i:  # the first step is a warm-up
+            times.append(time.perf_counter() - start)
+    peak_kb = _status_kb("VmHWM")
+    return {
+        "L": args.length,
+        "chunk_size": args.chunk or None,
+        "peak_mb": round((peak_kb - base_kb) / 1024, 1),
+        "step_s": round(sorted(times)[len(times) // 2], 3),
+        "loss_first_step": round(losses[0], 5),
+        "peak_reset": reset,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="L = 8 and 32, one timed step")
+    ap.add_argument("--lengths", type=int, nargs="+", help="list lengths L (default 8 32 128)")
+    ap.add_argument("--batch", type=int, default=2, help="lists per step (B)")
+    ap.add_argument("--chunk-size", type=int, default=16, help="rows per forward call on the chunked path")
+    ap.add_argument("--steps", type=int, help="timed steps per configuration after one warm-up (default 2)")
+    ap.add_argument("--query-len", type=int, default=16)
+    ap.add_argument("--passage-len", type=int, default=32)
+    ap.add_argument("--pair-len", type=int, default=48)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--length", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.child:
+        print(json.dumps(child(args)), flush=True)
+        return
+
+    lengths = args.lengths or ([8, 32] if args.quick else [8, 32, 128])
+    steps = args.steps or (1 if args.quick else 2)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    rows = []
+    for length in lengths:
+        for chunk in (0, args.chunk_size):
+            cmd = [sys.executable, __file__, "--child", "--length", str(length), "--chunk", str(chunk),
+                   "--batch", str(args.batch), "--steps", str(steps), "--query-len", str(args.query_len),
+                   "--passage-len", str(args.passage_len), "--pair-len", str(args.pair_len)]
+            out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.stderr.write(out.stderr)
+                raise SystemExit(f"child failed: {' '.join(cmd)}")
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(f"L={row['L']:4d} {'chunked' if chunk else 'plain':7s} peak {row['peak_mb']:8.1f} MB  "
+                  f"step {row['step_s']:7.3f} s  loss {row['loss_first_step']:.5f}", flush=True)
+
+    def get(length, chunked, key):
+        return next(r[key] for r in rows if r["L"] == length and bool(r["chunk_size"]) == chunked)
+
+    lo, hi = min(lengths), max(lengths)
+    summary = {
+        "model": "packaged all-MiniLM-L6-v2 (retriever and re-ranker)",
+        "batch_lists": args.batch,
+        "chunk_size": args.chunk_size,
+        "max_lengths": {"query": args.query_len, "passage": args.passage_len, "pair": args.pair_len},
+        "timed_steps": steps,
+        "rows": rows,
+        "memory_ratio": round(get(hi, True, "peak_mb") / get(lo, True, "peak_mb"), 3),
+        "plain_memory_ratio": round(get(hi, False, "peak_mb") / get(lo, False, "peak_mb"), 3),
+        "time_ratio_chunked_over_plain": {str(n): round(get(n, True, "step_s") / get(n, False, "step_s"), 3)
+                                          for n in lengths},
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

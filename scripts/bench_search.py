@@ -1,0 +1,317 @@
+#!/usr/bin/env python
+"""Search and re-ranking throughput: rocketkd against raw faiss and sentence-transformers' CrossEncoder.
+
+Three measurements, each rocketkd and its peer in this process on the same inputs, repetitions alternated (A, B, A,
+B, ...) and summarised by medians:
+
+1. **synthetic Flat index** (default 100k random unit vectors, 384-d, 1000 random unit queries, k=100):
+   rocketkd = ``search_run`` over a ``DenseIndex`` saved and re-loaded from disk, its query encoder replaced by a
+   lookup of the precomputed query vectors (so the figure is search_run's own cost: faiss + the row -> passage id
+   map + the run dict); peer = ``faiss.IndexFlatIP.search`` on the same vectors (row numbers only). Also the bare
+   ``DenseIndex.search`` (ids, no run dict) and the load time of the folder vs ``faiss.read_index``.
+2. **real cranfield index** (packaged all-MiniLM-L6-v2, rocketkd's default encoding): the same vector-search
+   comparison on the 1400 cranfield vectors with the 225 cranfield queries; and end to end from query texts:
+   ``search_run`` (its own query encoding, bf16 where supported) vs ``SentenceTransformer.encode`` + ``IndexFlatIP``
+   + the same run dict.
+3. **re-ranking** (pairs/s): ``rerank_run`` (defaults: batch 64, bf16 autocast where supported) vs
+   ``sentence_transformers.CrossEncoder.predict`` (defaults: batch 32, fp32) on the same (query, passage) pairs: the
+   top ``--rerank-depth`` of the cranfield run for ``--rerank-queries`` test queries, both models loaded from the
+   same saved re-ranker folder (max length 192 as configs/demo.yaml). Optionally rocketkd at fp32 too.
+
+The last line of stdout is one JSON object; ``ratio`` there is rocketkd / peer search QPS on the synthetic index
+(higher is better; the target is >= 0.9, "within 10% of raw faiss").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as bc  # noqa: E402
+
+bc.setup_env()
+
+
+class VectorLookupEncoder:
+    """Stands in for the query encoder of a DenseIndex: "encodes" a query id by looking up its precomputed vector.
+
+    It makes ``search_run`` measurable on vectors alone (no text encoding), through the same code path.
+    """
+
+    def __init__(self, vectors, names) -> None:
+        import torch
+
+        self.vectors = vectors
+        self.row = {name: i for i, name in enumerate(names)}
+        self.hidden_size = int(vectors.shape[1])
+        self.device = torch.device("cpu")
+        self.similarity = "dot"
+
+    def encode(self, texts, **_):
+        return self.vectors[[self.row[t] for t in texts]]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bc.add_common_args(p, reps=5)
+    p.add_argument("--vectors", type=int, default=100_000, help="synthetic index size (default 100000)")
+    p.add_argument("--queries", type=int, default=1_000, help="synthetic queries (default 1000)")
+    p.add_argument("--dim", type=int, default=384, help="synthetic dimension (default 384, MiniLM's)")
+    p.add_argument("--k", type=int, default=100, help="neighbours per query (default 100)")
+    p.add_argument("--data", default=str(bc.REPO / "data" / "cranfield"), help="collection for the real index")
+    p.add_argument("--model", default=None, help="encoder/re-ranker start point (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument("--passages", type=int, default=None, help="index only the first N passages of --data (default all)")
+    p.add_argument("--text-queries", type=int, default=None, help="query texts searched end to end (default all)")
+    p.add_argument("--rerank-queries", type=int, default=10, help="test queries re-ranked (default 10)")
+    p.add_argument("--rerank-depth", type=int, default=30, help="passages re-ranked per query (default 30, demo.yaml)")
+    p.add_argument("--rerank-reps", type=int, default=3, help="re-ranking repetitions per side (default 3)")
+    p.add_argument("--reranker-max-length", type=int, default=192, help="pair max length (default 192, demo.yaml)")
+    p.add_argument("--rerank-fp32", action="store_true", help="also time rerank_run with autocast off (equal precision)")
+    p.add_argument("--skip-real", action="store_true", help="skip the cranfield index and the re-ranking")
+    p.add_argument("--skip-rerank", action="store_true", help="skip the re-ranking")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.vectors, args.queries, args.k = min(args.vectors, 5_000), min(args.queries, 50), min(args.k, 10)
+        args.rerank_queries, args.rerank_depth, args.rerank_reps = 2, 4, 1
+        args.passages, args.text_queries = min(args.passages or 64, 64), min(args.text_queries or 16, 16)
+    args.reps = args.reps or (2 if args.quick else 5)
+    return args
+
+
+def run_dict(qids, ids_of_rows, scores, rows):
+    """The run search_run returns, built from raw faiss output (for the end-to-end peer)."""
+    out = {}
+    for qid, s_row, r_row in zip(qids, scores, rows):
+        keep = r_row >= 0
+        out[qid] = {ids_of_rows[r]: float(s) for r, s in zip(r_row[keep].tolist(), s_row[keep].tolist())}
+    return out
+
+
+def vector_search_bench(args, tag, emb, ids, queries, work, load, results) -> dict:
+    """search_run (vectors looked up) and DenseIndex.search vs IndexFlatIP.search; folder load vs read_index."""
+    import faiss
+    import numpy as np
+
+    from rocketkd.index import DenseIndex, search_run
+
+    folder = Path(work) / f"index-{tag}"
+    DenseIndex.from_embeddings(emb, ids).save(folder, save_encoder=False)
+    qnames = [f"q{i}" for i in range(len(queries))]
+    qtexts = {name: name for name in qnames}  # search_run's "texts" are the lookup keys
+
+    load_times, loaded = bc.interleaved(
+        {"rocketkd_load": lambda: DenseIndex.load(folder), "faiss_read_index": lambda: faiss.read_index(str(folder / "index.faiss"))},
+        args.reps, warmup=1, load=load, verbose=False,
+    )
+    index = loaded["rocketkd_load"]
+    index.attach_encoder(VectorLookupEncoder(queries, qnames))  # vectors of unknown origin: only the dim is checked
+    raw = faiss.IndexFlatIP(emb.shape[1])
+    raw.add(np.ascontiguousarray(emb, dtype=np.float32))
+    k = min(args.k, len(ids))
+
+    bc.log(f"[{tag}] search {len(queries)} queries, k={k}, {len(ids)} vectors")
+    times, last = bc.interleaved(
+        {
+            "rocketkd_search_run": lambda: search_run(index, qtexts, k),
+            "faiss_search": lambda: raw.search(queries, k),
+            "rocketkd_DenseIndex_search": lambda: index.search(queries, k),
+        },
+        args.reps, warmup=1, load=load,
+    )
+    # same neighbours (ids and order) from both
+    scores, rows = last["faiss_search"]
+    got = last["rocketkd_search_run"]
+    same = all(list(got[q]) == [ids[r] for r in rows[i] if r >= 0] for i, q in enumerate(qnames))
+    nq = len(queries)
+    out = {
+        "vectors": len(ids),
+        "queries": nq,
+        "k": k,
+        "rocketkd_qps": bc.rnd(nq / bc.median(times["rocketkd_search_run"]), 1),
+        "faiss_qps": bc.rnd(nq / bc.median(times["faiss_search"]), 1),
+        "rocketkd_index_search_qps": bc.rnd(nq / bc.median(times["rocketkd_DenseIndex_search"]), 1),
+        "rocketkd_load_ms": bc.rnd(1000 * bc.median(load_times["rocketkd_load"]), 2),
+        "faiss_read_index_ms": bc.rnd(1000 * bc.median(load_times["faiss_read_index"]), 2),
+        "same_results": same,
+        "seconds": {n: [bc.rnd(t, 4) for t in v] for n, v in times.items()},
+    }
+    out["ratio"] = bc.rnd(out["rocketkd_qps"] / out["faiss_qps"])
+    out["index_search_ratio"] = bc.rnd(out["rocketkd_index_search_qps"] / out["faiss_qps"])
+    results[tag] = out
+    return out
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    bc.set_threads(args.threads)
+    import numpy as np
+
+    info = bc.machine_info()
+    load = bc.LoadLog()
+    results: dict = {}
+    start = time.perf_counter()
+    work = tempfile.mkdtemp(prefix="rocketkd-bench-search-")
+
+    # 1. synthetic ------------------------------------------------------------------------------------------
+    rng = np.random.default_rng(args.seed)
+    emb = rng.standard_normal((args.vectors, args.dim), dtype=np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    q = rng.standard_normal((args.queries, args.dim), dtype=np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    ids = [f"doc{i}" for i in range(args.vectors)]
+    vector_search_bench(args, "synthetic", emb, ids, q, work, load, results)
+    del emb
+
+    # 2. real cranfield index -------------------------------------------------------------------------------
+    if not args.skip_real:
+        import faiss
+
+        from rocketkd.data.formats import load_retrieval_data
+        from rocketkd.encode import encode_corpus, encode_queries
+        from rocketkd.index import DenseIndex, search_run
+        from rocketkd.models import DualEncoder, resolve_model_path
+
+        model_path = resolve_model_path(args.model)
+        data = load_retrieval_data(args.data, cache_dir=os.path.join(work, "cache"))
+        corpus = data.corpus
+        encoder = DualEncoder.from_pretrained(model_path)
+        n_passages = min(args.passages or len(corpus), len(corpus))
+        t0 = time.perf_counter()
+        emb = encode_corpus(encoder, corpus, rows=np.arange(n_passages), show_progress=False)
+        qids = list(data.queries)[: args.text_queries or None]
+        qemb = encode_queries(encoder, [data.queries[x] for x in qids])
+        bc.log(f"[real] encoded {n_passages} passages + {len(qids)} queries in {time.perf_counter() - t0:.1f}s")
+        pids = [corpus.ids[i] for i in range(n_passages)]
+        vector_search_bench(args, "real_vectors", emb, pids, qemb, work, load, results)
+
+        # end to end from query texts: search_run vs ST encode + IndexFlatIP
+        from sentence_transformers import SentenceTransformer
+
+        folder = Path(work) / "index-real"
+        index = DenseIndex.from_embeddings(emb, pids, encoder=encoder, metadata={"encoder_fingerprint": encoder.fingerprint()})
+        index.save(folder)
+        index = DenseIndex.load(folder, encoder=encoder)
+        st = SentenceTransformer(model_path, device="cpu")
+        st.max_seq_length = encoder.query_max_length  # the same query truncation as rocketkd's
+        raw = faiss.IndexFlatIP(emb.shape[1])
+        raw.add(np.ascontiguousarray(emb))
+        queries = {x: data.queries[x] for x in qids}
+        qlist = [queries[x] for x in qids]
+        k = min(args.k, len(pids))
+
+        def st_e2e():
+            s, r = raw.search(np.ascontiguousarray(st.encode(qlist), dtype=np.float32), k)
+            return run_dict(qids, pids, s, r)
+
+        bc.log(f"[real] end to end: {len(qids)} query texts, k={k}")
+        times, last = bc.interleaved(
+            {"rocketkd_search_run": lambda: search_run(index, queries, k), "st_encode_faiss": st_e2e},
+            args.reps, warmup=1, load=load,
+        )
+        overlap = np.mean([
+            len(set(list(last["rocketkd_search_run"][x])[:10]) & set(list(last["st_encode_faiss"][x])[:10])) / 10
+            for x in qids
+        ])
+        e2e = {
+            "queries": len(qids),
+            "rocketkd_qps": bc.rnd(len(qids) / bc.median(times["rocketkd_search_run"]), 1),
+            "peer_qps": bc.rnd(len(qids) / bc.median(times["st_encode_faiss"]), 1),
+            "top10_overlap": bc.rnd(float(overlap)),
+            "seconds": {n: [bc.rnd(t, 4) for t in v] for n, v in times.items()},
+        }
+        e2e["ratio"] = bc.rnd(e2e["rocketkd_qps"] / e2e["peer_qps"])
+        results["real_text_e2e"] = e2e
+
+        # 3. re-ranking -----------------------------------------------------------------------------------------
+        if not args.skip_rerank:
+            from sentence_transformers import CrossEncoder
+
+            from rocketkd.metrics import rank_scores
+            from rocketkd.models import CrossEncoderRanker
+            from rocketkd.rerank import rerank_run
+
+            ce_dir = Path(work) / "reranker"
+            CrossEncoderRanker.from_pretrained(model_path, max_length=args.reranker_max_length).save(ce_dir)
+            ranker = CrossEncoderRanker.from_pretrained(ce_dir)
+            peer = CrossEncoder(str(ce_dir), device="cpu")
+            split = "test" if "test" in data.qrels else next(iter(data.qrels))
+            chosen = sorted(data.qrels[split])[: args.rerank_queries]
+            queries = dict(data.queries)
+            sub_run = search_run(index, {x: queries[x] for x in chosen}, max(args.rerank_depth, k))
+            # the pairs in rerank_run's own order (each query's top `depth` as the metrics rank them)
+            plan = [(x, pid) for x in chosen for pid in rank_scores(sub_run[x], x)[: args.rerank_depth]]
+            pairs = [(queries[x], corpus.get_text(pid)) for x, pid in plan]
+            assert len(pairs) == len(chosen) * min(args.rerank_depth, n_passages)
+            bc.log(f"[rerank] {len(pairs)} pairs ({len(chosen)} queries x depth {args.rerank_depth})")
+            fns = {
+                "rocketkd_rerank_run": lambda: rerank_run(ranker, sub_run, queries, corpus, depth=args.rerank_depth, show_progress=False),
+                "st_CrossEncoder_predict": lambda: peer.predict(pairs),
+            }
+            if args.rerank_fp32:
+                fns["rocketkd_rerank_run_fp32"] = lambda: rerank_run(
+                    ranker, sub_run, queries, corpus, depth=args.rerank_depth, autocast="no", show_progress=False
+                )
+            times, last = bc.interleaved(fns, args.rerank_reps, warmup=0 if args.quick else 1, load=load)
+            rk_scores = np.array([last["rocketkd_rerank_run"][x][pid] for x, pid in plan])
+            st_scores = np.asarray(last["st_CrossEncoder_predict"], dtype=np.float64)
+            rr = {
+                "pairs": len(pairs),
+                "rocketkd_pairs_per_s": bc.rnd(len(pairs) / bc.median(times["rocketkd_rerank_run"]), 2),
+                "peer_pairs_per_s": bc.rnd(len(pairs) / bc.median(times["st_CrossEncoder_predict"]), 2),
+                "max_abs_score_diff": bc.rnd(float(np.abs(rk_scores - st_scores).max()), 4),
+                "autocast": str(__import__("rocketkd.encode", fromlist=["x"]).resolve_autocast("auto")),
+                "seconds": {n: [bc.rnd(t, 3) for t in v] for n, v in times.items()},
+            }
+            rr["ratio"] = bc.rnd(rr["rocketkd_pairs_per_s"] / rr["peer_pairs_per_s"])
+            if args.rerank_fp32:
+                rr["rocketkd_fp32_pairs_per_s"] = bc.rnd(len(pairs) / bc.median(times["rocketkd_rerank_run_fp32"]), 2)
+                rr["ratio_fp32"] = bc.rnd(rr["rocketkd_fp32_pairs_per_s"] / rr["peer_pairs_per_s"])
+            results["rerank"] = rr
+
+    syn = results["synthetic"]
+    result = {
+        "bench": "search",
+        "quick": args.quick,
+        "rocketkd_qps": syn["rocketkd_qps"],
+        "faiss_qps": syn["faiss_qps"],
+        "ratio": syn["ratio"],
+        "target_within_10pct": syn["ratio"] >= 0.9,
+        **{k: v for k, v in results.items()},
+        "load": load.summary(),
+        "machine": info,
+        "wall_s": bc.rnd(time.perf_counter() - start, 1),
+    }
+    if "rerank" in results:
+        result["rerank_ratio"] = results["rerank"]["ratio"]
+
+    rows = [[name, r["vectors"], r["queries"], r["k"], r["rocketkd_qps"], r["rocketkd_index_search_qps"], r["faiss_qps"], r["ratio"],
+             r["rocketkd_load_ms"], r["faiss_read_index_ms"], r["same_results"]]
+            for name, r in results.items() if name in ("synthetic", "real_vectors")]
+    print(bc.md_table(["index", "vectors", "queries", "k", "search_run QPS", "DenseIndex.search QPS", "faiss QPS", "ratio",
+                       "load ms", "read_index ms", "same results"], rows))
+    if "real_text_e2e" in results:
+        e = results["real_text_e2e"]
+        print()
+        print(bc.md_table(["end to end (texts)", "queries", "rocketkd QPS", "ST+faiss QPS", "ratio", "top-10 overlap"],
+                          [["cranfield", e["queries"], e["rocketkd_qps"], e["peer_qps"], e["ratio"], e["top10_overlap"]]]))
+    if "rerank" in results:
+        r = results["rerank"]
+        print()
+        row = ["cranfield test", r["pairs"], r["rocketkd_pairs_per_s"], r["peer_pairs_per_s"], r["ratio"], r["max_abs_score_diff"]]
+        heads = ["re-ranking", "pairs", "rerank_run pairs/s", "CrossEncoder.predict pairs/s", "ratio", "max |score diff|"]
+        if "ratio_fp32" in r:
+            row += [r["rocketkd_fp32_pairs_per_s"], r["ratio_fp32"]]
+            heads += ["rerank_run fp32 pairs/s", "ratio fp32"]
+        print(bc.md_table(heads, [row]))
+    print(f"\nload average (1 min) during the run: {result['load']}")
+    bc.emit(result, args.json_out)
+    return result
+
+
+if __name__ == "__main__":
+    main()
