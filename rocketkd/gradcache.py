@@ -18,13 +18,13 @@ graph) of every chunk but the first. The parameter gradients are the gradients o
 dropout on, each chunk's second pass replays the random state of its first pass (below).
 
 Chunks. ``JointModel.forward`` takes a whole :class:`JointBatch`, and the DDP wrapper must see that call for its
-hooks, so a chunk is a small JointBatch of rows: ``c <= chunk_size`` consecutive passage rows with the same pair rows
-(``group_size = c``) and one query row, scored by the wrapped model as one "list". Queries ride along one per chunk
-in the last chunks (so the last chunk, whose backward synchronises under DDP, reaches every tower); a chunk with no
-query of its own gets a one-token filler query, and queries left over when there are more lists than chunks go
-first, ``chunk_size`` at a time, with one-token filler passages. Fillers are computed and dropped (they cost a
-one-token forward). A chunk's inputs are cut to its own longest row (trailing all-padding columns dropped), which
-changes nothing but float rounding and saves work when lengths vary.
+hooks, so a chunk is a small JointBatch of rows run through the wrapped model (:func:`plan_chunks`). With
+``chunk_size >= G`` a chunk is ``chunk_size // G`` whole lists with their queries. With ``chunk_size < G`` (long
+lists, the case this is for) it is a run of ``chunk_size`` passage rows with the same pair rows, scored as one
+"list" against one query: the queries ride one per chunk on the last B chunks (so the last chunk, whose backward
+synchronises under DDP, reaches every tower) and the other chunks get a one-token filler query whose output is
+dropped. A chunk's inputs are cut to its own longest row (trailing all-padding columns dropped), which changes
+nothing but float rounding and saves work when lengths vary.
 
 Random state (dropout). Before each chunk's first pass the CPU RNG state (and, on CUDA, the device's RNG state) is
 saved; before its second pass it is restored, so both passes draw the same dropout masks. After the step the RNG is
@@ -60,13 +60,13 @@ Inputs = dict[str, torch.Tensor]
 class Chunk:
     """One forward call of the wrapped model: ``sub`` and which rows of the full batch its outputs hold.
 
-    ``query_rows``/``passage_rows`` are None for filler rows (computed, not used). Passage rows index the B*G
+    ``query_rows`` is None when the chunk's query is a filler (computed, not used). ``passage_rows`` index the B*G
     passages and the B*G (query, passage) pairs alike.
     """
 
     sub: JointBatch
     query_rows: slice | None
-    passage_rows: slice | None
+    passage_rows: slice
 
 
 def _last_used(inputs: Inputs) -> list[int] | None:
@@ -90,19 +90,21 @@ def _rows(inputs: Inputs, start: int, stop: int, last: list[int] | None) -> Inpu
     return {k: v[:, :width] if v.dim() >= 2 and v.shape[1] == full else v for k, v in part.items()}
 
 
-def _filler(inputs: Inputs, n: int) -> Inputs:
-    """``n`` one-token rows (the first token of row 0, attended): a placeholder whose output is dropped."""
-    out = {k: v[:1, :1].expand(n, *([-1] * (v.dim() - 1))).contiguous() for k, v in inputs.items()}
+def _filler(inputs: Inputs) -> Inputs:
+    """One one-token row (the first token of row 0, attended): a placeholder query whose output is dropped."""
+    out = {k: v[:1, :1].contiguous() for k, v in inputs.items()}
     if "attention_mask" in out:
         out["attention_mask"] = torch.ones_like(out["attention_mask"])
     return out
 
 
 def plan_chunks(batch: JointBatch, chunk_size: int, with_pairs: bool) -> list[Chunk]:
-    """The chunks of ``batch``, in the order they run (see the module docstring for the layout).
+    """The chunks of ``batch``, in the order they run; every encoder call gets at most ``chunk_size`` rows.
 
-    Every chunk holds at most ``chunk_size`` rows per encoder call; ``with_pairs`` adds the pair rows of each passage
-    chunk (for a re-ranker trained online).
+    ``chunk_size >= G``: whole lists, ``chunk_size // G`` per chunk, each with its own queries (``chunk_size >= B*G``
+    is one chunk: the plain step). ``chunk_size < G``: runs of ``chunk_size`` passage rows, one query riding on
+    each of the last B chunks (there are more than B), a one-token filler query on the others. ``with_pairs`` adds
+    the pair rows of each chunk (for a re-ranker trained online).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -111,34 +113,30 @@ def plan_chunks(batch: JointBatch, chunk_size: int, with_pairs: bool) -> list[Ch
     q_last = _last_used(batch.query_inputs)
     p_last = _last_used(batch.passage_inputs)
     x_last = _last_used(batch.pair_inputs) if with_pairs else None
-    starts = list(range(0, N, chunk_size))
-    n = len(starts)
-    extra = max(0, B - n)  # queries that do not fit one per passage chunk
-    chunks: list[Chunk] = []
-    for a in range(0, extra, chunk_size):
-        b = min(a + chunk_size, extra)
-        sub = JointBatch(
-            query_inputs=_rows(batch.query_inputs, a, b, q_last),
-            passage_inputs=_filler(batch.passage_inputs, b - a),
-            pair_inputs=None,
-            group_size=1,
-        )
-        chunks.append(Chunk(sub, slice(a, b), None))
-    first_with_query = n - (B - extra)  # the last min(B, n) passage chunks carry one real query each
-    for k, s in enumerate(starts):
-        e = min(s + chunk_size, N)
-        if k >= first_with_query:
-            qi = extra + k - first_with_query
-            query, query_rows = _rows(batch.query_inputs, qi, qi + 1, q_last), slice(qi, qi + 1)
+
+    def make(q_rows: slice | None, s: int, e: int, group_size: int) -> Chunk:
+        if q_rows is None:
+            query = _filler(batch.query_inputs)
         else:
-            query, query_rows = _filler(batch.query_inputs, 1), None
+            query = _rows(batch.query_inputs, q_rows.start, q_rows.stop, q_last)
         sub = JointBatch(
             query_inputs=query,
             passage_inputs=_rows(batch.passage_inputs, s, e, p_last),
             pair_inputs=_rows(batch.pair_inputs, s, e, x_last) if with_pairs else None,
-            group_size=e - s,
+            group_size=group_size,
         )
-        chunks.append(Chunk(sub, query_rows, slice(s, e)))
+        return Chunk(sub, q_rows, slice(s, e))
+
+    if chunk_size >= G:
+        per = chunk_size // G
+        return [make(slice(a, min(a + per, B)), a * G, min(a + per, B) * G, G) for a in range(0, B, per)]
+    starts = list(range(0, N, chunk_size))
+    first_with_query = len(starts) - B  # > 0, as G > chunk_size
+    chunks = []
+    for k, s in enumerate(starts):
+        e = min(s + chunk_size, N)
+        qi = k - first_with_query
+        chunks.append(make(slice(qi, qi + 1) if qi >= 0 else None, s, e, e - s))
     return chunks
 
 
@@ -158,10 +156,10 @@ def _set_rng(state, cuda: torch.device | None) -> None:
 
 
 def _outputs(chunk: Chunk, scores: JointScores) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(query embeddings, passage embeddings, flat re-ranker logits) of a chunk's real rows; None for fillers."""
+    """(query embeddings or None for a filler, passage embeddings, flat re-ranker logits or None)."""
     q = scores.query_emb if chunk.query_rows is not None else None
-    p = scores.passage_emb if chunk.passage_rows is not None else None
-    r = scores.reranker.reshape(-1) if chunk.passage_rows is not None and scores.reranker is not None else None
+    p = scores.passage_emb
+    r = scores.reranker.reshape(-1) if scores.reranker is not None else None
     return q, p, r
 
 

@@ -72,6 +72,10 @@ def _setup(tiny_bert, tiny_data, *overrides, dropout=0.0, stored=False, batches=
     collate = JointCollator(data.queries.__getitem__, data.corpus.get_text, retriever.tokenize_queries,
                             retriever.tokenize_passages, pair_tok)
     found = [collate([ds[i] for i in range(k * B, k * B + B)]) for k in range(batches)]
+    if t.gradient_checkpointing:
+        retriever.gradient_checkpointing_enable()
+        if reranker is not None:
+            reranker.gradient_checkpointing_enable()
     model = JointModel(retriever, reranker, score_scale=cfg.model.score_scale).train()
     return model, teacher, cfg, found
 
@@ -107,10 +111,9 @@ def _same_calls_full_graph(model, batch, cfg, teacher, acc, chunk_size):
         s = model(ch.sub)
         if ch.query_rows is not None:
             qs.append(s.query_emb)
-        if ch.passage_rows is not None:
-            ps.append(s.passage_emb)
-            if s.reranker is not None:
-                rs.append(s.reranker.reshape(-1))
+        ps.append(s.passage_emb)
+        if s.reranker is not None:
+            rs.append(s.reranker.reshape(-1))
     q, p = torch.cat(qs), torch.cat(ps)
     r = torch.cat(rs).view(batch.batch_size, batch.group_size) if rs else None
     scores = JointScores((model.score_scale * DualEncoder.score_groups(q, p)).float(), r, q, p)
@@ -125,6 +128,7 @@ CASES = {
     "joint-stored-mix": ["train.online_teacher_weight=0.5"],
     "joint-distill-to-reranker": ["train.distill_to_reranker=true", "train.temperature=2"],
     "joint-two-towers-cosine": ["model.shared_towers=false", "model.similarity=cosine", "model.score_scale=20"],
+    "joint-checkpointing": ["train.gradient_checkpointing=true", "train.in_batch_negatives=true"],
     "warmup": ["train.mode=warmup"],
     "contrastive-inbatch": ["train.mode=contrastive", "train.in_batch_negatives=true"],
     "static-reranker": ["train.mode=static", "train.teacher=reranker", "train.retriever_ce_weight=0.3"],
@@ -152,9 +156,9 @@ def test_chunked_equals_plain_step_dropout_off(tiny_bert, tiny_data, case, chunk
     assert ("reranker" in towers) == (model.reranker is not None)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 12, 100])
+@pytest.mark.parametrize("chunk_size", [1, 3, 12, 100])
 def test_chunk_sizes_at_the_edges(tiny_bert, tiny_data, chunk_size):
-    """One row per call, exactly B*G rows, and more lists than chunks (queries then ride in their own chunks)."""
+    """One row per call, chunks that straddle lists, exactly B*G rows, more than B*G rows."""
     model, teacher, cfg, (batch,) = _setup(tiny_bert, tiny_data, *CASES["joint-inbatch"])
     acc = make_accelerator()
     plain = _plain(model, batch, cfg, teacher, acc)
@@ -168,8 +172,8 @@ def test_plan_covers_every_row_once_and_ends_with_a_real_query(tiny_bert, tiny_d
     *_, (batch,) = _setup(tiny_bert, tiny_data)
     for size in (1, 2, 3, 5, 7, 12, 13, 100):
         chunks = plan_chunks(batch, size, with_pairs=True)
-        q_rows = [i for c in chunks if c.query_rows for i in range(*c.query_rows.indices(B))]
-        p_rows = [i for c in chunks if c.passage_rows for i in range(*c.passage_rows.indices(B * G))]
+        q_rows = [i for c in chunks if c.query_rows is not None for i in range(*c.query_rows.indices(B))]
+        p_rows = [i for c in chunks for i in range(*c.passage_rows.indices(B * G))]
         assert q_rows == list(range(B)) and p_rows == list(range(B * G))
         for c in chunks:
             for inputs in (c.sub.query_inputs, c.sub.passage_inputs, c.sub.pair_inputs or {}):
@@ -179,7 +183,7 @@ def test_plan_covers_every_row_once_and_ends_with_a_real_query(tiny_bert, tiny_d
 
 
 @pytest.mark.parametrize("chunk_size", [2, 5])
-@pytest.mark.parametrize("case", ["joint-inbatch", "joint-two-towers-cosine"])
+@pytest.mark.parametrize("case", ["joint-inbatch", "joint-two-towers-cosine", "joint-checkpointing"])
 def test_dropout_on_gradients_are_exact_for_the_chunked_loss(tiny_bert, tiny_data, chunk_size, case):
     model, teacher, cfg, (batch,) = _setup(tiny_bert, tiny_data, *CASES[case], dropout=0.1)
     acc = make_accelerator()
@@ -200,6 +204,19 @@ def test_dropout_on_gradients_are_exact_for_the_chunked_loss(tiny_bert, tiny_dat
     model.zero_grad(set_to_none=True)
 
 
+def test_one_chunk_is_the_plain_step_dropout_included(tiny_bert, tiny_data):
+    model, teacher, cfg, (batch,) = _setup(tiny_bert, tiny_data, *CASES["joint-inbatch"], dropout=0.1)
+    acc = make_accelerator()
+    assert len(plan_chunks(batch, B * G, with_pairs=True)) == 1
+    torch.manual_seed(7)
+    plain = _plain(model, batch, cfg, teacher, acc)
+    want = _grads(model)
+    torch.manual_seed(7)
+    parts = chunked_backward(model, batch, cfg, teacher, acc, 0, chunk_size=B * G)
+    assert abs(parts.total.item() - plain.total.item()) < 1e-6
+    _assert_same_grads(_grads(model), want)
+
+
 def test_without_rng_replay_the_gradients_would_be_wrong(tiny_bert, tiny_data, monkeypatch):
     """The check above has teeth: a second pass with fresh dropout masks gives other gradients."""
     model, teacher, cfg, (batch,) = _setup(tiny_bert, tiny_data, *CASES["joint-inbatch"], dropout=0.1)
@@ -213,6 +230,24 @@ def test_without_rng_replay_the_gradients_would_be_wrong(tiny_bert, tiny_data, m
     got = _grads(model)
     worst = max((got[n] - want[n]).abs().max().item() for n in want if want[n] is not None)
     assert worst > 1e-4
+
+
+def test_non_finite_loss_raises_the_plain_error_before_touching_gradients(tiny_bert, tiny_data, monkeypatch):
+    import rocketkd.train as train_mod
+    from rocketkd.errors import TrainingError
+
+    real = train_mod.compute_objective
+
+    def poisoned(*args, **kwargs):
+        parts = real(*args, **kwargs)
+        parts.total = parts.total * float("nan")
+        return parts
+
+    monkeypatch.setattr(train_mod, "compute_objective", poisoned)
+    model, teacher, cfg, (batch,) = _setup(tiny_bert, tiny_data)
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 5 \(reranker_ce="):
+        chunked_backward(model, batch, cfg, teacher, make_accelerator(), 4, chunk_size=2)
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_composes_with_gradient_accumulation(tiny_bert, tiny_data):
