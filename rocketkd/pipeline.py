@@ -222,8 +222,23 @@ def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str) ->
         weight, _ = choose_fusion_weight(read_trec_run(_run_path(out, "retriever", dev)), reranked[dev], data.qrels[dev])
     for split in (dev, test):
         first = read_trec_run(_run_path(out, "retriever", split))
-        write_trec_run(_run_path(out, "reranked", split), fuse_runs(first, reranked[split], weight))
+        write_trec_run(_run_path(out, "reranked", split), _keep_tail(fuse_runs(first, reranked[split], weight), first))
     return {"index": str(out / "index"), "retriever": retriever, "reranker": reranker, "fusion_weight": weight}
+
+
+def _keep_tail(head: dict, first: dict) -> dict:
+    """Re-ranked top passages, then the first stage's remaining ranks below them in their own order.
+
+    Re-ranking only reorders the top ``rerank_depth``; dropping the rest would make Recall@100 of the re-ranked
+    system meaningless.
+    """
+    merged = {}
+    for qid, ranked in first.items():
+        top = head.get(qid, {})
+        floor = min(top.values(), default=0.0)
+        tail = sorted((p for p in ranked if p not in top), key=lambda p: -ranked[p])
+        merged[qid] = {**top, **{p: floor - 1.0 - i for i, p in enumerate(tail)}}
+    return merged
 
 
 def _write_results(cfg: Config, data, out: Path, stages: StageLog) -> dict:

@@ -44,7 +44,7 @@ bc.setup_env()
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bc.add_common_args(p, reps=4)
+    bc.add_common_args(p, reps=3)
     p.add_argument("--config", default=str(bc.REPO / "configs" / "demo.yaml"), help="rocketkd config (default configs/demo.yaml)")
     p.add_argument("--data", default=None, help="collection (default: the config's data.path)")
     p.add_argument("--model", default=None, help="start point of both models (default: packaged all-MiniLM-L6-v2)")
@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peer-dropout-off", action="store_true",
                    help="run the ST models in eval mode (dropout off), as rocketkd's train() runs its backbones")
     args = p.parse_args(argv)
-    args.reps = args.reps or (1 if args.quick else 4)
+    args.reps = args.reps or (1 if args.quick else 3)
     args.warmup = args.warmup if args.warmup is not None else 1
     return args
 
