@@ -146,11 +146,13 @@ def interleaved(
     load: LoadLog | None = None,
     between: Callable[[int], None] | None = None,
     verbose: bool = True,
+    cpu: dict[str, list[float]] | None = None,
 ) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """Run every function ``warmup`` untimed times, then ``reps`` timed rounds A, B, (C,) A, B, ...
 
     Returns (seconds per repetition of each name, the last return value of each). ``between(round)`` runs after
     each round (e.g. a matmul peak measured under the same load). A gc.collect() precedes every timed call.
+    ``cpu``, when given, receives the CPU seconds (user + system, all threads of this process) of each call.
     """
     for _ in range(warmup):
         for fn in fns.values():
@@ -162,15 +164,27 @@ def interleaved(
             if load is not None:
                 load.mark()
             gc.collect()
+            c0 = cpu_seconds()
             start = time.perf_counter()
             last[name] = fn()
             times[name].append(time.perf_counter() - start)
+            if cpu is not None:
+                cpu.setdefault(name, []).append(cpu_seconds() - c0)
         if verbose:
             line = "  ".join(f"{n}={t[-1]:.3f}s" for n, t in times.items())
             log(f"  round {r + 1}/{reps}: {line}  load={load_avg()}")
         if between is not None:
             between(r)
     return times, last
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all threads). Other processes' load barely changes it,
+    unlike wall time, but threads that spin while waiting for a descheduled sibling count."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def matmul_gflops(dtype_name: str, n: int = 2048, reps: int = 3) -> float:

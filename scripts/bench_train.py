@@ -210,7 +210,8 @@ def main(argv=None) -> dict:
         steps["rocketkd_fp32"], _ = build_rocketkd(prepare=False)
     bc.log(f"B={B} G={G}, lengths q/p/pair {m.query_max_length}/{m.passage_max_length}/{m.reranker_max_length}, "
            f"rocketkd precision {t.mixed_precision}, threads {info['torch_threads']}, load {bc.load_avg()}")
-    times, last = bc.interleaved(steps, args.reps, warmup=args.warmup, load=load)
+    cpu: dict = {}
+    times, last = bc.interleaved(steps, args.reps, warmup=args.warmup, load=load, cpu=cpu)
 
     figures = {}
     for name, ts in times.items():
@@ -220,6 +221,8 @@ def main(argv=None) -> dict:
             "lists_per_s": bc.rnd(B / bc.median(ts), 3),
             "best_lists_per_s": bc.rnd(B / min(ts), 3),
             "step_s": [bc.rnd(x, 3) for x in ts],
+            "cpu_s_median": bc.rnd(bc.median(cpu[name]), 3),
+            "cpu_s": [bc.rnd(x, 3) for x in cpu[name]],
             "last_losses": {k: bc.rnd(v, 4) for k, v in last[name].items()},
         }
     ratio = figures["rocketkd"]["lists_per_s"] / figures["st"]["lists_per_s"]
@@ -239,6 +242,9 @@ def main(argv=None) -> dict:
         "ratio": bc.rnd(ratio),
         "ratio_fp32": None if ratio_fp32 is None else bc.rnd(ratio_fp32),
         "ratio_best_step": bc.rnd(ratio_best),
+        "ratio_cpu_time": bc.rnd(figures["st"]["cpu_s_median"] / figures["rocketkd"]["cpu_s_median"]),
+        "ratio_fp32_cpu_time": (bc.rnd(figures["st"]["cpu_s_median"] / figures["rocketkd_fp32"]["cpu_s_median"])
+                                if "rocketkd_fp32" in figures else None),
         "ratio_fp32_best_step": None if ratio_fp32_best is None else bc.rnd(ratio_fp32_best),
         "targets": {
             "defaults_ge_1.3x": ratio >= 1.3,
@@ -251,12 +257,16 @@ def main(argv=None) -> dict:
         "machine": info,
         "wall_s": bc.rnd(time.perf_counter() - start_all, 1),
     }
-    print(bc.md_table(["system", "precision", "median step s", "lists/s (median)", "lists/s (best step)", "steps s"],
-                      [[n, f["precision"], f["step_s_median"], f["lists_per_s"], f["best_lists_per_s"], " ".join(str(x) for x in f["step_s"])]
+    print(bc.md_table(["system", "precision", "median step s", "lists/s (median)", "lists/s (best step)", "steps s",
+                       "median CPU s/step"],
+                      [[n, f["precision"], f["step_s_median"], f["lists_per_s"], f["best_lists_per_s"],
+                        " ".join(str(x) for x in f["step_s"]), f["cpu_s_median"]]
                        for n, f in figures.items()]))
     print(f"\nratio rocketkd ({figures['rocketkd']['precision']}) / st = {ratio:.3f} (medians), {ratio_best:.3f} (best steps)"
           + (f"; at equal precision (fp32) = {ratio_fp32:.3f} (medians), {ratio_fp32_best:.3f} (best steps)"
              if ratio_fp32 is not None else ""))
+    print(f"CPU-time ratio (st CPU s / rocketkd CPU s per step): {result['ratio_cpu_time']}"
+          + (f", fp32: {result['ratio_fp32_cpu_time']}" if result["ratio_fp32_cpu_time"] is not None else ""))
     print(f"load average (1 min) during the run: {result['load']}")
     bc.emit(result, args.json_out)
     return result
