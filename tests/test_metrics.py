@@ -17,6 +17,9 @@ import types
 
 import pytest
 
+# pytrec_eval is in the test extra: a missing install must fail the suite, not skip the cross-check.
+import pytrec_eval
+
 from rocketkd.errors import ConfigError
 from rocketkd.metrics import (
     DEFAULT_METRICS,
@@ -34,8 +37,6 @@ from rocketkd.metrics import (
     reciprocal_rank_at_k,
     to_json,
 )
-
-pytrec_eval = pytest.importorskip("pytrec_eval")
 
 TOL = 1e-6
 
