@@ -428,30 +428,15 @@ def _score_pairs(
     contiguous shares, each process scores its share, and the main process gets every logit back by pair position
     and returns the dict; the others return None.
     """
-    from tqdm.auto import tqdm
-
     from .encode import resolve_autocast
+    from .rerank import score_pairs
 
     sharded = world()[1] > 1
     full = list(dict.fromkeys(plan)) if plan is not None and is_main() else None
     plan, share, n_total = scatter_objects(full) if sharded else (full, range(len(full)), len(full))
     dtype = resolve_autocast(autocast, getattr(reranker, "device", "cpu"))
-    logits_all = np.empty(len(plan), dtype=np.float64)
-    with tqdm(total=len(plan), desc="denoise", unit="pair", disable=not show_progress) as bar:
-        for start in range(0, len(plan), PAIRS_PER_CHUNK):
-            part = plan[start : start + PAIRS_PER_CHUNK]
-            texts = corpus.texts([corpus.row_of(pid) for _, pid in part])  # one Arrow take per chunk
-            pairs = [(queries[qid], text) for (qid, _), text in zip(part, texts)]
-            logits = np.asarray(
-                reranker.predict(pairs, batch_size=batch_size, show_progress=False, autocast_dtype=dtype),
-                dtype=np.float64,
-            ).reshape(-1)
-            if len(logits) != len(pairs):
-                raise RuntimeError(f"the re-ranker returned {len(logits)} scores for {len(pairs)} pairs")
-            if not np.all(np.isfinite(logits)):
-                raise RuntimeError("the re-ranker returned non-finite scores while mining")
-            logits_all[start : start + len(part)] = logits
-            bar.update(len(part))
+    logits_all = score_pairs(reranker, plan, queries, corpus, batch_size=batch_size, autocast_dtype=dtype,
+                             desc="denoise", show_progress=show_progress, chunk=PAIRS_PER_CHUNK)
     if sharded:
         logits_all = gather_rows(logits_all, share, n_total)
         if logits_all is None:  # not the main process: its logits are with the main process now

@@ -76,23 +76,45 @@ def rerank_run(
     dtype = resolve_autocast(autocast, _reranker_device(reranker))
 
     out: Run = {qid: {} for qid in run}
+    logits = score_pairs(reranker, plan, queries, corpus, batch_size=batch_size, autocast_dtype=dtype,
+                         desc="re-rank", show_progress=show_progress)
+    for (qid, pid), score in zip(plan, logits.tolist()):
+        out[qid][pid] = float(score)
+    return out
+
+
+def score_pairs(
+    reranker,
+    plan: list[tuple[str, str]],
+    queries: dict[str, str],
+    corpus,
+    *,
+    batch_size: int = 64,
+    autocast_dtype=None,
+    desc: str = "re-rank",
+    show_progress: bool = True,
+    chunk: int = _PAIRS_PER_CALL,
+) -> np.ndarray:
+    """Cross-encoder logits of (qid, pid) pairs, in plan order: texts fetched one Arrow take per chunk of pairs."""
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(plan), desc="re-rank", unit="pair", disable=not show_progress) as bar:
-        for start in range(0, len(plan), _PAIRS_PER_CALL):
-            part = plan[start : start + _PAIRS_PER_CALL]
-            texts = corpus.texts([corpus.row_of(pid) for _, pid in part])  # one Arrow take per call
+    logits_all = np.empty(len(plan), dtype=np.float64)
+    with tqdm(total=len(plan), desc=desc, unit="pair", disable=not show_progress) as bar:
+        for start in range(0, len(plan), chunk):
+            part = plan[start : start + chunk]
+            texts = corpus.texts([corpus.row_of(pid) for _, pid in part])
             pairs = [(queries[qid], text) for (qid, _), text in zip(part, texts)]
             logits = np.asarray(
-                reranker.predict(pairs, batch_size=batch_size, show_progress=False, autocast_dtype=dtype),
+                reranker.predict(pairs, batch_size=batch_size, show_progress=False, autocast_dtype=autocast_dtype),
                 dtype=np.float64,
             ).reshape(-1)
             if len(logits) != len(pairs):
                 raise RuntimeError(f"the re-ranker returned {len(logits)} scores for {len(pairs)} pairs")
-            for (qid, pid), score in zip(part, logits.tolist()):
-                out[qid][pid] = float(score)
+            if not np.all(np.isfinite(logits)):
+                raise RuntimeError(f"the re-ranker returned non-finite scores ({desc})")
+            logits_all[start : start + len(part)] = logits
             bar.update(len(part))
-    return out
+    return logits_all
 
 
 def _zscore(values: np.ndarray) -> np.ndarray:
