@@ -86,6 +86,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step")
     max_grad_norm: float = _f(1.0, "gradient clipping (0 = off)")
     mixed_precision: str = _f("no", "no, bf16 or fp16 (bf16 works on CPUs with AVX512-BF16 too)")
+    dropout: bool = _f(True, "train with the models' dropout on (their train mode); false = deterministic eval-mode forward")
     gradient_checkpointing: bool = _f(False, "trade compute for activation memory")
     chunk_size: int | None = _f(None, "cached-gradient chunking of passages/pairs (rows per chunk); empty = off")
     seed: int = _f(42, "seed of initialisation order, sampling and dropout")

@@ -237,10 +237,14 @@ def train(
         tokenize_passages=retriever.tokenize_passages,
         tokenize_pairs=pair_tokenizer,
     )
+    # Its own generator: creating an iterator draws a worker seed, and drawing it from the global RNG would shift
+    # the dropout stream of a resumed run (which creates one iterator more) against an uninterrupted one.
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=t.batch_size, shuffle=False, collate_fn=collator, num_workers=t.num_workers
+        dataset, batch_size=t.batch_size, shuffle=False, collate_fn=collator, num_workers=t.num_workers,
+        generator=torch.Generator().manual_seed(t.seed),
     )
     model = JointModel(retriever, reranker, score_scale=m.score_scale)
+    model.train(t.dropout)  # from_pretrained returns eval mode: dropout would silently stay off
     optimizer = torch.optim.AdamW(_param_groups(model, cfg))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     if teacher_model is not None:

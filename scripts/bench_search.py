@@ -16,7 +16,7 @@ B, ...) and summarised by medians:
 3. **re-ranking** (pairs/s): ``rerank_run`` (defaults: batch 64, bf16 autocast where supported) vs
    ``sentence_transformers.CrossEncoder.predict`` (defaults: batch 32, fp32) on the same (query, passage) pairs: the
    top ``--rerank-depth`` of the cranfield run for ``--rerank-queries`` test queries, both models loaded from the
-   same saved re-ranker folder (max length 192 as configs/demo.yaml). The queries are split into
+   same saved re-ranker folder (pair max length 192 by default). The queries are split into
    ``--rerank-rounds`` groups; each round re-ranks one group with every system in turn (finer alternation than
    repeating the whole set). Optionally rocketkd at fp32 too (``--rerank-fp32``).
 
@@ -73,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rerank-depth", type=int, default=30, help="passages re-ranked per query (default 30, demo.yaml)")
     p.add_argument("--rerank-rounds", type=int, default=6,
                    help="the re-ranked queries are split into this many groups, one per alternated round (default 6)")
-    p.add_argument("--reranker-max-length", type=int, default=192, help="pair max length (default 192, demo.yaml)")
+    p.add_argument("--reranker-max-length", type=int, default=192, help="pair max length (default 192)")
     p.add_argument("--rerank-fp32", action="store_true", help="also time rerank_run with autocast off (equal precision)")
     p.add_argument("--skip-real", action="store_true", help="skip the cranfield index and the re-ranking")
     p.add_argument("--skip-rerank", action="store_true", help="skip the re-ranking")

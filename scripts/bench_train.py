@@ -3,8 +3,9 @@
 
 Settings from ``--config`` (default configs/demo.yaml): B = train.batch_size lists of G = candidates.list_length
 passages (positive first, label lists from the cranfield train qrels, min grade as the config), query/passage/pair
-max lengths 48/160/192, packaged all-MiniLM-L6-v2 as both the retriever and the re-ranker (the re-ranker's new head
-is created once and saved, and both sides load that same folder).
+max lengths from model.query_max_length / passage_max_length / reranker_max_length, packaged all-MiniLM-L6-v2 as both
+the retriever and the re-ranker (the re-ranker's new head is created once and saved, and both sides load that same
+folder).
 
 * **rocketkd** -- the body of ``rocketkd.train.train``'s loop with its own pieces: ``JointCollator`` batches from a
   DataLoader over ``GroupDataset``, ``JointModel`` (retriever + re-ranker) -> ``_step_loss`` (compute_objective:
@@ -12,7 +13,9 @@ is created once and saved, and both sides load that same folder).
   ``accelerator.backward`` -> ``_check_gradients`` (clip at 1.0) -> AdamW step (``_param_groups``) -> zero_grad ->
   linear schedule step -> ``.item()`` of the logged losses. ``rocketkd`` runs with the config's precision (bf16:
   the model prepared by ``make_accelerator(mixed_precision="bf16")``, i.e. bf16 autocast of the forward, as
-  train() does); ``rocketkd_fp32`` runs the same step on an unprepared copy (no autocast).
+  train() does); ``rocketkd_fp32`` runs the same step on an unprepared copy (no autocast). Like train(), the step
+  leaves the transformer backbones in the eval mode ``from_pretrained`` gives them, i.e. **dropout off**;
+  ``--rocketkd-train-mode`` calls ``.train()`` first (dropout on, the same work as the peer).
 * **sentence-transformers** (``st``) -- a manual loop over its own pieces, defaults everywhere (fp32, each
   column tokenised and padded on its own, models in train mode as its trainer puts them): a ``CrossEncoder`` trained
   with ``cross_encoder.losses.ListNetLoss`` (labels 1 for the positive, 0 for the others; default mini-batching =
@@ -23,7 +26,8 @@ is created once and saved, and both sides load that same folder).
 
 Timing: ``--warmup`` untimed steps per system, then ``--reps`` timed steps per system, alternated step by step
 (rocketkd, st, rocketkd_fp32, rocketkd, ...); every system sees the same lists at step i. Medians of the step times;
-lists/s = B / median step time.
+lists/s = B / median step time. The CPU seconds of each step (this process, all threads) are reported too: they
+move much less than wall time when other processes load the machine.
 
 The last line of stdout is one JSON object; ``ratio`` is rocketkd (config precision) / st lists/s.
 """
