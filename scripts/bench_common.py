@@ -49,11 +49,32 @@ def setup_env() -> None:
 
 
 def add_common_args(parser: argparse.ArgumentParser, *, reps: int) -> None:
-    parser.add_argument("--quick", action="store_true", help="seconds-long smoke run on tiny inputs (figures meaningless)")
-    parser.add_argument("--reps", type=int, default=None, help=f"timed repetitions per side, alternated (default {reps}; --quick: 2)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's, = cores)")
+    parser.add_argument(
+        "--quick", action="store_true", help="seconds-long smoke run on tiny inputs (figures meaningless)"
+    )
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=None,
+        help=f"timed repetitions per side, alternated (default {reps}; --quick: 2)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's, = cores)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampled inputs")
     parser.add_argument("--json-out", default=None, help="also write the final JSON object to this file")
+
+
+def work_dir(prefix: str) -> Path:
+    """A fresh temporary folder, removed when the process exits (set ROCKETKD_BENCH_KEEP=1 to keep it)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    if not os.environ.get("ROCKETKD_BENCH_KEEP"):
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def set_threads(n: int | None) -> None:
@@ -127,7 +148,12 @@ class LoadLog:
         if not self.samples:
             self.mark()
         ones = [s[0] for s in self.samples]
-        return {"load1_min": min(ones), "load1_median": statistics.median(ones), "load1_max": max(ones), "samples": len(ones)}
+        return {
+            "load1_min": min(ones),
+            "load1_median": statistics.median(ones),
+            "load1_max": max(ones),
+            "samples": len(ones),
+        }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -219,7 +245,11 @@ class PeakTracker:
 
     def summary(self) -> dict[str, Any]:
         return {
-            d: {"median_gflops": round(median(v), 1), "max_gflops": round(max(v), 1) if v else None, "samples": len(v)}
+            d: {
+                "median_gflops": round(median(v), 1),
+                "max_gflops": round(max(v), 1) if v else None,
+                "samples": len(v),
+            }
             for d, v in self.values.items()
         }
 

@@ -32,7 +32,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -45,19 +44,33 @@ bc.setup_env()
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bc.add_common_args(p, reps=3)
-    p.add_argument("--data", default=str(bc.REPO / "data" / "cranfield"), help="BEIR collection (default data/cranfield)")
+    p.add_argument(
+        "--data", default=str(bc.REPO / "data" / "cranfield"), help="BEIR collection (default data/cranfield)"
+    )
     p.add_argument("--model", default=None, help="model folder (default: packaged all-MiniLM-L6-v2)")
-    p.add_argument("--passages", type=int, default=None, help="time only N passages (default: the whole corpus)")
+    p.add_argument(
+        "--passages", type=int, default=None, help="time only N passages (default: the whole corpus)"
+    )
     p.add_argument("--skip-fp32", action="store_true", help="do not time rocketkd with autocast off")
     p.add_argument("--skip-quality", action="store_true", help="no nDCG@10 comparison")
     p.add_argument("--skip-memory", action="store_true", help="no memory measurement")
     p.add_argument("--mem-scale", type=int, default=10, help="synthetic corpus size in corpora (default 10)")
-    p.add_argument("--mem-layers", type=int, default=1, help="transformer layers kept in the memory children (0 = all; default 1)")
-    p.add_argument("--mem-malloc-fix", action="store_true",
-                   help="run the memory children with MALLOC_MMAP_THRESHOLD_=1048576 (glibc: activation-sized buffers "
-                        "are mmapped and returned to the system when freed) to show the effect of allocator retention")
+    p.add_argument(
+        "--mem-layers",
+        type=int,
+        default=1,
+        help="transformer layers kept in the memory children (0 = all; default 1)",
+    )
+    p.add_argument(
+        "--mem-malloc-fix",
+        action="store_true",
+        help="run the memory children with MALLOC_MMAP_THRESHOLD_=1048576 (glibc: activation-sized buffers "
+        "are mmapped and returned to the system when freed) to show the effect of allocator retention",
+    )
     p.add_argument("--only-memory", action="store_true", help="only the memory measurement")
-    p.add_argument("--mem-child", default=None, help=argparse.SUPPRESS)  # internal: run one memory measurement
+    p.add_argument(
+        "--mem-child", default=None, help=argparse.SUPPRESS
+    )  # internal: run one memory measurement
     args = p.parse_args(argv)
     if args.quick:
         args.passages = min(args.passages or 24, 24)
@@ -73,9 +86,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 def model_shape(encoder) -> dict:
     import torch
 
-    linear = sum(m.weight.numel() for n, m in encoder.named_modules() if isinstance(m, torch.nn.Linear) and "pooler" not in n)
+    linear = sum(
+        m.weight.numel()
+        for n, m in encoder.named_modules()
+        if isinstance(m, torch.nn.Linear) and "pooler" not in n
+    )
     cfg = encoder.config
-    return {"linear_params": int(linear), "layers": int(cfg.num_hidden_layers), "hidden": int(cfg.hidden_size)}
+    return {
+        "linear_params": int(linear),
+        "layers": int(cfg.num_hidden_layers),
+        "hidden": int(cfg.hidden_size),
+    }
 
 
 def seq_flops(length: int, shape: dict) -> float:
@@ -157,17 +178,21 @@ def mem_child(args) -> None:
     seconds = time.perf_counter() - start
     after = bc.proc_status_kib()
     chunk_texts = corpus.texts(list(range(min(len(corpus), CHUNK_BATCHES * 128))))
-    print(json.dumps({
-        "passages": len(corpus),
-        "layers": kept,
-        "emb_bytes": int(emb.nbytes),
-        "before_kib": before,
-        "after_kib": after,
-        "peak_reset": reset,
-        "peak_anon_kib": sampler.peak,
-        "seconds": round(seconds, 2),
-        "first_chunk_text_bytes": int(sum(sys.getsizeof(t) for t in chunk_texts)),
-    }))
+    print(
+        json.dumps(
+            {
+                "passages": len(corpus),
+                "layers": kept,
+                "emb_bytes": int(emb.nbytes),
+                "before_kib": before,
+                "after_kib": after,
+                "peak_reset": reset,
+                "peak_anon_kib": sampler.peak,
+                "seconds": round(seconds, 2),
+                "first_chunk_text_bytes": int(sum(sys.getsizeof(t) for t in chunk_texts)),
+            }
+        )
+    )
 
 
 def memory_bench(args, real_texts, work: Path) -> dict:
@@ -177,7 +202,14 @@ def memory_bench(args, real_texts, work: Path) -> dict:
     for scale in (1, args.mem_scale):
         folder = synthetic_corpus(real_texts, scale, work / f"synthetic-{scale}x", args.seed + scale)
         Corpus.from_beir(folder / "corpus.jsonl", cache_dir=folder / "cache")  # build the Arrow cache here
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--mem-child", str(folder), "--mem-layers", str(args.mem_layers)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--mem-child",
+            str(folder),
+            "--mem-layers",
+            str(args.mem_layers),
+        ]
         if args.model:
             cmd += ["--model", args.model]
         if args.threads:
@@ -196,17 +228,21 @@ def memory_bench(args, real_texts, work: Path) -> dict:
         child["vmhwm_mib"] = round(a["VmHWM"] / 1024, 1)
         out["scales"][str(scale)] = child
         out["layers_kept"] = child["layers"]
-        bc.log(f"[memory] {scale}x: peak rise {child['hwm_rise_mib']} MiB (anon {child['anon_rise_mib']} MiB), {child['seconds']}s")
+        bc.log(
+            f"[memory] {scale}x: peak rise {child['hwm_rise_mib']} MiB (anon {child['anon_rise_mib']} MiB), {child['seconds']}s"
+        )
     s1, sk = out["scales"]["1"], out["scales"][str(args.mem_scale)]
     emb_growth = (sk["emb_bytes"] - s1["emb_bytes"]) / 2**20
     chunk_growth = (sk["first_chunk_text_bytes"] - s1["first_chunk_text_bytes"]) / 2**20
-    out.update({
-        "scale": args.mem_scale,
-        "embedding_growth_mib": round(emb_growth, 2),
-        "chunk_text_growth_mib": round(chunk_growth, 2),
-        "hwm_growth_mib": round(sk["hwm_rise_mib"] - s1["hwm_rise_mib"], 2),
-        "anon_growth_mib": round(sk["anon_rise_mib"] - s1["anon_rise_mib"], 2),
-    })
+    out.update(
+        {
+            "scale": args.mem_scale,
+            "embedding_growth_mib": round(emb_growth, 2),
+            "chunk_text_growth_mib": round(chunk_growth, 2),
+            "hwm_growth_mib": round(sk["hwm_rise_mib"] - s1["hwm_rise_mib"], 2),
+            "anon_growth_mib": round(sk["anon_rise_mib"] - s1["anon_rise_mib"], 2),
+        }
+    )
     # Holds when the anonymous-memory growth is the embedding matrix plus at most the texts of one chunk (bounded by
     # the chunk size, not by the corpus) and 4 MiB of allocator noise.
     out["residual_anon_mib"] = round(out["anon_growth_mib"] - emb_growth, 2)
@@ -236,7 +272,7 @@ def main(argv=None) -> dict:
     load = bc.LoadLog()
     peaks = bc.PeakTracker()
     start_all = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="rocketkd-bench-encode-"))
+    work = bc.work_dir("rocketkd-bench-encode-")
 
     model_path = resolve_model_path(args.model)
     data = load_retrieval_data(args.data, cache_dir=work / "cache")
@@ -244,13 +280,40 @@ def main(argv=None) -> dict:
     if args.only_memory:
         real_texts = corpus.texts(list(range(min(len(corpus), 48 if args.quick else len(corpus)))))
         memory = memory_bench(args, real_texts, work)
-        print(bc.md_table(
-            ["corpus", "passages", "peak RSS MiB", "peak rise MiB", "anon rise MiB", "embeddings MiB", "encode s"],
-            [[f"{k}x", v["passages"], v["vmhwm_mib"], v["hwm_rise_mib"], v["anon_rise_mib"], round(v["emb_bytes"] / 2**20, 2),
-              v["seconds"]] for k, v in memory["scales"].items()]))
-        result = {"bench": "encode-memory", "quick": args.quick, "ratio": None, "memory": memory,
-                  "targets": {"memory_embedding_only": memory["target_holds"]}, "machine": info,
-                  "wall_s": bc.rnd(time.perf_counter() - start_all, 1)}
+        print(
+            bc.md_table(
+                [
+                    "corpus",
+                    "passages",
+                    "peak RSS MiB",
+                    "peak rise MiB",
+                    "anon rise MiB",
+                    "embeddings MiB",
+                    "encode s",
+                ],
+                [
+                    [
+                        f"{k}x",
+                        v["passages"],
+                        v["vmhwm_mib"],
+                        v["hwm_rise_mib"],
+                        v["anon_rise_mib"],
+                        round(v["emb_bytes"] / 2**20, 2),
+                        v["seconds"],
+                    ]
+                    for k, v in memory["scales"].items()
+                ],
+            )
+        )
+        result = {
+            "bench": "encode-memory",
+            "quick": args.quick,
+            "ratio": None,
+            "memory": memory,
+            "targets": {"memory_embedding_only": memory["target_holds"]},
+            "machine": info,
+            "wall_s": bc.rnd(time.perf_counter() - start_all, 1),
+        }
         bc.emit(result, args.json_out)
         return result
     model = DualEncoder.from_pretrained(model_path)
@@ -258,7 +321,9 @@ def main(argv=None) -> dict:
     if st.max_seq_length != model.passage_max_length:
         raise SystemExit(f"max lengths differ: ST {st.max_seq_length}, rocketkd {model.passage_max_length}")
     default_dtype = resolve_autocast("auto")
-    default_name = {None: "fp32"}.get(default_dtype, str(default_dtype).replace("torch.", "").replace("bfloat16", "bf16"))
+    default_name = {None: "fp32"}.get(
+        default_dtype, str(default_dtype).replace("torch.", "").replace("bfloat16", "bf16")
+    )
     shape = model_shape(model.passage_encoder)
 
     n = min(args.passages or len(corpus), len(corpus))
@@ -267,8 +332,10 @@ def main(argv=None) -> dict:
     parts = [np.sort(p) for p in np.array_split(perm, args.reps)]
     part_texts = [corpus.texts(p) for p in parts]
     max_len = model.passage_max_length
-    bc.log(f"encoding {n} passages of {args.data} in {args.reps} rounds; rocketkd default autocast = {default_name}; "
-           f"threads = {info['torch_threads']}; load = {bc.load_avg()}")
+    bc.log(
+        f"encoding {n} passages of {args.data} in {args.reps} rounds; rocketkd default autocast = {default_name}; "
+        f"threads = {info['torch_threads']}; load = {bc.load_avg()}"
+    )
 
     # warm-up (thread pools, kernels) on a few texts, untimed
     few = corpus.texts(list(range(min(8, len(corpus)))))
@@ -282,17 +349,22 @@ def main(argv=None) -> dict:
     embs = {s: [] for s in systems}
     for r, (rows, texts) in enumerate(zip(parts, part_texts)):
         fns = {
-            "rocketkd": lambda: encode_corpus(model, corpus, rows=rows, show_progress=False),
-            "st": lambda: st.encode(texts),
-            "rocketkd_fp32": lambda: encode_corpus(model, corpus, rows=rows, show_progress=False, autocast="no"),
+            "rocketkd": lambda rows=rows: encode_corpus(model, corpus, rows=rows, show_progress=False),
+            "st": lambda texts=texts: st.encode(texts),
+            "rocketkd_fp32": lambda rows=rows: encode_corpus(
+                model, corpus, rows=rows, show_progress=False, autocast="no"
+            ),
         }
         for s in systems:
             load.mark()
             t0 = time.perf_counter()
             embs[s].append(np.asarray(fns[s]()))
             times[s].append(time.perf_counter() - t0)
-        bc.log(f"  round {r + 1}/{args.reps} ({len(rows)} passages): "
-               + "  ".join(f"{s}={times[s][-1]:.2f}s" for s in systems) + f"  load={bc.load_avg()}")
+        bc.log(
+            f"  round {r + 1}/{args.reps} ({len(rows)} passages): "
+            + "  ".join(f"{s}={times[s][-1]:.2f}s" for s in systems)
+            + f"  load={bc.load_avg()}"
+        )
         peaks.measure()
 
     # FLOPs from the real token counts of each part
@@ -324,11 +396,17 @@ def main(argv=None) -> dict:
             "matmul_peak_gflops": pk,
             "pct_peak_executed": bc.rnd(100 * bc.median(gf_exec) / pk, 1),
             "pct_peak_useful": bc.rnd(100 * bc.median(gf_use) / pk, 1),
-            "padding_overhead_pct": bc.rnd(100 * (sum(systems_flops[s]["tok_exec"]) / sum(systems_flops[s]["tok_use"]) - 1), 1),
+            "padding_overhead_pct": bc.rnd(
+                100 * (sum(systems_flops[s]["tok_exec"]) / sum(systems_flops[s]["tok_use"]) - 1), 1
+            ),
         }
     ratio = figures["rocketkd"]["passages_per_s"] / figures["st"]["passages_per_s"]
     ratio_best = figures["rocketkd"]["best_passages_per_s"] / figures["st"]["best_passages_per_s"]
-    ratio_fp32 = (figures["rocketkd_fp32"]["passages_per_s"] / figures["st"]["passages_per_s"]) if "rocketkd_fp32" in figures else None
+    ratio_fp32 = (
+        (figures["rocketkd_fp32"]["passages_per_s"] / figures["st"]["passages_per_s"])
+        if "rocketkd_fp32" in figures
+        else None
+    )
 
     # quality: nDCG@10 fp32 vs default encoding (needs the whole corpus)
     quality = None
@@ -344,7 +422,9 @@ def main(argv=None) -> dict:
             for rows, e in zip(parts, embs[s]):
                 emb[rows] = e
             if autocast is None:
-                qemb = np.asarray(st.encode(qtexts), dtype=np.float32)  # ST truncates queries at 256, as it would
+                qemb = np.asarray(
+                    st.encode(qtexts), dtype=np.float32
+                )  # ST truncates queries at 256, as it would
             else:
                 qemb = encode_queries(model, qtexts, autocast=autocast)
             res = DenseIndex.from_embeddings(emb, pids).search(qemb, 100)
@@ -355,7 +435,9 @@ def main(argv=None) -> dict:
                 for rows, e in zip(parts, embs["rocketkd_fp32"]):
                     ref[rows] = e
                 quality["min_cosine_default_vs_fp32"] = bc.rnd(float((emb * ref).sum(1).min()), 5)
-        quality["delta_default_minus_fp32"] = bc.rnd(quality["ndcg10_rocketkd"] - quality["ndcg10_rocketkd_fp32"], 4)
+        quality["delta_default_minus_fp32"] = bc.rnd(
+            quality["ndcg10_rocketkd"] - quality["ndcg10_rocketkd_fp32"], 4
+        )
         quality["target_holds"] = abs(quality["delta_default_minus_fp32"]) <= 0.005
 
     memory = None
@@ -391,22 +473,77 @@ def main(argv=None) -> dict:
         "wall_s": bc.rnd(time.perf_counter() - start_all, 1),
     }
 
-    rows = [[s, f["dtype"], f["passages_per_s"], f["best_passages_per_s"], f["gflops_useful"], f["gflops_executed"], f["matmul_peak_gflops"],
-             f["pct_peak_useful"], f["pct_peak_executed"], f["padding_overhead_pct"]] for s, f in figures.items()]
-    print(bc.md_table(["system", "dtype", "passages/s (median)", "best round", "GFLOP/s useful", "GFLOP/s executed", "matmul peak GFLOP/s",
-                       "% peak useful", "% peak executed", "padding %"], rows))
-    print(f"\nratio rocketkd (defaults) / sentence-transformers = {ratio:.3f} (medians), {ratio_best:.3f} (best rounds)"
-          + (f"; rocketkd fp32 / sentence-transformers = {ratio_fp32:.3f}" if ratio_fp32 is not None else ""))
+    rows = [
+        [
+            s,
+            f["dtype"],
+            f["passages_per_s"],
+            f["best_passages_per_s"],
+            f["gflops_useful"],
+            f["gflops_executed"],
+            f["matmul_peak_gflops"],
+            f["pct_peak_useful"],
+            f["pct_peak_executed"],
+            f["padding_overhead_pct"],
+        ]
+        for s, f in figures.items()
+    ]
+    print(
+        bc.md_table(
+            [
+                "system",
+                "dtype",
+                "passages/s (median)",
+                "best round",
+                "GFLOP/s useful",
+                "GFLOP/s executed",
+                "matmul peak GFLOP/s",
+                "% peak useful",
+                "% peak executed",
+                "padding %",
+            ],
+            rows,
+        )
+    )
+    print(
+        f"\nratio rocketkd (defaults) / sentence-transformers = {ratio:.3f} (medians), {ratio_best:.3f} (best rounds)"
+        + (f"; rocketkd fp32 / sentence-transformers = {ratio_fp32:.3f}" if ratio_fp32 is not None else "")
+    )
     if quality:
-        print(f"nDCG@10 ({quality['split']}, {quality['queries']} q): fp32 {quality['ndcg10_rocketkd_fp32']}, "
-              f"default {quality['ndcg10_rocketkd']} (delta {quality['delta_default_minus_fp32']:+}), ST {quality['ndcg10_st']}")
+        print(
+            f"nDCG@10 ({quality['split']}, {quality['queries']} q): fp32 {quality['ndcg10_rocketkd_fp32']}, "
+            f"default {quality['ndcg10_rocketkd']} (delta {quality['delta_default_minus_fp32']:+}), ST {quality['ndcg10_st']}"
+        )
     if memory:
-        print(bc.md_table(
-            ["corpus", "passages", "peak RSS MiB", "peak rise MiB", "anon rise MiB", "embeddings MiB", "encode s"],
-            [[f"{k}x", v["passages"], v["vmhwm_mib"], v["hwm_rise_mib"], v["anon_rise_mib"], round(v["emb_bytes"] / 2**20, 2),
-              v["seconds"]] for k, v in memory["scales"].items()]))
-        print(f"growth {memory['scale']}x vs 1x: anon {memory['anon_growth_mib']} MiB, peak RSS {memory['hwm_growth_mib']} MiB; "
-              f"embedding matrix {memory['embedding_growth_mib']} MiB, one chunk of texts {memory['chunk_text_growth_mib']} MiB")
+        print(
+            bc.md_table(
+                [
+                    "corpus",
+                    "passages",
+                    "peak RSS MiB",
+                    "peak rise MiB",
+                    "anon rise MiB",
+                    "embeddings MiB",
+                    "encode s",
+                ],
+                [
+                    [
+                        f"{k}x",
+                        v["passages"],
+                        v["vmhwm_mib"],
+                        v["hwm_rise_mib"],
+                        v["anon_rise_mib"],
+                        round(v["emb_bytes"] / 2**20, 2),
+                        v["seconds"],
+                    ]
+                    for k, v in memory["scales"].items()
+                ],
+            )
+        )
+        print(
+            f"growth {memory['scale']}x vs 1x: anon {memory['anon_growth_mib']} MiB, peak RSS {memory['hwm_growth_mib']} MiB; "
+            f"embedding matrix {memory['embedding_growth_mib']} MiB, one chunk of texts {memory['chunk_text_growth_mib']} MiB"
+        )
     print(f"load average (1 min) during the run: {result['load']}")
     bc.emit(result, args.json_out)
     return result

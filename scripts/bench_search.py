@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -65,16 +64,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=1_000, help="synthetic queries (default 1000)")
     p.add_argument("--dim", type=int, default=384, help="synthetic dimension (default 384, MiniLM's)")
     p.add_argument("--k", type=int, default=100, help="neighbours per query (default 100)")
-    p.add_argument("--data", default=str(bc.REPO / "data" / "cranfield"), help="collection for the real index")
-    p.add_argument("--model", default=None, help="encoder/re-ranker start point (default: packaged all-MiniLM-L6-v2)")
-    p.add_argument("--passages", type=int, default=None, help="index only the first N passages of --data (default all)")
-    p.add_argument("--text-queries", type=int, default=None, help="query texts searched end to end (default all)")
+    p.add_argument(
+        "--data", default=str(bc.REPO / "data" / "cranfield"), help="collection for the real index"
+    )
+    p.add_argument(
+        "--model", default=None, help="encoder/re-ranker start point (default: packaged all-MiniLM-L6-v2)"
+    )
+    p.add_argument(
+        "--passages", type=int, default=None, help="index only the first N passages of --data (default all)"
+    )
+    p.add_argument(
+        "--text-queries", type=int, default=None, help="query texts searched end to end (default all)"
+    )
     p.add_argument("--rerank-queries", type=int, default=24, help="test queries re-ranked (default 24)")
-    p.add_argument("--rerank-depth", type=int, default=30, help="passages re-ranked per query (default 30, demo.yaml)")
-    p.add_argument("--rerank-rounds", type=int, default=6,
-                   help="the re-ranked queries are split into this many groups, one per alternated round (default 6)")
+    p.add_argument(
+        "--rerank-depth", type=int, default=30, help="passages re-ranked per query (default 30, demo.yaml)"
+    )
+    p.add_argument(
+        "--rerank-rounds",
+        type=int,
+        default=6,
+        help="the re-ranked queries are split into this many groups, one per alternated round (default 6)",
+    )
     p.add_argument("--reranker-max-length", type=int, default=192, help="pair max length (default 192)")
-    p.add_argument("--rerank-fp32", action="store_true", help="also time rerank_run with autocast off (equal precision)")
+    p.add_argument(
+        "--rerank-fp32", action="store_true", help="also time rerank_run with autocast off (equal precision)"
+    )
     p.add_argument("--skip-real", action="store_true", help="skip the cranfield index and the re-ranking")
     p.add_argument("--skip-rerank", action="store_true", help="skip the re-ranking")
     args = p.parse_args(argv)
@@ -108,11 +123,19 @@ def vector_search_bench(args, tag, emb, ids, queries, work, load, results) -> di
     qtexts = {name: name for name in qnames}  # search_run's "texts" are the lookup keys
 
     load_times, loaded = bc.interleaved(
-        {"rocketkd_load": lambda: DenseIndex.load(folder), "faiss_read_index": lambda: faiss.read_index(str(folder / "index.faiss"))},
-        args.reps, warmup=1, load=load, verbose=False,
+        {
+            "rocketkd_load": lambda: DenseIndex.load(folder),
+            "faiss_read_index": lambda: faiss.read_index(str(folder / "index.faiss")),
+        },
+        args.reps,
+        warmup=1,
+        load=load,
+        verbose=False,
     )
     index = loaded["rocketkd_load"]
-    index.attach_encoder(VectorLookupEncoder(queries, qnames))  # vectors of unknown origin: only the dim is checked
+    index.attach_encoder(
+        VectorLookupEncoder(queries, qnames)
+    )  # vectors of unknown origin: only the dim is checked
     raw = faiss.IndexFlatIP(emb.shape[1])
     raw.add(np.ascontiguousarray(emb, dtype=np.float32))
     k = min(args.k, len(ids))
@@ -124,7 +147,9 @@ def vector_search_bench(args, tag, emb, ids, queries, work, load, results) -> di
             "faiss_search": lambda: raw.search(queries, k),
             "rocketkd_DenseIndex_search": lambda: index.search(queries, k),
         },
-        args.reps, warmup=1, load=load,
+        args.reps,
+        warmup=1,
+        load=load,
     )
     # same neighbours (ids and order) from both
     scores, rows = last["faiss_search"]
@@ -160,7 +185,7 @@ def main(argv=None) -> dict:
     load = bc.LoadLog()
     results: dict = {}
     start = time.perf_counter()
-    work = tempfile.mkdtemp(prefix="rocketkd-bench-search-")
+    work = bc.work_dir("rocketkd-bench-search-")
 
     # 1. synthetic ------------------------------------------------------------------------------------------
     rng = np.random.default_rng(args.seed)
@@ -190,7 +215,9 @@ def main(argv=None) -> dict:
         emb = encode_corpus(encoder, corpus, rows=np.arange(n_passages), show_progress=False)
         qids = list(data.queries)[: args.text_queries or None]
         qemb = encode_queries(encoder, [data.queries[x] for x in qids])
-        bc.log(f"[real] encoded {n_passages} passages + {len(qids)} queries in {time.perf_counter() - t0:.1f}s")
+        bc.log(
+            f"[real] encoded {n_passages} passages + {len(qids)} queries in {time.perf_counter() - t0:.1f}s"
+        )
         pids = [corpus.ids[i] for i in range(n_passages)]
         vector_search_bench(args, "real_vectors", emb, pids, qemb, work, load, results)
 
@@ -198,7 +225,9 @@ def main(argv=None) -> dict:
         from sentence_transformers import SentenceTransformer
 
         folder = Path(work) / "index-real"
-        index = DenseIndex.from_embeddings(emb, pids, encoder=encoder, metadata={"encoder_fingerprint": encoder.fingerprint()})
+        index = DenseIndex.from_embeddings(
+            emb, pids, encoder=encoder, metadata={"encoder_fingerprint": encoder.fingerprint()}
+        )
         index.save(folder)
         index = DenseIndex.load(folder, encoder=encoder)
         st = SentenceTransformer(model_path, device="cpu")
@@ -216,12 +245,20 @@ def main(argv=None) -> dict:
         bc.log(f"[real] end to end: {len(qids)} query texts, k={k}")
         times, last = bc.interleaved(
             {"rocketkd_search_run": lambda: search_run(index, queries, k), "st_encode_faiss": st_e2e},
-            args.reps, warmup=1, load=load,
+            args.reps,
+            warmup=1,
+            load=load,
         )
-        overlap = np.mean([
-            len(set(list(last["rocketkd_search_run"][x])[:10]) & set(list(last["st_encode_faiss"][x])[:10])) / 10
-            for x in qids
-        ])
+        overlap = np.mean(
+            [
+                len(
+                    set(list(last["rocketkd_search_run"][x])[:10])
+                    & set(list(last["st_encode_faiss"][x])[:10])
+                )
+                / 10
+                for x in qids
+            ]
+        )
         e2e = {
             "queries": len(qids),
             "rocketkd_qps": bc.rnd(len(qids) / bc.median(times["rocketkd_search_run"]), 1),
@@ -250,22 +287,40 @@ def main(argv=None) -> dict:
             chosen = sorted(data.qrels[split])[: args.rerank_queries]
             queries = dict(data.queries)
             full = search_run(index, {x: queries[x] for x in chosen}, max(args.rerank_depth, k))
-            groups = [g.tolist() for g in np.array_split(np.array(chosen, dtype=object), args.rerank_rounds) if len(g)]
+            groups = [
+                g.tolist()
+                for g in np.array_split(np.array(chosen, dtype=object), args.rerank_rounds)
+                if len(g)
+            ]
             rounds = []
-            for group in groups:  # each round: its queries' top `depth`, in rerank_run's own order (metrics ranking)
+            for (
+                group
+            ) in groups:  # each round: its queries' top `depth`, in rerank_run's own order (metrics ranking)
                 sub_run = {x: full[x] for x in group}
                 plan = [(x, pid) for x in group for pid in rank_scores(sub_run[x], x)[: args.rerank_depth]]
                 pairs = [(queries[x], corpus.get_text(pid)) for x, pid in plan]
                 rounds.append((sub_run, plan, pairs))
             n_pairs = sum(len(r[2]) for r in rounds)
-            bc.log(f"[rerank] {n_pairs} pairs ({len(chosen)} queries x depth {args.rerank_depth}) in {len(rounds)} rounds")
-            systems = ["rocketkd_rerank_run", "st_CrossEncoder_predict"] + (["rocketkd_rerank_run_fp32"] if args.rerank_fp32 else [])
+            bc.log(
+                f"[rerank] {n_pairs} pairs ({len(chosen)} queries x depth {args.rerank_depth}) in {len(rounds)} rounds"
+            )
+            systems = ["rocketkd_rerank_run", "st_CrossEncoder_predict"] + (
+                ["rocketkd_rerank_run_fp32"] if args.rerank_fp32 else []
+            )
 
             def call(system, sub_run, pairs):
                 if system == "st_CrossEncoder_predict":
                     return peer.predict(pairs)
                 autocast = "no" if system.endswith("fp32") else "auto"
-                return rerank_run(ranker, sub_run, queries, corpus, depth=args.rerank_depth, autocast=autocast, show_progress=False)
+                return rerank_run(
+                    ranker,
+                    sub_run,
+                    queries,
+                    corpus,
+                    depth=args.rerank_depth,
+                    autocast=autocast,
+                    show_progress=False,
+                )
 
             if not args.quick:  # warm-up: one query's pairs per system, untimed
                 w_run = {chosen[0]: full[chosen[0]]}
@@ -284,8 +339,11 @@ def main(argv=None) -> dict:
                         rk_scores += [out[x][pid] for x, pid in plan]
                     elif system == "st_CrossEncoder_predict":
                         st_scores += np.asarray(out, dtype=np.float64).tolist()
-                bc.log(f"  round {r + 1}/{len(rounds)} ({len(pairs)} pairs): "
-                       + "  ".join(f"{s_}={times[s_][-1]:.2f}s" for s_ in systems) + f"  load={bc.load_avg()}")
+                bc.log(
+                    f"  round {r + 1}/{len(rounds)} ({len(pairs)} pairs): "
+                    + "  ".join(f"{s_}={times[s_][-1]:.2f}s" for s_ in systems)
+                    + f"  load={bc.load_avg()}"
+                )
             sizes = [len(r[2]) for r in rounds]
 
             def rate(system, best=False):
@@ -299,7 +357,9 @@ def main(argv=None) -> dict:
                 "peer_pairs_per_s": rate("st_CrossEncoder_predict"),
                 "rocketkd_best_pairs_per_s": rate("rocketkd_rerank_run", True),
                 "peer_best_pairs_per_s": rate("st_CrossEncoder_predict", True),
-                "max_abs_score_diff": bc.rnd(float(np.abs(np.array(rk_scores) - np.array(st_scores)).max()), 4),
+                "max_abs_score_diff": bc.rnd(
+                    float(np.abs(np.array(rk_scores) - np.array(st_scores)).max()), 4
+                ),
                 "autocast": str(__import__("rocketkd.encode", fromlist=["x"]).resolve_autocast("auto")),
                 "seconds": {n_: [bc.rnd(t_, 3) for t_ in v] for n_, v in times.items()},
             }
@@ -326,23 +386,80 @@ def main(argv=None) -> dict:
     if "rerank" in results:
         result["rerank_ratio"] = results["rerank"]["ratio"]
 
-    rows = [[name, r["vectors"], r["queries"], r["k"], r["rocketkd_qps"], r["rocketkd_index_search_qps"], r["faiss_qps"], r["ratio"],
-             r["rocketkd_load_ms"], r["faiss_read_index_ms"], r["same_results"]]
-            for name, r in results.items() if name in ("synthetic", "real_vectors")]
-    print(bc.md_table(["index", "vectors", "queries", "k", "search_run QPS", "DenseIndex.search QPS", "faiss QPS", "ratio",
-                       "load ms", "read_index ms", "same results"], rows))
+    rows = [
+        [
+            name,
+            r["vectors"],
+            r["queries"],
+            r["k"],
+            r["rocketkd_qps"],
+            r["rocketkd_index_search_qps"],
+            r["faiss_qps"],
+            r["ratio"],
+            r["rocketkd_load_ms"],
+            r["faiss_read_index_ms"],
+            r["same_results"],
+        ]
+        for name, r in results.items()
+        if name in ("synthetic", "real_vectors")
+    ]
+    print(
+        bc.md_table(
+            [
+                "index",
+                "vectors",
+                "queries",
+                "k",
+                "search_run QPS",
+                "DenseIndex.search QPS",
+                "faiss QPS",
+                "ratio",
+                "load ms",
+                "read_index ms",
+                "same results",
+            ],
+            rows,
+        )
+    )
     if "real_text_e2e" in results:
         e = results["real_text_e2e"]
         print()
-        print(bc.md_table(["end to end (texts)", "queries", "rocketkd QPS", "ST+faiss QPS", "ratio", "top-10 overlap"],
-                          [["cranfield", e["queries"], e["rocketkd_qps"], e["peer_qps"], e["ratio"], e["top10_overlap"]]]))
+        print(
+            bc.md_table(
+                ["end to end (texts)", "queries", "rocketkd QPS", "ST+faiss QPS", "ratio", "top-10 overlap"],
+                [
+                    [
+                        "cranfield",
+                        e["queries"],
+                        e["rocketkd_qps"],
+                        e["peer_qps"],
+                        e["ratio"],
+                        e["top10_overlap"],
+                    ]
+                ],
+            )
+        )
     if "rerank" in results:
         r = results["rerank"]
         print()
-        row = ["cranfield test", r["pairs"], r["rocketkd_pairs_per_s"], r["peer_pairs_per_s"], r["ratio"],
-               f'{r["rocketkd_best_pairs_per_s"]} / {r["peer_best_pairs_per_s"]} = {r["ratio_best"]}', r["max_abs_score_diff"]]
-        heads = ["re-ranking", "pairs", "rerank_run pairs/s", "CrossEncoder.predict pairs/s", "ratio (medians)",
-                 "best round: rocketkd / ST = ratio", "max |score diff|"]
+        row = [
+            "cranfield test",
+            r["pairs"],
+            r["rocketkd_pairs_per_s"],
+            r["peer_pairs_per_s"],
+            r["ratio"],
+            f"{r['rocketkd_best_pairs_per_s']} / {r['peer_best_pairs_per_s']} = {r['ratio_best']}",
+            r["max_abs_score_diff"],
+        ]
+        heads = [
+            "re-ranking",
+            "pairs",
+            "rerank_run pairs/s",
+            "CrossEncoder.predict pairs/s",
+            "ratio (medians)",
+            "best round: rocketkd / ST = ratio",
+            "max |score diff|",
+        ]
         if "ratio_fp32" in r:
             row += [r["rocketkd_fp32_pairs_per_s"], r["ratio_fp32"]]
             heads += ["rerank_run fp32 pairs/s", "ratio fp32"]

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,16 +48,28 @@ bc.setup_env()
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bc.add_common_args(p, reps=3)
-    p.add_argument("--config", default=str(bc.REPO / "configs" / "demo.yaml"), help="rocketkd config (default configs/demo.yaml)")
+    p.add_argument(
+        "--config",
+        default=str(bc.REPO / "configs" / "demo.yaml"),
+        help="rocketkd config (default configs/demo.yaml)",
+    )
     p.add_argument("--data", default=None, help="collection (default: the config's data.path)")
-    p.add_argument("--model", default=None, help="start point of both models (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument(
+        "--model", default=None, help="start point of both models (default: packaged all-MiniLM-L6-v2)"
+    )
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per system first (default 1)")
     p.add_argument("--skip-fp32", action="store_true", help="do not time rocketkd at fp32")
-    p.add_argument("--rocketkd-train-mode", action="store_true",
-                   help="put rocketkd's models in train mode (dropout on) before timing; rocketkd.train.train() leaves "
-                        "the backbones in the eval mode from_pretrained gives them (dropout off)")
-    p.add_argument("--peer-dropout-off", action="store_true",
-                   help="run the ST models in eval mode (dropout off), as rocketkd's train() runs its backbones")
+    p.add_argument(
+        "--rocketkd-train-mode",
+        action="store_true",
+        help="put rocketkd's models in train mode (dropout on) before timing; rocketkd.train.train() leaves "
+        "the backbones in the eval mode from_pretrained gives them (dropout off)",
+    )
+    p.add_argument(
+        "--peer-dropout-off",
+        action="store_true",
+        help="run the ST models in eval mode (dropout off), as rocketkd's train() runs its backbones",
+    )
     args = p.parse_args(argv)
     args.reps = args.reps or (1 if args.quick else 3)
     args.warmup = args.warmup if args.warmup is not None else 1
@@ -90,15 +101,20 @@ def main(argv=None) -> dict:
     if args.data:
         overrides.append(f"data.path={args.data}")
     if args.quick:
-        overrides += ["train.batch_size=2", "candidates.list_length=3", "model.query_max_length=16",
-                      "model.passage_max_length=32", "model.reranker_max_length=48"]
+        overrides += [
+            "train.batch_size=2",
+            "candidates.list_length=3",
+            "model.query_max_length=16",
+            "model.passage_max_length=32",
+            "model.reranker_max_length=48",
+        ]
     cfg = load_config(args.config, overrides)
     t, m = cfg.train, cfg.model
     B, G = t.batch_size, cfg.candidates.list_length
     info = bc.machine_info()
     load = bc.LoadLog()
     start_all = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="rocketkd-bench-train-"))
+    work = bc.work_dir("rocketkd-bench-train-")
     torch.manual_seed(t.seed)
 
     data = load_retrieval_data(cfg.data.path, cache_dir=work / "cache")
@@ -110,31 +126,42 @@ def main(argv=None) -> dict:
     queries = {**getattr(data, "unlabeled_queries", {}), **data.queries}
     model_path = resolve_model_path(args.model or m.retriever)
     ce_dir = work / "reranker"
-    CrossEncoderRanker.from_pretrained(resolve_model_path(m.reranker or args.model), max_length=m.reranker_max_length).save(ce_dir)
+    CrossEncoderRanker.from_pretrained(
+        resolve_model_path(m.reranker or args.model), max_length=m.reranker_max_length
+    ).save(ce_dir)
 
     # ---------------------------------------------------------------- rocketkd: the pieces train() builds
     accelerator = make_accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=1)
 
     def build_rocketkd(prepare: bool):
         retriever = DualEncoder.from_pretrained(
-            model_path, shared=m.shared_towers, pooling=m.pooling, similarity=m.similarity,
-            query_max_length=m.query_max_length, passage_max_length=m.passage_max_length,
+            model_path,
+            shared=m.shared_towers,
+            pooling=m.pooling,
+            similarity=m.similarity,
+            query_max_length=m.query_max_length,
+            passage_max_length=m.passage_max_length,
             gradient_checkpointing=t.gradient_checkpointing,
         )
         for name, param in retriever.named_parameters():
             if ".pooler." in f".{name}":
                 param.requires_grad_(False)
-        reranker = CrossEncoderRanker.from_pretrained(ce_dir, max_length=m.reranker_max_length,
-                                                      gradient_checkpointing=t.gradient_checkpointing)
+        reranker = CrossEncoderRanker.from_pretrained(
+            ce_dir, max_length=m.reranker_max_length, gradient_checkpointing=t.gradient_checkpointing
+        )
         for name, param in reranker.named_parameters():
             if name.endswith("bias") and tuple(param.shape) == (1,):
                 param.requires_grad_(False)
         collator = JointCollator(
-            query_text=queries.__getitem__, passage_text=data.corpus.get_text,
-            tokenize_queries=retriever.tokenize_queries, tokenize_passages=retriever.tokenize_passages,
+            query_text=queries.__getitem__,
+            passage_text=data.corpus.get_text,
+            tokenize_queries=retriever.tokenize_queries,
+            tokenize_passages=retriever.tokenize_passages,
             tokenize_pairs=reranker.tokenize_pairs,
         )
-        loader = torch.utils.data.DataLoader(dataset, batch_size=B, shuffle=False, collate_fn=collator, num_workers=t.num_workers)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=B, shuffle=False, collate_fn=collator, num_workers=t.num_workers
+        )
         model = JointModel(retriever, reranker, score_scale=m.score_scale)
         optimizer = torch.optim.AdamW(_param_groups(model, cfg))
         if args.rocketkd_train_mode:
@@ -142,7 +169,13 @@ def main(argv=None) -> dict:
         if prepare:
             model, optimizer = accelerator.prepare(model, optimizer)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(t.warmup_ratio * 1000), 1000)
-        state = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "it": iter(loader), "step": 0}
+        state = {
+            "model": model,
+            "optimizer": optimizer,
+            "scheduler": scheduler,
+            "it": iter(loader),
+            "step": 0,
+        }
 
         def step():
             batch = next(state["it"])
@@ -184,7 +217,9 @@ def main(argv=None) -> dict:
         mode = not args.peer_dropout_off
         ce.train(mode)
         bi.train(mode)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=B, shuffle=False, collate_fn=lambda items: items)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=B, shuffle=False, collate_fn=lambda items: items
+        )
         state = {"it": iter(loader)}
         labels = [torch.tensor([1.0] + [0.0] * (G - 1)) for _ in range(B)]
 
@@ -212,8 +247,10 @@ def main(argv=None) -> dict:
     steps["st"], _ = build_st()
     if not args.skip_fp32:
         steps["rocketkd_fp32"], _ = build_rocketkd(prepare=False)
-    bc.log(f"B={B} G={G}, lengths q/p/pair {m.query_max_length}/{m.passage_max_length}/{m.reranker_max_length}, "
-           f"rocketkd precision {t.mixed_precision}, threads {info['torch_threads']}, load {bc.load_avg()}")
+    bc.log(
+        f"B={B} G={G}, lengths q/p/pair {m.query_max_length}/{m.passage_max_length}/{m.reranker_max_length}, "
+        f"rocketkd precision {t.mixed_precision}, threads {info['torch_threads']}, load {bc.load_avg()}"
+    )
     cpu: dict = {}
     times, last = bc.interleaved(steps, args.reps, warmup=args.warmup, load=load, cpu=cpu)
 
@@ -230,16 +267,27 @@ def main(argv=None) -> dict:
             "last_losses": {k: bc.rnd(v, 4) for k, v in last[name].items()},
         }
     ratio = figures["rocketkd"]["lists_per_s"] / figures["st"]["lists_per_s"]
-    ratio_fp32 = figures["rocketkd_fp32"]["lists_per_s"] / figures["st"]["lists_per_s"] if "rocketkd_fp32" in figures else None
+    ratio_fp32 = (
+        figures["rocketkd_fp32"]["lists_per_s"] / figures["st"]["lists_per_s"]
+        if "rocketkd_fp32" in figures
+        else None
+    )
     ratio_best = figures["rocketkd"]["best_lists_per_s"] / figures["st"]["best_lists_per_s"]
-    ratio_fp32_best = (figures["rocketkd_fp32"]["best_lists_per_s"] / figures["st"]["best_lists_per_s"]
-                       if "rocketkd_fp32" in figures else None)
+    ratio_fp32_best = (
+        figures["rocketkd_fp32"]["best_lists_per_s"] / figures["st"]["best_lists_per_s"]
+        if "rocketkd_fp32" in figures
+        else None
+    )
     result = {
         "bench": "train",
         "quick": args.quick,
         "B": B,
         "G": G,
-        "max_lengths": {"query": m.query_max_length, "passage": m.passage_max_length, "pair": m.reranker_max_length},
+        "max_lengths": {
+            "query": m.query_max_length,
+            "passage": m.passage_max_length,
+            "pair": m.reranker_max_length,
+        },
         "rocketkd_precision": figures["rocketkd"]["precision"],
         "rocketkd_lists_per_s": figures["rocketkd"]["lists_per_s"],
         "st_lists_per_s": figures["st"]["lists_per_s"],
@@ -247,8 +295,11 @@ def main(argv=None) -> dict:
         "ratio_fp32": None if ratio_fp32 is None else bc.rnd(ratio_fp32),
         "ratio_best_step": bc.rnd(ratio_best),
         "ratio_cpu_time": bc.rnd(figures["st"]["cpu_s_median"] / figures["rocketkd"]["cpu_s_median"]),
-        "ratio_fp32_cpu_time": (bc.rnd(figures["st"]["cpu_s_median"] / figures["rocketkd_fp32"]["cpu_s_median"])
-                                if "rocketkd_fp32" in figures else None),
+        "ratio_fp32_cpu_time": (
+            bc.rnd(figures["st"]["cpu_s_median"] / figures["rocketkd_fp32"]["cpu_s_median"])
+            if "rocketkd_fp32" in figures
+            else None
+        ),
         "ratio_fp32_best_step": None if ratio_fp32_best is None else bc.rnd(ratio_fp32_best),
         "targets": {
             "defaults_ge_1.3x": ratio >= 1.3,
@@ -261,16 +312,43 @@ def main(argv=None) -> dict:
         "machine": info,
         "wall_s": bc.rnd(time.perf_counter() - start_all, 1),
     }
-    print(bc.md_table(["system", "precision", "median step s", "lists/s (median)", "lists/s (best step)", "steps s",
-                       "median CPU s/step"],
-                      [[n, f["precision"], f["step_s_median"], f["lists_per_s"], f["best_lists_per_s"],
-                        " ".join(str(x) for x in f["step_s"]), f["cpu_s_median"]]
-                       for n, f in figures.items()]))
-    print(f"\nratio rocketkd ({figures['rocketkd']['precision']}) / st = {ratio:.3f} (medians), {ratio_best:.3f} (best steps)"
-          + (f"; at equal precision (fp32) = {ratio_fp32:.3f} (medians), {ratio_fp32_best:.3f} (best steps)"
-             if ratio_fp32 is not None else ""))
-    print(f"CPU-time ratio (st CPU s / rocketkd CPU s per step): {result['ratio_cpu_time']}"
-          + (f", fp32: {result['ratio_fp32_cpu_time']}" if result["ratio_fp32_cpu_time"] is not None else ""))
+    print(
+        bc.md_table(
+            [
+                "system",
+                "precision",
+                "median step s",
+                "lists/s (median)",
+                "lists/s (best step)",
+                "steps s",
+                "median CPU s/step",
+            ],
+            [
+                [
+                    n,
+                    f["precision"],
+                    f["step_s_median"],
+                    f["lists_per_s"],
+                    f["best_lists_per_s"],
+                    " ".join(str(x) for x in f["step_s"]),
+                    f["cpu_s_median"],
+                ]
+                for n, f in figures.items()
+            ],
+        )
+    )
+    print(
+        f"\nratio rocketkd ({figures['rocketkd']['precision']}) / st = {ratio:.3f} (medians), {ratio_best:.3f} (best steps)"
+        + (
+            f"; at equal precision (fp32) = {ratio_fp32:.3f} (medians), {ratio_fp32_best:.3f} (best steps)"
+            if ratio_fp32 is not None
+            else ""
+        )
+    )
+    print(
+        f"CPU-time ratio (st CPU s / rocketkd CPU s per step): {result['ratio_cpu_time']}"
+        + (f", fp32: {result['ratio_fp32_cpu_time']}" if result["ratio_fp32_cpu_time"] is not None else "")
+    )
     print(f"load average (1 min) during the run: {result['load']}")
     bc.emit(result, args.json_out)
     return result

@@ -15,7 +15,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_DATA = Path(__file__).parent / "resources" / "tiny"
-TINY_BERT = Path(__file__).parent / "resources" / "tiny-bert"  # read only: the script saves its models elsewhere
+TINY_BERT = (
+    Path(__file__).parent / "resources" / "tiny-bert"
+)  # read only: the script saves its models elsewhere
 
 
 def test_bench_search_quick_ends_with_json(tmp_path):
@@ -50,7 +52,9 @@ def test_bench_search_quick_ends_with_json(tmp_path):
     assert lines, "no output on stdout"
     result = json.loads(lines[-1])
     assert result["bench"] == "search"
-    assert isinstance(result["ratio"], (int, float)) and math.isfinite(result["ratio"]) and result["ratio"] > 0
+    assert (
+        isinstance(result["ratio"], (int, float)) and math.isfinite(result["ratio"]) and result["ratio"] > 0
+    )
     for part in ("synthetic", "real_vectors", "real_text_e2e", "rerank"):
         assert part in result, f"{part} missing from the JSON line"
         assert result[part]["ratio"] > 0
