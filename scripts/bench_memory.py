@@ -31,24 +31,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_common as bc  # noqa: E402
 
 
 def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False when not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    value = bc.proc_status_kib().get(field)
+    if value is None:
+        raise RuntimeError(f"{field} not in /proc/self/status")
+    return value
 
 
 def _texts(n_lists: int, length: int, seed: int) -> tuple[list[str], list[list[str]]]:
@@ -108,7 +99,7 @@ def child(args) -> dict:
         return float(parts.total)
 
     gc.collect()
-    reset = _reset_peak()
+    reset = bc.reset_peak_rss()
     base_kb = _status_kb("VmRSS") if reset else _status_kb("VmHWM")
     losses, walls, cpus = [], [], []
     for i in range(1 + args.steps):
