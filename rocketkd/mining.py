@@ -336,20 +336,15 @@ def _first_stage(cfg: Config, data: Any, retriever: Any, show_progress: bool):
         return _sharded(bm25.search), "bm25", "bm25"
 
     from .index import DenseIndex, search_run
-    from .models import DualEncoder, resolve_model_path
+    from .models import resolve_model_path
 
     m = cfg.model
     model = retriever
     if retriever is None or isinstance(retriever, (str, Path)):
         path = resolve_model_path(retriever if retriever is not None else m.retriever)
-        model = DualEncoder.from_pretrained(
-            path,
-            shared=m.shared_towers,
-            pooling=m.pooling,
-            similarity=m.similarity,
-            query_max_length=m.query_max_length,
-            passage_max_length=m.passage_max_length,
-        ).to(_device())
+        from .train import load_retriever
+
+        model = load_retriever(cfg, path).to(_device())
         description = path
     else:
         description = _describe(retriever)

@@ -54,6 +54,44 @@ def make_accelerator(**kwargs):
     return Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
 
 
+def load_retriever(cfg: Config, path: str | None, *, for_training: bool = False) -> DualEncoder:
+    """The retriever as ``cfg.model`` describes it (the one place its settings are read)."""
+    m = cfg.model
+    retriever = DualEncoder.from_pretrained(
+        resolve_model_path(path),
+        shared=m.shared_towers,
+        pooling=m.pooling,
+        similarity=m.similarity,
+        query_max_length=m.query_max_length,
+        passage_max_length=m.passage_max_length,
+        gradient_checkpointing=for_training and cfg.train.gradient_checkpointing,
+    )
+    if for_training:
+        # The backbone's pooler (BERT's tanh layer over [CLS]) feeds no retriever score: freeze it so DDP does not
+        # wait for gradients that never come and the optimizer does not decay weights nobody uses.
+        for name, param in retriever.named_parameters():
+            if ".pooler." in f".{name}":
+                param.requires_grad_(False)
+    return retriever
+
+
+def load_reranker(cfg: Config, path: str | None, *, trainable: bool = True) -> CrossEncoderRanker:
+    """The re-ranker per ``cfg.model``: trainable (listwise-CE ready) or a frozen teacher in eval mode."""
+    reranker = CrossEncoderRanker.from_pretrained(
+        resolve_model_path(path),
+        max_length=cfg.model.reranker_max_length,
+        gradient_checkpointing=trainable and cfg.train.gradient_checkpointing,
+    )
+    if not trainable:
+        return reranker.eval().requires_grad_(False)
+    # A listwise softmax is shift-invariant, so the one-logit head's bias gets an exactly-zero gradient; Adam would
+    # turn its float noise into +-lr steps that differ between runs. Keep it fixed.
+    for name, param in reranker.named_parameters():
+        if name.endswith("bias") and tuple(param.shape) == (1,):
+            param.requires_grad_(False)
+    return reranker
+
+
 def needs_reranker(cfg: Config) -> bool:
     """Whether the run trains a re-ranker online (joint, warmup) — static uses a frozen one outside the optimizer."""
     return cfg.train.mode in ("joint", "warmup")
@@ -195,36 +233,13 @@ def train(
     dataset = GroupDataset(lists, cfg.candidates.list_length, seed=t.seed)
 
     m = cfg.model
-    retriever = DualEncoder.from_pretrained(
-        resolve_model_path(retriever_path or m.retriever),
-        shared=m.shared_towers,
-        pooling=m.pooling,
-        similarity=m.similarity,
-        query_max_length=m.query_max_length,
-        passage_max_length=m.passage_max_length,
-        gradient_checkpointing=t.gradient_checkpointing,
-    )
-    # The backbone's pooler (BERT's tanh layer over [CLS]) feeds no retriever score: freeze it so DDP does not wait
-    # for gradients that never come and the optimizer does not decay weights nobody uses.
-    for name, param in retriever.named_parameters():
-        if ".pooler." in f".{name}":
-            param.requires_grad_(False)
+    retriever = load_retriever(cfg, retriever_path or m.retriever, for_training=True)
     reranker = None
     teacher_model = None
     if needs_reranker(cfg) or (t.mode == "static" and t.teacher == "reranker"):
-        reranker = CrossEncoderRanker.from_pretrained(
-            resolve_model_path(reranker_path or m.reranker),
-            max_length=m.reranker_max_length,
-            gradient_checkpointing=t.gradient_checkpointing,
-        )
+        reranker = load_reranker(cfg, reranker_path or m.reranker, trainable=needs_reranker(cfg))
         if not needs_reranker(cfg):
-            teacher_model, reranker = reranker.eval().requires_grad_(False), None
-        else:
-            # A listwise softmax is shift-invariant, so the one-logit head's bias gets an exactly-zero gradient;
-            # Adam would turn its float noise into +-lr steps that differ between runs. Keep it fixed.
-            for name, param in reranker.named_parameters():
-                if name.endswith("bias") and tuple(param.shape) == (1,):
-                    param.requires_grad_(False)
+            teacher_model, reranker = reranker, None
     if t.mode == "static" and t.teacher == "stored" and lists[0].teacher_scores is None:
         raise TrainingError("train.teacher=stored but the candidate lists carry no teacher_scores")
 

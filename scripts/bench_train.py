@@ -94,8 +94,16 @@ def main(argv=None) -> dict:
     from rocketkd.data.dataset import GroupDataset
     from rocketkd.data.formats import load_retrieval_data
     from rocketkd.joint import JointModel
-    from rocketkd.models import CrossEncoderRanker, DualEncoder, resolve_model_path
-    from rocketkd.train import _check_gradients, _param_groups, _step_loss, build_lists, make_accelerator
+    from rocketkd.models import CrossEncoderRanker, resolve_model_path
+    from rocketkd.train import (
+        _check_gradients,
+        _param_groups,
+        _step_loss,
+        build_lists,
+        load_reranker,
+        load_retriever,
+        make_accelerator,
+    )
 
     overrides = []
     if args.data:
@@ -134,24 +142,9 @@ def main(argv=None) -> dict:
     accelerator = make_accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=1)
 
     def build_rocketkd(prepare: bool):
-        retriever = DualEncoder.from_pretrained(
-            model_path,
-            shared=m.shared_towers,
-            pooling=m.pooling,
-            similarity=m.similarity,
-            query_max_length=m.query_max_length,
-            passage_max_length=m.passage_max_length,
-            gradient_checkpointing=t.gradient_checkpointing,
-        )
-        for name, param in retriever.named_parameters():
-            if ".pooler." in f".{name}":
-                param.requires_grad_(False)
-        reranker = CrossEncoderRanker.from_pretrained(
-            ce_dir, max_length=m.reranker_max_length, gradient_checkpointing=t.gradient_checkpointing
-        )
-        for name, param in reranker.named_parameters():
-            if name.endswith("bias") and tuple(param.shape) == (1,):
-                param.requires_grad_(False)
+        # the same builders train() uses (pooler and head bias frozen as there)
+        retriever = load_retriever(cfg, model_path, for_training=True)
+        reranker = load_reranker(cfg, str(ce_dir), trainable=True)
         collator = JointCollator(
             query_text=queries.__getitem__,
             passage_text=data.corpus.get_text,
