@@ -49,7 +49,12 @@ class ModelConfig:
 
 @dataclass
 class CandidatesConfig:
-    path: str | None = _f(None, "candidate lists (JSONL from `rocketkd mine`); empty = qrels positives + sampled negatives")
+    path: str | None = _f(None, "candidate lists (JSONL from `rocketkd mine`); empty = built per candidates.source")
+    source: str = _f(
+        "sampled",
+        "lists built when no path is given: sampled (qrels positives + random corpus negatives) or mined "
+        "(top mining.depth of mining.first_round, BM25 or the base encoder: hard negatives, as `rocketkd mine`)",
+    )
     list_length: int = _f(8, "G: candidates per query in a training list (1 positive + G-1 negatives)")
     seed: int = _f(13, "seed for sampling negatives when lists are built without mining")
 
@@ -70,6 +75,14 @@ class TrainConfig:
         "joint mode with stored teacher scores in the lists: target = (1-w)·softmax(stored) + w·softmax(re-ranker); "
         "1 = the online re-ranker alone (RocketQAv2), 0 = the stored ensemble alone",
     )
+    teachers: dict = _f(
+        {},
+        "offline teachers scored on the lists before training, name -> weight: bm25, base (model.retriever as it "
+        "starts), reranker (model.reranker frozen as it starts); their ensemble (rocketkd.teachers) is the stored "
+        "target that online_teacher_weight mixes with the online re-ranker; empty = none (lists' own scores if any)",
+    )
+    teacher_combine: str = _f("arithmetic", "how train.teachers combine: arithmetic (mean of softmaxes) or geometric")
+    eval_dev: bool = _f(True, "measure the retriever's nDCG@10 on data.dev_split before and after training (logged, saved)")
     distill_to_reranker: bool = _f(False, "let the distillation gradient reach the re-ranker (paper) or not (released code)")
     distill_weight: float = _f(1.0, "weight of the retriever's distillation loss (alpha)")
     retriever_ce_weight: float = _f(0.0, "weight of the retriever's hard-label listwise CE (beta); contrastive mode uses 1")
@@ -212,6 +225,21 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
+    if annotation is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        if isinstance(value, str):  # --set train.teachers=bm25:0.5,base:0.5
+            out = {}
+            for item in (v.strip() for v in value.split(",")):
+                if not item:
+                    continue
+                name, sep, weight = item.partition(":")
+                try:
+                    out[name.strip()] = float(weight) if sep else 1.0
+                except ValueError:
+                    raise ConfigError(f"config key {key!r}: {item!r} is not NAME:WEIGHT") from None
+            return out
+        raise ConfigError(f"config key {key!r}: expected a mapping, got {value!r}")
     if annotation is list or origin is list:
         if isinstance(value, list):
             return value
@@ -276,9 +304,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+OFFLINE_TEACHERS = ("bm25", "base", "reranker")
+
 _CHOICES = {
     "train.mode": ("joint", "warmup", "contrastive", "static"),
     "train.teacher": ("online", "reranker", "stored"),
+    "train.teacher_combine": ("arithmetic", "geometric"),
+    "candidates.source": ("sampled", "mined"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "mining.first_round": ("bm25", "base"),
     "index.autocast": ("auto", "bf16", "fp16", "no"),
@@ -294,6 +326,11 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError(f"config key {dotted!r}: {value!r} is not one of {', '.join(choices)}")
     if cfg.train.mode == "static" and cfg.train.teacher == "online":
         raise ConfigError("config key 'train.teacher': static mode needs a frozen 'reranker' or 'stored' scores, not 'online'")
+    for name, weight in cfg.train.teachers.items():
+        if name not in OFFLINE_TEACHERS:
+            raise ConfigError(f"config key 'train.teachers': unknown teacher {name!r} (known: {', '.join(OFFLINE_TEACHERS)})")
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight >= 0:
+            raise ConfigError(f"config key 'train.teachers': weight of {name!r} must be a number >= 0, got {weight!r}")
     if cfg.candidates.list_length < 2:
         raise ConfigError("config key 'candidates.list_length': needs at least 2 (a positive and a negative)")
     if cfg.train.batch_size < 1:

@@ -80,7 +80,11 @@ def _stage_baselines(cfg: Config, data, out: Path) -> dict:
 
 
 def _train_cfg(cfg: Config, **train_overrides) -> Config:
+    """The config of one training stage. The pipeline checks teachers itself (teachers-r stages) and measures the
+    student on dev there, so ``train.teachers`` and ``train.eval_dev`` (for a lone ``rocketkd train``) are off."""
     new = copy.deepcopy(cfg)
+    new.train.teachers = {}
+    new.train.eval_dev = False
     for key, value in train_overrides.items():
         setattr(new.train, key, value)
     return new

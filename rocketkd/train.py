@@ -41,6 +41,7 @@ class TrainResult:
     reranker_dir: Path | None
     steps: int
     history: list[dict] = field(default_factory=list)
+    dev: dict[str, float] = field(default_factory=dict)  # retriever nDCG@10 on the dev split: start, end
 
 
 def make_accelerator(**kwargs):
@@ -97,18 +98,33 @@ def needs_reranker(cfg: Config) -> bool:
     return cfg.train.mode in ("joint", "warmup")
 
 
-def build_lists(cfg: Config, data) -> list[CandidateList]:
-    """Candidate lists from ``candidates.path`` (mined) or, without one, from qrels + sampled negatives."""
+def build_lists(cfg: Config, data, output_dir: str | Path | None = None) -> list[CandidateList]:
+    """Candidate lists from ``candidates.path`` (mined), else per ``candidates.source``.
+
+    ``sampled``: qrels positives + random corpus negatives (easy negatives, no model needed). ``mined``: the top
+    ``mining.depth`` of ``mining.first_round`` (BM25 or the base encoder) as ``rocketkd mine`` builds them, written
+    to ``<output_dir>/candidates.jsonl`` (reused when a run resumes).
+    """
     from .data.formats import read_candidates
 
+    queries = {**getattr(data, "unlabeled_queries", {}), **data.queries}
     if cfg.candidates.path:
-        queries = {**getattr(data, "unlabeled_queries", {}), **data.queries}
         return read_candidates(cfg.candidates.path, corpus=data.corpus, queries=queries)
     split = cfg.data.train_split
     if split not in data.qrels:
         raise ConfigError(
             f"config key 'data.train_split': no qrels split {split!r} (loaded: {', '.join(data.qrels) or 'none'})"
         )
+    if cfg.candidates.source == "mined":
+        from .mining import mine
+
+        path = Path(output_dir or cfg.output_dir) / "candidates.jsonl"
+        if not path.exists():
+            logger.info("building candidate lists: top %d of %s per training query", cfg.mining.depth,
+                        cfg.mining.first_round)
+            mine(cfg, output=path, data=data)
+        _barrier()
+        return read_candidates(path, corpus=data.corpus, queries=queries)
     qrels = data.qrels[split]
     return label_lists(
         qrels,
@@ -117,6 +133,91 @@ def build_lists(cfg: Config, data) -> list[CandidateList]:
         seed=cfg.candidates.seed,
         min_grade=cfg.data.min_positive_grade,
     )
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def teacher_lists(cfg: Config, data, lists: list[CandidateList], output_dir: str | Path,
+                  retriever_path: str | None = None, reranker_path: str | None = None) -> list[CandidateList]:
+    """``lists`` with the ensemble of ``train.teachers`` attached as stored teacher log-probabilities.
+
+    The members score every list once before training (BM25; the base encoder; the start re-ranker, frozen),
+    each normalised per list (z-score; the re-ranker's logits kept at ``train.temperature``, as the online one is
+    used), then combined per ``train.teacher_combine`` with the configured weights (:mod:`rocketkd.teachers`).
+    Written to ``<output_dir>/teacher_lists.jsonl`` and reused on resume. Lists that already carry teacher scores
+    (e.g. the pipeline's checked ensemble) are returned unchanged.
+    """
+    from .data.formats import read_candidates, write_candidates
+    from .teachers import BM25Scorer, RerankerScorer, RetrieverScorer, apply_ensemble
+
+    t = cfg.train
+    weights = {name: float(w) for name, w in t.teachers.items() if w > 0}
+    if not weights:
+        return lists
+    if lists and lists[0].teacher_scores is not None:
+        logger.info("the candidate lists carry teacher scores already: train.teachers is not applied")
+        return lists
+    if not (t.mode == "joint" or (t.mode == "static" and t.teacher == "stored")):
+        logger.warning("train.teachers is ignored in mode=%s (teacher=%s): only joint and static/stored distil "
+                       "from stored scores", t.mode, t.teacher)
+        return lists
+    if t.mode == "joint" and t.online_teacher_weight >= 1.0:
+        logger.warning("train.teachers is set but train.online_teacher_weight=1: the online re-ranker alone teaches")
+    path = Path(output_dir) / "teacher_lists.jsonl"
+    queries = {**getattr(data, "unlabeled_queries", {}), **data.queries}
+    if not path.exists():
+        if _is_main():
+            makers = {
+                "bm25": lambda: BM25Scorer(data.corpus),
+                "base": lambda: RetrieverScorer(resolve_model_path(cfg.model.retriever)),
+                "reranker": lambda: RerankerScorer(resolve_model_path(reranker_path or cfg.model.reranker)),
+            }
+            logger.info("scoring %d lists with the offline teachers %s", len(lists), weights)
+            scored = apply_ensemble(
+                lists, {n: makers[n]() for n in weights}, weights, queries, data.corpus,
+                temperatures={"reranker": t.temperature}, combine=t.teacher_combine,
+                normalize_how={"reranker": "none"} | {n: "zscore" for n in ("bm25", "base")},
+            )
+            write_candidates(path, scored, provenance={"teachers": weights, "combine": t.teacher_combine})
+        _barrier()
+    return read_candidates(path, corpus=data.corpus, queries=queries)
+
+
+def _is_main() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def dev_ndcg(retriever: DualEncoder, data, cfg: Config) -> float | None:
+    """The retriever's nDCG@10 on ``data.dev_split`` (full-corpus exact search); None where there is no dev split.
+
+    Every process must call it (encoding is shared across processes); the main process gets the value, the others
+    None.
+    """
+    from .index import DenseIndex, search_run
+    from .metrics import evaluate_run
+
+    split = cfg.data.dev_split
+    if split not in data.qrels:
+        return None
+    was_training = retriever.training
+    retriever.eval()
+    try:
+        index = DenseIndex.build(retriever, data.corpus, batch_size=cfg.index.batch_size, autocast=cfg.index.autocast,
+                                 show_progress=False)
+        # the main process alone holds the index; its search needs no other process
+        run = search_run(index, data.split_queries(split), 10, distributed=False) if index is not None else None
+    finally:
+        retriever.train(was_training)
+    if run is None:
+        return None
+    return float(evaluate_run(run, data.qrels[split], ["nDCG@10"]).mean["nDCG@10"])
 
 
 def _param_groups(model: JointModel, cfg: Config) -> list[dict]:
@@ -229,7 +330,8 @@ def train(
     if data is None:
         data = load_retrieval_data(cfg.data.path, cache_dir=cfg.data.cache_dir)
     if lists is None:
-        lists = build_lists(cfg, data)
+        lists = build_lists(cfg, data, out)
+    lists = teacher_lists(cfg, data, lists, out, retriever_path, reranker_path)
     dataset = GroupDataset(lists, cfg.candidates.list_length, seed=t.seed)
 
     m = cfg.model
@@ -242,6 +344,10 @@ def train(
             teacher_model, reranker = reranker, None
     if t.mode == "static" and t.teacher == "stored" and lists[0].teacher_scores is None:
         raise TrainingError("train.teacher=stored but the candidate lists carry no teacher_scores")
+
+    dev: dict[str, float] = {}
+    if t.eval_dev:
+        dev = _dev_start(retriever, data, cfg, out)
 
     queries = {**getattr(data, "unlabeled_queries", {}), **data.queries}
     pair_tokenizer = (reranker or teacher_model).tokenize_pairs if (reranker or teacher_model) else None
@@ -339,6 +445,13 @@ def train(
     if last_saved != step and t.save_every:
         save_checkpoint(accelerator, ckpt_root, step, history, t.keep_checkpoints)
     unwrapped = accelerator.unwrap_model(model)
+    if t.eval_dev and cfg.data.dev_split in data.qrels:  # every process: the encoding is shared
+        end = dev_ndcg(unwrapped.retriever, data, cfg)
+        if end is not None and "start" in dev:
+            dev["end"] = end
+            logger.info("retriever dev nDCG@10 (%s, %d queries): %.4f at the start -> %.4f after %d steps (%+.4f)",
+                        cfg.data.dev_split, len(data.qrels[cfg.data.dev_split]), dev["start"], end, step,
+                        end - dev["start"])
     if is_main:
         unwrapped.retriever.save(out / "retriever")
         (out / "retriever" / COMPLETE_MARKER).touch()
@@ -348,12 +461,12 @@ def train(
 
         with atomic_write(out / "train_log.jsonl") as f:
             f.writelines(json.dumps(h) + "\n" for h in history)
-        state = {"step": step, "history": history, "has_reranker": unwrapped.reranker is not None}
+        state = {"step": step, "history": history, "has_reranker": unwrapped.reranker is not None, "dev_ndcg@10": dev}
         with atomic_write(out / "train_state.json") as f:
             json.dump(state, f)
         logger.info("trained %d steps in %.1fs; models saved under %s", step, time.time() - start, out)
     accelerator.wait_for_everyone()
-    return _result(out, cfg, {"step": step, "history": history, "has_reranker": needs_reranker(cfg)})
+    return _result(out, cfg, {"step": step, "history": history, "has_reranker": needs_reranker(cfg), "dev_ndcg@10": dev})
 
 
 def _result(out: Path, cfg: Config, state: dict) -> TrainResult:
@@ -363,7 +476,26 @@ def _result(out: Path, cfg: Config, state: dict) -> TrainResult:
         reranker_dir=(out / "reranker") if state.get("has_reranker") else None,
         steps=state["step"],
         history=state["history"],
+        dev=state.get("dev_ndcg@10", {}),
     )
+
+
+def _dev_start(retriever: DualEncoder, data, cfg: Config, out: Path) -> dict[str, float]:
+    """The start point's dev nDCG@10, measured once per output folder (a resumed run reads it back)."""
+    path = out / "dev_start.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    value = dev_ndcg(retriever, data, cfg)
+    if value is None:
+        if cfg.data.dev_split not in data.qrels:
+            logger.info("no %r qrels: the retriever is not evaluated on dev", cfg.data.dev_split)
+        return {}
+    from .io import write_json
+
+    logger.info("retriever dev nDCG@10 at the start: %.4f", value)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"start": value})
+    return {"start": value}
 
 
 def _step_loss(model, batch, cfg: Config, teacher_model, accelerator, step: int):
