@@ -4,9 +4,10 @@
     python scripts/compare_systems.py --config configs/demo.yaml --seeds 1 2 3 --output outputs/compare
 
 Recipes (pipeline.round_mode): contrastive (labels only), static (frozen warmed-up re-ranker), joint (online
-re-ranker, RocketQAv2), auto (teachers checked on dev, ensemble). For one seed the recipes share the baselines, the
-first-round candidates and the warm-up (the stages before they differ): they are run once and copied, and the
-pipeline resumes from there. Prints a markdown table and writes it with the raw numbers to --output.
+re-ranker, RocketQAv2), auto (teachers checked on dev, ensemble). For one seed the recipes share the stages before
+they differ -- the first-round candidates, the warm-up and the first re-mining -- and every seed shares the
+baselines: they are run once and copied, and the pipeline resumes from there. Rerunning the command resumes where
+it stopped. After each recipe, --output gets table.md (mean ± std over the seeds so far) and raw.json.
 """
 
 from __future__ import annotations
@@ -17,8 +18,15 @@ import shutil
 import statistics
 from pathlib import Path
 
-SHARED = ("baselines", "mine-0", "warmup")
+SHARED = ("baselines", "mine-0", "warmup", "mine-1")  # what the recipes of one seed have in common
+SEED_FREE = ("baselines",)  # BM25 and the untrained encoder do not depend on the seed
 MODES = ("contrastive", "static", "joint", "auto")
+LABELS = {
+    "contrastive": "contrastive only (labels, in-batch + mined negatives)",
+    "static": "static distillation (frozen warmed-up re-ranker)",
+    "joint": "joint, online re-ranker alone (RocketQAv2)",
+    "auto": "joint, teachers checked on dev (ensemble)",
+}
 METRICS = ("MRR@10", "nDCG@10", "R@10", "R@100")
 
 
@@ -35,44 +43,58 @@ def main() -> None:
     from rocketkd.pipeline import run_pipeline
 
     rows: dict[str, list[dict]] = {}
+    teachers: dict[str, list] = {}
+    seed_free: Path | None = None
     for seed in args.seeds:
         first: Path | None = None
         for mode in args.modes:
             out = args.output / f"seed{seed}" / mode
-            if first is not None and not (out / "stages.json").exists():
-                _copy_shared(first, out)
+            if not (out / "stages.json").exists():
+                if first is not None:
+                    _copy_shared(first, out, SHARED)
+                elif seed_free is not None:
+                    _copy_shared(seed_free, out, SEED_FREE)
             cfg = load_config(args.config, [*args.overrides, f"train.seed={seed}", f"candidates.seed={seed}",
                                             f"mining.seed={seed}", f"pipeline.round_mode={mode}", f"output_dir={out}",
                                             "pipeline.plot=false"])
-            res = run_pipeline(cfg)["systems"]
+            result = run_pipeline(cfg)
+            res = result["systems"]
             first = first or out
-            if "bm25" not in rows:
-                rows["bm25"], rows["base"] = [], []
+            seed_free = seed_free or out
             if mode == args.modes[0]:
-                rows["bm25"].append(res["bm25"])
-                rows["base"].append(res["base"])
-            rows.setdefault(f"retriever ({mode})", []).append(res["retriever"])
-            rows.setdefault(f"reranked ({mode})", []).append(res["reranked"])
-    table = _table(rows, args)
-    print(table)
+                rows.setdefault("BM25", []).append(res["bm25"])
+                rows.setdefault("base MiniLM (zero-shot)", []).append(res["base"])
+            rows.setdefault(f"retriever: {LABELS[mode]}", []).append(res["retriever"])
+            rows.setdefault(f"retriever + re-ranker: {LABELS[mode]}", []).append(res["reranked"])
+            if result.get("teachers"):
+                teachers.setdefault(f"seed{seed}", []).append(result["teachers"])
+            _write(args, rows, teachers)  # after every recipe: a long run that stops still leaves its table
+    print(_table(rows, args))
+
+
+def _write(args, rows: dict[str, list[dict]], teachers: dict) -> None:
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "table.md").write_text(table + "\n")
-    (args.output / "raw.json").write_text(json.dumps(rows, indent=2))
+    (args.output / "table.md").write_text(_table(rows, args) + "\n")
+    (args.output / "raw.json").write_text(json.dumps({"systems": rows, "teachers": teachers}, indent=2))
 
 
-def _copy_shared(src: Path, dst: Path) -> None:
-    """Start a recipe from another recipe's shared stages (same seed, so identical work)."""
+def _copy_shared(src: Path, dst: Path, shared: tuple[str, ...]) -> None:
+    """Start a recipe from another run's finished shared stages (identical work, so copied, not redone)."""
     dst.mkdir(parents=True, exist_ok=True)
-    for sub in ("runs", "round0", "warmup"):
-        if (src / sub).exists():
-            shutil.copytree(src / sub, dst / sub, dirs_exist_ok=True)
     stages = json.loads((src / "stages.json").read_text())
-    kept = {k: v for k, v in stages.items() if k in SHARED}
+    kept = {k: v for k, v in stages.items() if k in shared}
+    subs = {"baselines": ["runs"], "mine-0": ["round0"], "warmup": ["warmup"], "mine-1": ["round1"]}
+    for stage in kept:
+        for sub in subs.get(stage, []):
+            if (src / sub).exists():
+                shutil.copytree(src / sub, dst / sub, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("checkpoints", "teacher_lists.jsonl*", "retriever",
+                                                              "reranker", "train_*") if sub == "round1" else None)
     for v in kept.values():  # paths inside the stage records point at the source run
         for key, value in list(v.items()):
             if isinstance(value, str) and value.startswith(str(src)):
                 v[key] = str(dst) + value[len(str(src)):]
-    for f in (dst / "runs").glob("*"):
+    for f in (dst / "runs").glob("*") if (dst / "runs").exists() else []:
         if not f.name.startswith(("bm25.", "base.")):
             f.unlink()
     (dst / "stages.json").write_text(json.dumps(kept, indent=2))

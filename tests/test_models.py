@@ -324,3 +324,53 @@ def test_fingerprint_tracks_weights_and_settings(tiny_bert):
     assert DualEncoder.from_pretrained(str(tiny_bert), similarity="cosine").fingerprint() != first
     _perturb(model.passage_encoder)
     assert model.fingerprint() != first
+
+
+def _mean_pooling_bi_encoder(tiny_bert: Path, dst: Path) -> Path:
+    """The tiny model saved as sentence-transformers saves a mean-pooling bi-encoder (like all-MiniLM-L6-v2)."""
+    import json
+    import shutil
+
+    shutil.copytree(tiny_bert, dst)
+    (dst / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]))
+    (dst / "1_Pooling").mkdir()
+    (dst / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32,
+                                                              "pooling_mode_mean_tokens": True}))
+    return dst
+
+
+def test_new_head_on_a_mean_pooling_bi_encoder_gets_an_identity_pooler(tiny_bert, tmp_path):
+    from transformers import AutoModel
+
+    folder = _mean_pooling_bi_encoder(tiny_bert, tmp_path / "st")
+    # shrink the pooler the way all-MiniLM-L6-v2's is (gain ~0.18): the head would see near-constant inputs
+    model = AutoModel.from_pretrained(folder)
+    with torch.no_grad():
+        model.pooler.dense.weight.mul_(0.01)
+    model.save_pretrained(folder)
+    ranker = CrossEncoderRanker.from_pretrained(str(folder))
+    dense = ranker.model.base_model.pooler.dense
+    torch.testing.assert_close(dense.weight, torch.eye(32))
+    assert torch.count_nonzero(dense.bias) == 0
+    # the pooled output is tanh of the [CLS] state, so pairs are told apart
+    inputs = ranker.tokenize_pairs(["alpha beta"] * 2, ["gamma delta", "epsilon"])
+    with torch.no_grad():
+        out = ranker.model.base_model(**inputs)
+    torch.testing.assert_close(out.pooler_output, torch.tanh(out.last_hidden_state[:, 0]))
+    # a saved re-ranker (head present) keeps its trained pooler when loaded again
+    with torch.no_grad():
+        dense.weight.mul_(0.5)
+    ranker.save(tmp_path / "ranker")
+    again = CrossEncoderRanker.from_pretrained(str(tmp_path / "ranker"))
+    torch.testing.assert_close(again.model.base_model.pooler.dense.weight, 0.5 * torch.eye(32))
+
+
+def test_plain_encoder_folder_keeps_its_pooler(tiny_bert):
+    from transformers import AutoModel
+
+    expected = AutoModel.from_pretrained(tiny_bert).pooler.dense.weight
+    ranker = CrossEncoderRanker.from_pretrained(str(tiny_bert))  # BERT-style: its pooler was pre-trained (NSP)
+    torch.testing.assert_close(ranker.model.base_model.pooler.dense.weight, expected)

@@ -57,6 +57,27 @@ IDENTITY_ACTIVATION = "torch.nn.modules.linear.Identity"
 TRUNCATION = "longest_first"
 
 
+def reset_pooler(model: nn.Module) -> bool:
+    """Set BERT-style ``pooler.dense`` (tanh(W·h_cls + b)) to W = I, b = 0; True if the model has one.
+
+    Why: sequence-classification heads read the pooler, and a sentence-transformers bi-encoder trained with mean
+    pooling (all-MiniLM-L6-v2) carries a pooler nobody trained since pre-training -- in the packaged MiniLM its
+    weights have gain 0.18, so pooled outputs sit near 0.05 with almost no spread between pairs, the fresh head's
+    logits differ by ~0.01 within a list, and the gradient reaching head and body is so small that the listwise CE
+    does not leave log G in tens of steps (measured on cranfield). tanh(h_cls) keeps the [CLS] state's spread
+    (~0.13 per unit between pairs) and the usual format: the folder still loads as a plain cross-encoder.
+    """
+    pooler = getattr(getattr(model, "base_model", model), "pooler", None)
+    dense = getattr(pooler, "dense", None)
+    if not isinstance(dense, nn.Linear) or dense.in_features != dense.out_features:
+        return False
+    with torch.no_grad():
+        dense.weight.copy_(torch.eye(dense.in_features, dtype=dense.weight.dtype))
+        if dense.bias is not None:
+            dense.bias.zero_()
+    return True
+
+
 class CrossEncoderRanker(nn.Module):
     """Scores (query, passage) pairs jointly: input pairs (N, L) -> raw relevance logits (N,)."""
 
@@ -136,6 +157,11 @@ class CrossEncoderRanker(nn.Module):
                 where,
                 ", ".join(missing) or "head",
             )
+            if layout.is_sentence_transformers and layout.pooling not in (None, "cls") and reset_pooler(model):
+                logger.info(
+                    "%s: a %s-pooling bi-encoder never trained its [CLS] pooler; it is reset to tanh(identity) so "
+                    "the new head sees the [CLS] state", where, layout.pooling,
+                )
 
         if max_length is None:
             max_length = int(own.get("max_length") or layout.max_seq_length or 256)
