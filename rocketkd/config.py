@@ -82,6 +82,12 @@ class TrainConfig:
         "target that online_teacher_weight mixes with the online re-ranker; empty = none (lists' own scores if any)",
     )
     teacher_combine: str = _f("arithmetic", "how train.teachers combine: arithmetic (mean of softmaxes) or geometric")
+    teacher_scale: float | None = _f(
+        None,
+        "offline teachers' per-list z-scores are multiplied by this before their softmax (their temperature is its "
+        "inverse); empty = the start retriever's own mean per-list spread (std of score_scale * score), so a teacher "
+        "that ranks like the student also has its sharpness and the student is not pushed to rescale its scores",
+    )
     eval_dev: bool = _f(True, "measure the retriever's nDCG@10 on data.dev_split before and after training (logged, saved)")
     distill_to_reranker: bool = _f(False, "let the distillation gradient reach the re-ranker (paper) or not (released code)")
     distill_weight: float = _f(1.0, "weight of the retriever's distillation loss (alpha)")

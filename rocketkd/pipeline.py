@@ -94,7 +94,6 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
     """Measure each teacher on dev against the student, fit the ensemble, write the lists the round trains on."""
     from .data.formats import read_candidates, write_candidates
     from .index import DenseIndex, search_run
-    from .models import resolve_model_path
     from .teachers import (
         BM25Scorer,
         RerankerScorer,
@@ -105,6 +104,7 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
         ensemble_logprobs,
         scores_on_candidates,
     )
+    from .train import load_retriever, student_spread
 
     dev = data.split_queries(cfg.data.dev_split)
     student_index = DenseIndex.build(retriever, data.corpus, batch_size=cfg.index.batch_size, autocast=cfg.index.autocast)
@@ -113,16 +113,21 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
     scorers = {
         "reranker": RerankerScorer(reranker),
         "bm25": BM25Scorer(data.corpus),
-        "base": RetrieverScorer(resolve_model_path(cfg.model.retriever)),
+        "base": RetrieverScorer(load_retriever(cfg, cfg.model.retriever)),
     }
     members = {name: scores_on_candidates(s, candidates, dev, data.corpus) for name, s in scorers.items()}
+    # Offline members at the student's own sharpness (train.teacher_scale, see rocketkd.train.student_spread).
+    scale = cfg.train.teacher_scale or student_spread(
+        [list(student_run[q].values()) for q in candidates], cfg.model.score_scale)
+    temperatures = {"reranker": cfg.train.temperature, "bm25": 1.0 / scale, "base": 1.0 / scale}
     # The re-ranker is checked as training will use it: raw logits at train.temperature (mix_teachers); the
     # offline members (BM25, cosine) live on other scales and are z-scored per list.
     choice = check_teachers(
         candidates, student_run, members, data.qrels[cfg.data.dev_split],
         min_gain=cfg.pipeline.teacher_min_gain,
         normalize_how={"reranker": "none", "bm25": "zscore", "base": "zscore"},
-        temperatures={"reranker": cfg.train.temperature},
+        temperatures=temperatures,
+        combine=cfg.train.teacher_combine,
     )
     lists = read_candidates(lists_path, corpus=data.corpus, queries=all_queries(data))
     static = {n: w for n, w in choice.weights.items() if n != "reranker" and w > 0}
@@ -133,7 +138,8 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
         logger.warning("round %d: no teacher beats the student on dev; training on labels only", r)
     elif static:
         member_scores = [scorers[n].score(lists, all_queries(data), data.corpus) for n in static]
-        logprobs = ensemble_logprobs(member_scores, list(static.values()))
+        logprobs = ensemble_logprobs(member_scores, list(static.values()), combine=cfg.train.teacher_combine,
+                                     temperatures=[temperatures[n] for n in static])
         lists = attach_teacher_scores(lists, logprobs)
     path = out / f"round{r}" / "teacher_lists.jsonl"
     write_candidates(path, lists, provenance={"round": r, "weights": choice.weights})
@@ -141,6 +147,7 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
         "student_ndcg@10": choice.student_ndcg,
         "ensemble_ndcg@10": choice.ensemble_ndcg,
         "weights": choice.weights,
+        "teacher_scale": scale,
         "members": {t.name: {"nDCG@10": t.ndcg, "weight": t.weight, "helps": t.helps} for t in choice.reports},
         "mode": mode,
         "online_teacher_weight": online_weight / max(1e-9, online_weight + sum(static.values())) if static else 1.0,

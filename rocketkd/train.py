@@ -153,7 +153,13 @@ def teacher_lists(cfg: Config, data, lists: list[CandidateList], output_dir: str
     (e.g. the pipeline's checked ensemble) are returned unchanged.
     """
     from .data.formats import read_candidates, write_candidates
-    from .teachers import BM25Scorer, RerankerScorer, RetrieverScorer, apply_ensemble
+    from .teachers import (
+        BM25Scorer,
+        RerankerScorer,
+        RetrieverScorer,
+        attach_teacher_scores,
+        ensemble_logprobs,
+    )
 
     t = cfg.train
     weights = {name: float(w) for name, w in t.teachers.items() if w > 0}
@@ -172,20 +178,47 @@ def teacher_lists(cfg: Config, data, lists: list[CandidateList], output_dir: str
     queries = {**getattr(data, "unlabeled_queries", {}), **data.queries}
     if not path.exists():
         if _is_main():
+            start = retriever_path or cfg.model.retriever
+            base = RetrieverScorer(load_retriever(cfg, cfg.model.retriever))
             makers = {
                 "bm25": lambda: BM25Scorer(data.corpus),
-                "base": lambda: RetrieverScorer(resolve_model_path(cfg.model.retriever)),
-                "reranker": lambda: RerankerScorer(resolve_model_path(reranker_path or cfg.model.reranker)),
+                "base": lambda: base,
+                "reranker": lambda: RerankerScorer(load_reranker(cfg, reranker_path or cfg.model.reranker,
+                                                                 trainable=False)),
             }
             logger.info("scoring %d lists with the offline teachers %s", len(lists), weights)
-            scored = apply_ensemble(
-                lists, {n: makers[n]() for n in weights}, weights, queries, data.corpus,
-                temperatures={"reranker": t.temperature}, combine=t.teacher_combine,
-                normalize_how={"reranker": "none"} | {n: "zscore" for n in ("bm25", "base")},
+            member_scores = {n: makers[n]().score(lists, queries, data.corpus) for n in weights}
+            scale = t.teacher_scale
+            if scale is None:
+                same = "base" in member_scores and resolve_model_path(start) == resolve_model_path(cfg.model.retriever)
+                student = member_scores["base"] if same else RetrieverScorer(load_retriever(cfg, start)).score(
+                    lists, queries, data.corpus)
+                scale = student_spread(student, cfg.model.score_scale)
+                logger.info("offline teachers at the start retriever's spread: z-scores x %.3f", scale)
+            logprobs = ensemble_logprobs(
+                [member_scores[n] for n in weights], list(weights.values()), combine=t.teacher_combine,
+                temperatures=[t.temperature if n == "reranker" else 1.0 / scale for n in weights],
+                normalize_how=["none" if n == "reranker" else "zscore" for n in weights],
             )
-            write_candidates(path, scored, provenance={"teachers": weights, "combine": t.teacher_combine})
+            write_candidates(path, attach_teacher_scores(lists, logprobs),
+                             provenance={"teachers": weights, "combine": t.teacher_combine, "scale": scale})
         _barrier()
     return read_candidates(path, corpus=data.corpus, queries=queries)
+
+
+def student_spread(scores: list, score_scale: float) -> float:
+    """Mean over lists of the standard deviation of ``score_scale * score``: how sharp the student's softmax is.
+
+    A z-scored teacher has spread 1 per list; the packaged MiniLM at scale 20 has ~2.7 on cranfield's BM25 lists.
+    Distilling toward the spread-1 teacher costs a KL of ~0.6 nats even where both rank alike, and the student can
+    only pay it by squeezing its embedding space (measured: dev nDCG@10 falls); at the student's own spread the
+    same teacher costs ~0.07 and only the ranking differences teach.
+    """
+    import numpy as np
+
+    spreads = [float(np.std(score_scale * np.asarray(s, dtype=np.float64))) for s in scores if len(s) > 1]
+    value = float(np.mean(spreads)) if spreads else 1.0
+    return value if value > 1e-6 else 1.0
 
 
 def _is_main() -> bool:

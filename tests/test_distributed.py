@@ -70,4 +70,4 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tiny_bert, tin
         torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4, msg=k)
     # only the main process wrote outputs: no per-rank leftovers next to the models
     names = {p.name for p in (tmp_path / "two").iterdir()}
-    assert names == {"retriever", "reranker", "config.yaml", "train_log.jsonl", "train_state.json"}
+    assert names == {"retriever", "reranker", "config.yaml", "train_log.jsonl", "train_state.json", "dev_start.json"}

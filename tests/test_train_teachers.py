@@ -15,8 +15,8 @@ from rocketkd.errors import ConfigError
 from rocketkd.index import DenseIndex, search_run
 from rocketkd.metrics import evaluate_run
 from rocketkd.models import DualEncoder
-from rocketkd.teachers import BM25Scorer, normalize
-from rocketkd.train import build_lists, dev_ndcg, teacher_lists, train
+from rocketkd.teachers import BM25Scorer, RetrieverScorer, normalize
+from rocketkd.train import build_lists, dev_ndcg, student_spread, teacher_lists, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,8 @@ def test_mined_lists_hold_bm25_hard_negatives(tiny_bert, tiny_data, tmp_path):
 
 def test_single_offline_teacher_is_log_softmax_of_its_zscored_scores(tiny_bert, tiny_data, tmp_path):
     out = tmp_path / "run"
-    cfg = tiny_cfg(tiny_bert, tiny_data, out, "train.teachers=bm25:1", "train.online_teacher_weight=0")
+    cfg = tiny_cfg(tiny_bert, tiny_data, out, "train.teachers=bm25:1", "train.online_teacher_weight=0",
+                   "train.teacher_scale=1")
     data = load_retrieval_data(tiny_data)
     lists = build_lists(cfg, data)
     scored = teacher_lists(cfg, data, lists, out)
@@ -118,3 +119,20 @@ def test_eval_dev_off_and_missing_dev_split(tiny_bert, tiny_data, tmp_path):
     assert train(cfg).dev == {}
     cfg = tiny_cfg(tiny_bert, tiny_data, tmp_path / "b", "data.dev_split=nosuch", "train.max_steps=1")
     assert train(cfg).dev == {}
+
+
+def test_teacher_scale_defaults_to_the_start_retrievers_spread(tiny_bert, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_cfg(tiny_bert, tiny_data, out, "train.teachers=base:1", "train.online_teacher_weight=0")
+    data = load_retrieval_data(tiny_data)
+    lists = build_lists(cfg, data)
+    scored = teacher_lists(cfg, data, lists, out)
+    student = RetrieverScorer(DualEncoder.from_pretrained(str(tiny_bert), similarity="dot", query_max_length=16,
+                                                          passage_max_length=32)).score(lists, data.queries, data.corpus)
+    scale = np.mean([np.std(cfg.model.score_scale * s) for s in student])
+    assert student_spread(student, cfg.model.score_scale) == pytest.approx(scale)
+    meta = json.loads((out / "teacher_lists.jsonl.meta.json").read_text())
+    assert meta["scale"] == pytest.approx(scale, rel=1e-5)
+    for cl, s in zip(scored, student):
+        z = normalize(s) * scale
+        np.testing.assert_allclose(cl.teacher_scores, z - np.log(np.exp(z).sum()), atol=1e-5)
