@@ -78,7 +78,7 @@ class TrainConfig:
     teachers: dict = _f(
         {},
         "offline teachers scored on the lists before training, name -> weight: bm25, base (model.retriever as it "
-        "starts), reranker (model.reranker frozen as it starts); their ensemble (rocketkd.teachers) is the stored "
+        "starts), reranker (model.reranker frozen as it starts), random (seeded noise: a control); their ensemble (rocketkd.teachers) is the stored "
         "target that online_teacher_weight mixes with the online re-ranker; empty = none (lists' own scores if any)",
     )
     teacher_combine: str = _f("arithmetic", "how train.teachers combine: arithmetic (mean of softmaxes) or geometric")
@@ -88,7 +88,19 @@ class TrainConfig:
         "inverse); empty = the start retriever's own mean per-list spread (std of score_scale * score), so a teacher "
         "that ranks like the student also has its sharpness and the student is not pushed to rescale its scores",
     )
+    check_teachers: bool = _f(
+        True,
+        "before distilling from train.teachers, re-rank the start retriever's dev top-k (eval.rerank_depth) with "
+        "each member and the configured ensemble; if the ensemble does not beat the retriever by "
+        "pipeline.teacher_min_gain it gets weight 0 and the retriever is not distilled (teacher_check.json)",
+    )
     eval_dev: bool = _f(True, "measure the retriever's nDCG@10 on data.dev_split before and after training (logged, saved)")
+    eval_every: int | None = _f(
+        None, "steps between dev nDCG@10 measurements of the retriever during training (needs eval_dev); "
+        "empty = at the start and the end only")
+    keep_best: bool = _f(
+        False, "save the retriever of the best dev measurement (the start included) instead of the last one, as "
+        "sentence-transformers' save_best_model; the choice is made on dev, so report test numbers")
     distill_to_reranker: bool = _f(False, "let the distillation gradient reach the re-ranker (paper) or not (released code)")
     distill_weight: float = _f(1.0, "weight of the retriever's distillation loss (alpha)")
     retriever_ce_weight: float = _f(0.0, "weight of the retriever's hard-label listwise CE (beta); contrastive mode uses 1")
@@ -230,6 +242,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+        if value is False and key.rsplit(".", 1)[-1] in _NO_MEANS_NO:  # YAML 1.1 reads a bare `no` as false
+            return "no"
         raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
     if annotation is dict or origin is dict:
         if isinstance(value, dict):
@@ -310,7 +324,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-OFFLINE_TEACHERS = ("bm25", "base", "reranker")
+_NO_MEANS_NO = ("mixed_precision", "autocast")  # string keys whose value may be "no"
+OFFLINE_TEACHERS = ("bm25", "base", "reranker", "random")
 
 _CHOICES = {
     "train.mode": ("joint", "warmup", "contrastive", "static"),

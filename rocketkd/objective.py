@@ -86,7 +86,7 @@ def compute_objective(
             target = mix_teachers(teacher, target, cfg.online_teacher_weight, cfg.temperature)
         parts["distill"] = get_distill_loss(cfg.distill_loss)(retriever, target, cfg.temperature)
         total = total + cfg.distill_weight * parts["distill"]
-    elif mode == "static":
+    elif mode == "static" and not (teacher is None and cfg.distill_weight == 0):  # 0: the teachers were rejected
         if teacher is None:
             raise ValueError("train.mode=static needs teacher scores (a frozen re-ranker or stored scores)")
         parts["distill"] = get_distill_loss(cfg.distill_loss)(retriever, teacher.detach(), cfg.temperature)
@@ -95,4 +95,6 @@ def compute_objective(
     if hard_weight:
         parts["retriever_ce"] = retriever_inbatch if retriever_inbatch is not None else listwise_ce(retriever)
         total = total + hard_weight * parts["retriever_ce"]
+    if not total.requires_grad and retriever.requires_grad:  # every weight 0 (rejected teachers): a zero step
+        total = total + 0.0 * retriever.sum()
     return LossParts(total, {k: v.detach() for k, v in parts.items()})

@@ -16,6 +16,7 @@ Scorers (``score(lists, queries, corpus) -> list[np.ndarray]``: raw scores, one 
     RetrieverScorer(model_or_path)  dual-encoder dot product / cosine (each distinct query and passage encoded once)
     RerankerScorer(model_or_path)   cross-encoder logits
     StoredScorer()                  the lists' own ``teacher_scores``
+    RandomScorer(seed)              seeded noise: the control a held-out check must reject
 
 Normalisation, and why. Raw scores of different members live on different scales: BM25 scores are unbounded
 sums of idf-weighted term weights (often 5-40 and query-length dependent), cosines lie in [-1, 1] and bunch up
@@ -66,8 +67,10 @@ __all__ = [
     "StoredScorer",
     "TeacherReport",
     "apply_ensemble",
+    "RandomScorer",
     "attach_teacher_scores",
     "candidates_from_run",
+    "check_ensemble",
     "check_teachers",
     "ensemble_logprobs",
     "normalize",
@@ -437,6 +440,31 @@ class StoredScorer(Scorer):
         raise TypeError("StoredScorer reads CandidateList.teacher_scores; plain (qid, pids) groups carry none")
 
 
+class RandomScorer(Scorer):
+    """Seeded Gaussian noise per (query, passage): a deliberately useless teacher.
+
+    It exists as a control: the held-out check must give it weight 0, and a retriever "distilled" from it must not
+    end below its start. The score of a pair depends only on the seed and the two ids (not on the list it sits in),
+    so the same pair scores alike in training lists and held-out candidates.
+    """
+
+    name = "random"
+
+    def __init__(self, seed: int = 0, *, name: str | None = None) -> None:
+        self.seed = int(seed)
+        if name is not None:
+            self.name = name
+
+    def score_groups(self, groups: Sequence[Group], queries: Queries, corpus: Corpus) -> list[np.ndarray]:
+        import zlib
+
+        def one(qid: str, pid: str) -> float:
+            key = zlib.crc32(f"{self.seed}\x1f{qid}\x1f{pid}".encode())
+            return float(np.random.default_rng(key).standard_normal())
+
+        return [np.asarray([one(qid, p) for p in pids], dtype=np.float64) for qid, pids in groups]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Held-out candidates
 
@@ -696,6 +724,79 @@ def check_teachers(
         len(held_out), student, ", ".join(f"{n} {a:.4f}" for n, a in zip(names, alone)), ensemble_ndcg, weights,
     )
     return EnsembleChoice(weights=weights, reports=reports, ensemble_ndcg=ensemble_ndcg, student_ndcg=student)
+
+
+def check_ensemble(
+    candidates: Mapping[str, Sequence[str]],
+    student_scores: Mapping[str, Mapping[str, float]],
+    members: Mapping[str, Mapping[str, Mapping[str, float]]],
+    weights: Mapping[str, float],
+    qrels: Qrels,
+    *,
+    min_gain: float = 0.0,
+    combine: str = "arithmetic",
+    normalize_how: str | Mapping[str, str] = "zscore",
+    temperatures: Mapping[str, float] | None = None,
+) -> EnsembleChoice:
+    """Check an ensemble whose weights are *given* (config), not fitted: it teaches only if it beats the student.
+
+    Same inputs as :func:`check_teachers` plus ``weights`` (name -> weight >= 0, not all 0). Each member with
+    weight > 0 and the weighted ensemble (:func:`ensemble_logprobs`, as training builds it) re-rank the student's
+    held-out candidates. If the ensemble's nDCG@10 is not above the student's by more than ``min_gain``, a warning
+    names both numbers and every weight becomes 0 (:attr:`EnsembleChoice.usable` is False): the caller must not
+    distil from it. Members are not dropped one by one: the configured mixture is what would teach, so it is what
+    is judged (fit the weights with :func:`check_teachers` instead to select members).
+    """
+    active = [n for n, w in weights.items() if w > 0]
+    if not active:
+        raise ValueError("check_ensemble: every weight is 0, there is no ensemble to check")
+    missing = [n for n in active if n not in members]
+    if missing:
+        raise ValueError(f"check_ensemble: no held-out scores for member(s) {missing}")
+    qids = [q for q, pids in candidates.items() if len(pids) > 0]
+    held_out = {q: qrels[q] for q in qids if q in qrels}
+    if not any(g > 0 for q in held_out for g in held_out[q].values()):
+        raise ValueError(
+            f"none of the {len(qids)} held-out queries has a relevant passage in the qrels given; nothing to measure"
+        )
+
+    def arrays(what: str, scores: Mapping[str, Mapping[str, float]]) -> list[np.ndarray]:
+        try:
+            return [np.asarray([scores[q][p] for p in candidates[q]], dtype=np.float64) for q in qids]
+        except KeyError as e:
+            raise ValueError(f"{what} has no score for {e.args[0]!r} among the held-out candidates") from None
+
+    def ndcg(per_list: Sequence[np.ndarray]) -> float:
+        return rerank_ndcg({q: dict(zip(candidates[q], a.tolist())) for q, a in zip(qids, per_list)}, held_out)
+
+    student = ndcg(arrays("the student", student_scores))
+    raw = {n: arrays(f"member {n!r}", members[n]) for n in active}
+    alone = {n: ndcg(raw[n]) for n in active}
+    hows = [normalize_how if isinstance(normalize_how, str) else normalize_how.get(n, "zscore") for n in active]
+    logp = ensemble_logprobs(
+        [raw[n] for n in active], [float(weights[n]) for n in active], combine=combine, normalize_how=hows,
+        temperatures=[float((temperatures or {}).get(n, 1.0)) for n in active],
+    )
+    ensemble = ndcg(logp)
+    helps = ensemble > student + min_gain
+    total = sum(float(weights[n]) for n in active)
+    chosen = {n: (float(w) / total if helps and n in active else 0.0) for n, w in weights.items()}
+    reports = [
+        TeacherReport(n, alone[n], chosen[n], student, alone[n] > student + min_gain,
+                      "beats the student alone" if alone[n] > student + min_gain else "not better than the student alone")
+        for n in active
+    ]
+    reports.append(TeacherReport(ENSEMBLE, ensemble, sum(chosen.values()), student, helps,
+                                 ", ".join(f"{n}={w:.2f}" for n, w in chosen.items())))
+    logger.info("teachers on %d held-out queries: student nDCG@10 %.4f; %s; configured ensemble %.4f",
+                len(held_out), student, ", ".join(f"{n} {a:.4f}" for n, a in alone.items()), ensemble)
+    if not helps:
+        logger.warning(
+            "the configured teacher ensemble %s re-ranks the held-out candidates to nDCG@10 %.4f, not better than the "
+            "student's own %.4f (min_gain %g): weight 0, it does not teach",
+            dict(weights), ensemble, student, min_gain,
+        )
+    return EnsembleChoice(weights=chosen, reports=reports, ensemble_ndcg=ensemble, student_ndcg=student)
 
 
 # ----------------------------------------------------------------------------------------------------------------

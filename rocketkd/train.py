@@ -7,6 +7,7 @@ position) -> export both models in sentence-transformers formats. No argv parsin
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -41,7 +42,8 @@ class TrainResult:
     reranker_dir: Path | None
     steps: int
     history: list[dict] = field(default_factory=list)
-    dev: dict[str, float] = field(default_factory=dict)  # retriever nDCG@10 on the dev split: start, end
+    # retriever nDCG@10 on the dev split: start, end (last step), and with train.keep_best best and best_step
+    dev: dict[str, float] = field(default_factory=dict)
 
 
 def make_accelerator(**kwargs):
@@ -155,6 +157,7 @@ def teacher_lists(cfg: Config, data, lists: list[CandidateList], output_dir: str
     from .data.formats import read_candidates, write_candidates
     from .teachers import (
         BM25Scorer,
+        RandomScorer,
         RerankerScorer,
         RetrieverScorer,
         attach_teacher_scores,
@@ -185,25 +188,80 @@ def teacher_lists(cfg: Config, data, lists: list[CandidateList], output_dir: str
                 "base": lambda: base,
                 "reranker": lambda: RerankerScorer(load_reranker(cfg, reranker_path or cfg.model.reranker,
                                                                  trainable=False)),
+                "random": lambda: RandomScorer(t.seed),
             }
+            scorers = {n: makers[n]() for n in weights}
+            same = resolve_model_path(start) == resolve_model_path(cfg.model.retriever)
+            student = base if same else RetrieverScorer(load_retriever(cfg, start))
             logger.info("scoring %d lists with the offline teachers %s", len(lists), weights)
-            member_scores = {n: makers[n]().score(lists, queries, data.corpus) for n in weights}
+            member_scores = {n: s.score(lists, queries, data.corpus) for n, s in scorers.items()}
             scale = t.teacher_scale
             if scale is None:
-                same = "base" in member_scores and resolve_model_path(start) == resolve_model_path(cfg.model.retriever)
-                student = member_scores["base"] if same else RetrieverScorer(load_retriever(cfg, start)).score(
+                spread = member_scores["base"] if same and "base" in member_scores else student.score(
                     lists, queries, data.corpus)
-                scale = student_spread(student, cfg.model.score_scale)
+                scale = student_spread(spread, cfg.model.score_scale)
                 logger.info("offline teachers at the start retriever's spread: z-scores x %.3f", scale)
-            logprobs = ensemble_logprobs(
-                [member_scores[n] for n in weights], list(weights.values()), combine=t.teacher_combine,
-                temperatures=[t.temperature if n == "reranker" else 1.0 / scale for n in weights],
-                normalize_how=["none" if n == "reranker" else "zscore" for n in weights],
-            )
-            write_candidates(path, attach_teacher_scores(lists, logprobs),
-                             provenance={"teachers": weights, "combine": t.teacher_combine, "scale": scale})
+            temperatures = {n: t.temperature if n == "reranker" else 1.0 / scale for n in weights}
+            hows = {n: "none" if n == "reranker" else "zscore" for n in weights}
+            provenance = {"teachers": weights, "combine": t.teacher_combine, "scale": scale}
+            if t.check_teachers and cfg.data.dev_split in data.qrels:
+                choice = _check_on_dev(cfg, data, student, scorers, weights, temperatures, hows, Path(output_dir))
+                provenance["dev_check"] = {"student": choice.student_ndcg, "ensemble": choice.ensemble_ndcg,
+                                           "usable": choice.usable}
+                if not choice.usable:
+                    provenance["rejected"] = True
+            if provenance.get("rejected"):
+                out_lists = list(lists)  # no teacher scores: train() turns distillation off
+            else:
+                logprobs = ensemble_logprobs(
+                    [member_scores[n] for n in weights], list(weights.values()), combine=t.teacher_combine,
+                    temperatures=[temperatures[n] for n in weights], normalize_how=[hows[n] for n in weights],
+                )
+                out_lists = attach_teacher_scores(lists, logprobs)
+            write_candidates(path, out_lists, provenance=provenance)
         _barrier()
     return read_candidates(path, corpus=data.corpus, queries=queries)
+
+
+def _check_on_dev(cfg: Config, data, student, scorers: dict, weights: dict, temperatures: dict, hows: dict,
+                  out: Path):
+    """Measure the configured ensemble on the start retriever's dev candidates (:func:`check_ensemble`).
+
+    Main process only (the index is built in this process alone). Writes ``teacher_check.json`` beside the lists.
+    """
+    from .index import DenseIndex, search_run
+    from .io import write_json
+    from .teachers import candidates_from_run, check_ensemble, scores_on_candidates
+
+    split = cfg.data.dev_split
+    dev = data.split_queries(split)
+    index = DenseIndex.build(student.model, data.corpus, batch_size=cfg.index.batch_size,
+                             autocast=cfg.index.autocast, show_progress=False, distributed=False)
+    run = search_run(index, dev, cfg.eval.rerank_depth, distributed=False)
+    candidates = candidates_from_run(run, cfg.eval.rerank_depth)
+    members = {n: scores_on_candidates(s, candidates, dev, data.corpus) for n, s in scorers.items()}
+    choice = check_ensemble(
+        candidates, run, members, weights, data.qrels[split], min_gain=cfg.pipeline.teacher_min_gain,
+        combine=cfg.train.teacher_combine, normalize_how=hows, temperatures=temperatures,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "teacher_check.json", {
+        "split": split, "queries": len(dev), "depth": cfg.eval.rerank_depth,
+        "min_gain": cfg.pipeline.teacher_min_gain, "student_ndcg@10": choice.student_ndcg,
+        "ensemble_ndcg@10": choice.ensemble_ndcg, "usable": choice.usable, "weights": choice.weights,
+        "members": {r.name: {"nDCG@10": r.ndcg, "weight": r.weight} for r in choice.reports},
+    })
+    return choice
+
+
+def _teachers_rejected(cfg: Config, out: Path) -> bool:
+    """True when this run's ``train.teachers`` were checked on dev and got weight 0 (``teacher_lists`` meta)."""
+    from .data.formats import read_provenance
+
+    if not any(w > 0 for w in cfg.train.teachers.values()):
+        return False
+    provenance = read_provenance(Path(out) / "teacher_lists.jsonl") or {}
+    return bool(provenance.get("rejected"))
 
 
 def student_spread(scores: list, score_scale: float) -> float:
@@ -365,6 +423,14 @@ def train(
     if lists is None:
         lists = build_lists(cfg, data, out)
     lists = teacher_lists(cfg, data, lists, out, retriever_path, reranker_path)
+    if _teachers_rejected(cfg, out):
+        # A teacher no better than the student on dev would only pull the retriever away from its start (issue
+        # 11); the online re-ranker is no fallback (a new head is a random teacher), so nothing distils.
+        logger.warning("train.teachers did not beat the start retriever on %s (see %s): the retriever is not "
+                       "distilled (distill_weight 0)", cfg.data.dev_split, out / "teacher_check.json")
+        cfg = copy.deepcopy(cfg)
+        cfg.train.distill_weight = 0.0
+        t = cfg.train
     dataset = GroupDataset(lists, cfg.candidates.list_length, seed=t.seed)
 
     m = cfg.model
@@ -375,12 +441,15 @@ def train(
         reranker = load_reranker(cfg, reranker_path or m.reranker, trainable=needs_reranker(cfg))
         if not needs_reranker(cfg):
             teacher_model, reranker = reranker, None
-    if t.mode == "static" and t.teacher == "stored" and lists[0].teacher_scores is None:
+    if t.mode == "static" and t.teacher == "stored" and lists[0].teacher_scores is None and t.distill_weight != 0:
         raise TrainingError("train.teacher=stored but the candidate lists carry no teacher_scores")
 
     dev: dict[str, float] = {}
     if t.eval_dev:
         dev = _dev_start(retriever, data, cfg, out)
+    best = _BestRetriever(out, keep=t.keep_best)
+    if "start" in dev and best.value is None and _is_main():  # a fresh run: the start is the first candidate
+        best.offer(retriever, dev["start"], 0)
 
     queries = {**getattr(data, "unlabeled_queries", {}), **data.queries}
     pair_tokenizer = (reranker or teacher_model).tokenize_pairs if (reranker or teacher_model) else None
@@ -465,6 +534,12 @@ def train(
                 bar.set_postfix({k: f"{v:.4f}" for k, v in logged.items()})
                 if is_main and (step % t.log_every == 0 or step == total_steps):
                     logger.info("step %d/%d %s", step, total_steps, " ".join(f"{k}={v:.4f}" for k, v in logged.items()))
+                if (t.eval_dev and t.eval_every and step % t.eval_every == 0 and step < total_steps
+                        and cfg.data.dev_split in data.qrels):
+                    value = dev_ndcg(accelerator.unwrap_model(model).retriever, data, cfg)  # every process encodes
+                    if is_main and value is not None:
+                        logger.info("step %d/%d: retriever dev nDCG@10 %.4f", step, total_steps, value)
+                        best.offer(accelerator.unwrap_model(model).retriever, value, step)
                 if stop.requested or (t.save_every and step % t.save_every == 0):
                     save_checkpoint(accelerator, ckpt_root, step, history, t.keep_checkpoints)
                     last_saved = step
@@ -485,6 +560,13 @@ def train(
             logger.info("retriever dev nDCG@10 (%s, %d queries): %.4f at the start -> %.4f after %d steps (%+.4f)",
                         cfg.data.dev_split, len(data.qrels[cfg.data.dev_split]), dev["start"], end, step,
                         end - dev["start"])
+    if is_main and "end" in dev:
+        best.offer(unwrapped.retriever, dev["end"], step, save=False)
+        dev.update(best.summary())
+        if best.keep and best.step != step:
+            logger.info("train.keep_best: keeping the retriever of step %d (dev nDCG@10 %.4f) over the last step's "
+                        "%.4f", best.step, best.value, dev["end"])
+            best.restore_into(unwrapped.retriever)
     if is_main:
         unwrapped.retriever.save(out / "retriever")
         (out / "retriever" / COMPLETE_MARKER).touch()
@@ -494,12 +576,50 @@ def train(
 
         with atomic_write(out / "train_log.jsonl") as f:
             f.writelines(json.dumps(h) + "\n" for h in history)
-        state = {"step": step, "history": history, "has_reranker": unwrapped.reranker is not None, "dev_ndcg@10": dev}
+        state = {"step": step, "history": history, "has_reranker": unwrapped.reranker is not None, "dev_ndcg@10": dev,
+                 "dev_curve": best.curve}
         with atomic_write(out / "train_state.json") as f:
             json.dump(state, f)
         logger.info("trained %d steps in %.1fs; models saved under %s", step, time.time() - start, out)
     accelerator.wait_for_everyone()
     return _result(out, cfg, {"step": step, "history": history, "has_reranker": needs_reranker(cfg), "dev_ndcg@10": dev})
+
+
+class _BestRetriever:
+    """The retriever's dev measurements during training and the best one (main process only), kept on disk so a
+    resumed run knows them: ``dev_curve.json`` (step -> nDCG@10, best step and value) and, with
+    ``train.keep_best``, the best weights in ``best_retriever.pt``."""
+
+    def __init__(self, out: Path, keep: bool) -> None:
+        self.keep = keep
+        self.weights, self.meta = out / "best_retriever.pt", out / "dev_curve.json"
+        self.value: float | None = None
+        self.step: int | None = None
+        self.curve: dict[str, float] = {}
+        if self.meta.exists():
+            state = json.loads(self.meta.read_text())
+            self.value, self.step, self.curve = state["best"], state["best_step"], state["curve"]
+
+    def offer(self, retriever: DualEncoder, value: float, step: int, *, save: bool = True) -> None:
+        """Record ``value`` at ``step``; if it is the best so far (ties keep the earlier one), keep the weights."""
+        from .io import atomic_write, write_json
+
+        self.curve[str(step)] = value
+        improved = self.value is None or value > self.value
+        if improved:
+            self.value, self.step = value, step
+        if self.keep and improved and save:
+            with atomic_write(self.weights, mode="wb") as f:
+                torch.save({k: v.detach().cpu().clone() for k, v in retriever.state_dict().items()}, f)
+        write_json(self.meta, {"best": self.value, "best_step": self.step, "curve": self.curve})
+
+    def restore_into(self, retriever: DualEncoder) -> None:
+        retriever.load_state_dict(torch.load(self.weights, map_location="cpu", weights_only=True))
+
+    def summary(self) -> dict[str, float]:
+        if not self.keep or self.value is None:
+            return {}
+        return {"best": self.value, "best_step": float(self.step)}
 
 
 def _result(out: Path, cfg: Config, state: dict) -> TrainResult:

@@ -495,3 +495,13 @@ def test_no_stage_prints_help(capsys):
     assert main([]) == 0
     assert "usage: rocketkd" in capsys.readouterr().out
 
+
+
+def test_yaml_no_is_a_precision_not_false():
+    """YAML 1.1 reads a bare `no` as false; for the precision keys it means "no", elsewhere it stays an error."""
+    from rocketkd.config import load_config
+
+    cfg = load_config(None, ["train.mixed_precision=no", "index.autocast=no"])
+    assert cfg.train.mixed_precision == "no" and cfg.index.autocast == "no"
+    with pytest.raises(ConfigError, match="'train.mode': expected a string, got False"):
+        load_config(None, ["train.mode=no"])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from rocketkd.bm25 import BM25Retriever
 from rocketkd.config import load_config
@@ -15,7 +16,7 @@ from rocketkd.errors import ConfigError
 from rocketkd.index import DenseIndex, search_run
 from rocketkd.metrics import evaluate_run
 from rocketkd.models import DualEncoder
-from rocketkd.teachers import BM25Scorer, RetrieverScorer, normalize
+from rocketkd.teachers import BM25Scorer, RandomScorer, RetrieverScorer, check_ensemble, normalize
 from rocketkd.train import build_lists, dev_ndcg, student_spread, teacher_lists, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def test_mined_lists_hold_bm25_hard_negatives(tiny_bert, tiny_data, tmp_path):
 def test_single_offline_teacher_is_log_softmax_of_its_zscored_scores(tiny_bert, tiny_data, tmp_path):
     out = tmp_path / "run"
     cfg = tiny_cfg(tiny_bert, tiny_data, out, "train.teachers=bm25:1", "train.online_teacher_weight=0",
-                   "train.teacher_scale=1")
+                   "train.teacher_scale=1", "train.check_teachers=false")
     data = load_retrieval_data(tiny_data)
     lists = build_lists(cfg, data)
     scored = teacher_lists(cfg, data, lists, out)
@@ -97,7 +98,7 @@ def test_teachers_are_left_alone_where_the_mode_does_not_distil_from_them(tiny_b
 def test_train_reports_dev_ndcg_before_and_after(tiny_bert, tiny_data, tmp_path):
     out = tmp_path / "run"
     cfg = tiny_cfg(tiny_bert, tiny_data, out, "candidates.source=mined", "train.teachers=bm25:0.5,base:0.5",
-                   "train.online_teacher_weight=0")
+                   "train.online_teacher_weight=0", "train.check_teachers=false")
     result = train(cfg)
     assert set(result.dev) == {"start", "end"}
     data = load_retrieval_data(tiny_data)
@@ -123,7 +124,8 @@ def test_eval_dev_off_and_missing_dev_split(tiny_bert, tiny_data, tmp_path):
 
 def test_teacher_scale_defaults_to_the_start_retrievers_spread(tiny_bert, tiny_data, tmp_path):
     out = tmp_path / "run"
-    cfg = tiny_cfg(tiny_bert, tiny_data, out, "train.teachers=base:1", "train.online_teacher_weight=0")
+    cfg = tiny_cfg(tiny_bert, tiny_data, out, "train.teachers=base:1", "train.online_teacher_weight=0",
+                   "train.check_teachers=false")
     data = load_retrieval_data(tiny_data)
     lists = build_lists(cfg, data)
     scored = teacher_lists(cfg, data, lists, out)
@@ -136,3 +138,130 @@ def test_teacher_scale_defaults_to_the_start_retrievers_spread(tiny_bert, tiny_d
     for cl, s in zip(scored, student):
         z = normalize(s) * scale
         np.testing.assert_allclose(cl.teacher_scores, z - np.log(np.exp(z).sum()), atol=1e-5)
+
+
+# --- checked before it teaches (issue 11) ---------------------------------------------------------------------
+
+
+def test_check_ensemble_keeps_a_better_teacher_and_zeroes_a_worse_one():
+    # two held-out queries, three candidates each; d1 is relevant to q1 (grade 1), e3 to q2 (grade 2)
+    candidates = {"q1": ["d1", "d2", "d3"], "q2": ["e1", "e2", "e3"]}
+    qrels = {"q1": {"d1": 1}, "q2": {"e3": 2}}
+    student = {"q1": {"d1": 0.1, "d2": 0.3, "d3": 0.2}, "q2": {"e1": 0.3, "e2": 0.2, "e3": 0.1}}
+    good = {"q1": {"d1": 3.0, "d2": 1.0, "d3": 0.0}, "q2": {"e1": 0.0, "e2": 1.0, "e3": 2.0}}
+    # by hand: the student ranks d1 3rd and e3 3rd -> nDCG@10 = 1/log2(4) = 0.5 on each query
+    choice = check_ensemble(candidates, student, {"good": good, "bad": student}, {"good": 1.0, "bad": 0.0}, qrels)
+    assert choice.student_ndcg == pytest.approx(0.5)
+    assert choice.ensemble_ndcg == pytest.approx(1.0) and choice.usable
+    assert choice.weights == {"good": 1.0, "bad": 0.0}
+    # the student's own ranking as teacher: no gain over the student -> every weight 0, with a warning
+    same = check_ensemble(candidates, student, {"same": student}, {"same": 1.0}, qrels)
+    assert not same.usable and same.weights == {"same": 0.0} and same.ensemble_ndcg == pytest.approx(0.5)
+    # a gain smaller than min_gain is not enough
+    assert not check_ensemble(candidates, student, {"good": good}, {"good": 1.0}, qrels, min_gain=0.6).usable
+    with pytest.raises(ValueError, match="no held-out scores"):
+        check_ensemble(candidates, student, {"good": good}, {"other": 1.0}, qrels)
+    with pytest.raises(ValueError, match="no score for 'd3'"):
+        check_ensemble(candidates, student, {"good": {"q1": {"d1": 1, "d2": 0}, "q2": good["q2"]}}, {"good": 1}, qrels)
+
+
+def test_random_scorer_is_seeded_noise_per_pair():
+    a = RandomScorer(3).score_groups([("q", ["x", "y"]), ("q", ["y", "x"])], {}, None)
+    assert a[0][0] == a[1][1] and a[0][1] == a[1][0] and a[0][0] != a[0][1]  # same pair, same score, any list
+    b = RandomScorer(4).score_groups([("q", ["x", "y"])], {}, None)
+    assert not np.allclose(a[0], b[0])
+
+
+def test_a_rejected_teacher_does_not_move_the_retriever(tiny_bert, tiny_data, tmp_path):
+    """The plumbing of the check: a teacher that cannot clear min_gain (1.0 nDCG) gets weight 0, the lists carry
+    no teacher scores, and with no hard-label term the retriever's weights do not change at all."""
+    out = tmp_path / "run"
+    cfg = tiny_cfg(tiny_bert, tiny_data, out, "train.teachers=random:1", "train.online_teacher_weight=0",
+                   "train.retriever_ce_weight=0", "train.max_steps=3", "pipeline.teacher_min_gain=1.0",
+                   "train.weight_decay=0")
+    result = train(cfg)
+    check = json.loads((out / "teacher_check.json").read_text())
+    assert check["usable"] is False and check["weights"] == {"random": 0.0} and check["min_gain"] == 1.0
+    assert json.loads((out / "teacher_lists.jsonl.meta.json").read_text())["rejected"] is True
+    assert result.dev["end"] == pytest.approx(result.dev["start"], abs=1e-6)
+    start = DualEncoder.from_pretrained(str(tiny_bert)).state_dict()
+    saved = DualEncoder.from_pretrained(str(result.retriever_dir)).state_dict()
+    assert all(torch.equal(start[k], saved[k]) for k in start)
+
+
+def test_without_the_check_the_random_teacher_teaches(tiny_bert, tiny_data, tmp_path):
+    """The control for the test above: the same run with the check off distils from noise (lists carry scores)."""
+    out = tmp_path / "run"
+    cfg = tiny_cfg(tiny_bert, tiny_data, out, "train.teachers=random:1", "train.online_teacher_weight=0",
+                   "train.retriever_ce_weight=0", "train.max_steps=3", "train.check_teachers=false")
+    train(cfg)
+    data = load_retrieval_data(tiny_data)
+    lists = read_candidates(out / "teacher_lists.jsonl", corpus=data.corpus, queries=data.queries)
+    assert all(cl.teacher_scores is not None for cl in lists)
+    assert not (out / "teacher_check.json").exists()
+
+
+def test_keep_best_saves_the_best_dev_retriever_and_the_curve(tiny_bert, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_cfg(tiny_bert, tiny_data, out, "train.mode=contrastive", "train.max_steps=4", "train.eval_every=2",
+                   "train.keep_best=true", "train.lr_retriever=5e-3")
+    result = train(cfg)
+    curve = json.loads((out / "dev_curve.json").read_text())["curve"]
+    assert set(curve) == {"0", "2", "4"}
+    assert result.dev["best"] == pytest.approx(max(curve.values()))
+    best_step = int(result.dev["best_step"])
+    assert curve[str(best_step)] == max(curve.values()) and all(curve[k] < result.dev["best"] for k in curve
+                                                                if int(k) < best_step)
+    data = load_retrieval_data(tiny_data)
+    saved = DualEncoder.from_pretrained(str(result.retriever_dir))
+    assert dev_ndcg(saved, data, cfg) == pytest.approx(result.dev["best"], abs=1e-6)
+    assert json.loads((out / "train_state.json").read_text())["dev_curve"] == curve
+
+
+def _cranfield_subset(dst: Path, *, train_queries: int = 8, extra_passages: int = 150, seed: int = 0) -> Path:
+    """A small real collection: cranfield's dev queries, a few train queries, their judged passages and some others."""
+    import random
+
+    src = ROOT / "data" / "cranfield"
+    qrels: dict[str, dict[str, list[str]]] = {}
+    for split in ("train", "dev"):
+        rows = (src / "qrels" / f"{split}.tsv").read_text().splitlines()
+        qrels[split] = {}
+        for row in rows[1:]:
+            q, d, g = row.split("\t")
+            qrels[split].setdefault(q, []).append(f"{q}\t{d}\t{g}")
+    keep_train = sorted(qrels["train"], key=int)[:train_queries]
+    lines = {"train": [r for q in keep_train for r in qrels["train"][q]],
+             "dev": [r for rows in qrels["dev"].values() for r in rows]}
+    judged = {r.split("\t")[1] for rows in lines.values() for r in rows}
+    corpus = [json.loads(x) for x in (src / "corpus.jsonl").read_text().splitlines()]
+    others = [c for c in corpus if c["_id"] not in judged]
+    chosen = judged | {c["_id"] for c in random.Random(seed).sample(others, extra_passages)}
+    (dst / "qrels").mkdir(parents=True)
+    with open(dst / "corpus.jsonl", "w") as f:
+        f.writelines(json.dumps(c) + "\n" for c in corpus if c["_id"] in chosen)
+    wanted = set(keep_train) | set(qrels["dev"])
+    with open(dst / "queries.jsonl", "w") as f:
+        f.writelines(x + "\n" for x in (src / "queries.jsonl").read_text().splitlines() if json.loads(x)["_id"] in wanted)
+    for split, rows in lines.items():
+        (dst / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
+    return dst
+
+
+@pytest.mark.skipif(not (ROOT / "data" / "cranfield" / "corpus.jsonl").exists(), reason="data/ not present")
+def test_packaged_minilm_on_real_queries_rejects_a_random_teacher(tmp_path):
+    """Issue 11 on real data and the real model: the packaged MiniLM re-ranks cranfield's 25 dev queries far better
+    than noise, so a random teacher gets weight 0 and the retriever's dev nDCG@10 does not fall."""
+    data_dir = _cranfield_subset(tmp_path / "cran")
+    out = tmp_path / "run"
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [
+        f"data.path={data_dir}", f"output_dir={out}", "candidates.source=sampled", "candidates.list_length=4",
+        "model.passage_max_length=64", "train.batch_size=4", "train.max_steps=2", "train.mode=static",
+        "train.teacher=stored", "train.teachers=random:1", "train.retriever_ce_weight=0",
+        "train.mixed_precision=no", "eval.rerank_depth=20", "pipeline.teacher_min_gain=0",
+    ])
+    result = train(cfg)
+    check = json.loads((out / "teacher_check.json").read_text())
+    assert check["usable"] is False and check["weights"] == {"random": 0.0}
+    assert check["student_ndcg@10"] > check["members"]["random"]["nDCG@10"] + 0.1
+    assert result.dev["end"] == pytest.approx(result.dev["start"], abs=0.005)
