@@ -116,9 +116,13 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
         "base": RetrieverScorer(load_retriever(cfg, cfg.model.retriever)),
     }
     members = {name: scores_on_candidates(s, candidates, dev, data.corpus) for name, s in scorers.items()}
-    # Offline members at the student's own sharpness (train.teacher_scale, see rocketkd.train.student_spread).
+    lists = read_candidates(lists_path, corpus=data.corpus, queries=all_queries(data))
+    # Offline members at the student's own sharpness on the lists it will train on (train.teacher_scale, see
+    # rocketkd.train.student_spread). Not on its dev top-k: those candidates all score near the top, so their
+    # spread is ~4x smaller (cranfield: 0.63 against 2.69) and the teachers would be that much too flat.
     scale = cfg.train.teacher_scale or student_spread(
-        [list(student_run[q].values()) for q in candidates], cfg.model.score_scale)
+        RetrieverScorer(load_retriever(cfg, retriever)).score(lists, all_queries(data), data.corpus),
+        cfg.model.score_scale)
     temperatures = {"reranker": cfg.train.temperature, "bm25": 1.0 / scale, "base": 1.0 / scale}
     # The re-ranker is checked as training will use it: raw logits at train.temperature (mix_teachers); the
     # offline members (BM25, cosine) live on other scales and are z-scored per list.
@@ -129,7 +133,6 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
         temperatures=temperatures,
         combine=cfg.train.teacher_combine,
     )
-    lists = read_candidates(lists_path, corpus=data.corpus, queries=all_queries(data))
     static = {n: w for n, w in choice.weights.items() if n != "reranker" and w > 0}
     online_weight = choice.weights.get("reranker", 0.0)
     mode = "joint"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from rocketkd.config import load_config
 from rocketkd.pipeline import REPORT_METRICS, run_pipeline
 
@@ -28,6 +30,17 @@ def test_pipeline_end_to_end_and_resume(tiny_bert, tiny_data, tmp_path, monkeypa
     assert (out / "index" / "index.faiss").exists() and (out / "runs" / "reranked.test.trec").exists()
     stages = json.loads((out / "stages.json").read_text())
     assert list(stages) == ["baselines", "mine-0", "warmup", "mine-1", "teachers-1", "train-1", "final"]
+    # the offline teachers' sharpness is the warmed-up student's spread on the lists round 1 trains on
+    from rocketkd.data.formats import load_retrieval_data, read_candidates
+    from rocketkd.teachers import RetrieverScorer
+    from rocketkd.train import load_retriever, student_spread
+
+    data = load_retrieval_data(tiny_data)
+    queries = {**data.unlabeled_queries, **data.queries}
+    lists = read_candidates(out / "round1" / "candidates.jsonl", corpus=data.corpus, queries=queries)
+    student = RetrieverScorer(load_retriever(cfg, stages["warmup"]["retriever"])).score(lists, queries, data.corpus)
+    assert stages["teachers-1"]["teacher_scale"] == pytest.approx(student_spread(student, cfg.model.score_scale),
+                                                                  rel=1e-4)
 
     # An interruption after train-1: rerunning must redo only the final stage.
     del stages["final"]
