@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from rocketkd.cli import main
+from rocketkd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "tiny.yaml"

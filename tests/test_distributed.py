@@ -33,6 +33,7 @@ def _train(nproc: int, batch_size: int, model: Path, data: Path, out: Path) -> N
             "--set", f"data.path={data}", "--set", f"model.retriever={model}", "--set", f"model.reranker={model}",
             "--set", f"train.batch_size={batch_size}", "--set", "train.max_steps=3",
             "--set", "train.in_batch_negatives=true", "--set", "train.retriever_ce_weight=0.5",
+            "--set", "train.eval_every=2",  # a dev measurement mid-run: every process must join its encoding
             "--output", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     if nproc == 1:
@@ -69,5 +70,10 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tiny_bert, tin
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4, msg=k)
     # only the main process wrote outputs: no per-rank leftovers next to the models
+    curve1 = json.loads((tmp_path / "one" / "dev_curve.json").read_text())["curve"]
+    curve2 = json.loads((tmp_path / "two" / "dev_curve.json").read_text())["curve"]
+    assert set(curve1) == set(curve2) == {"0", "2", "3"}
+    assert all(abs(curve1[k] - curve2[k]) < 1e-6 for k in curve1)
     names = {p.name for p in (tmp_path / "two").iterdir()}
-    assert names == {"retriever", "reranker", "config.yaml", "train_log.jsonl", "train_state.json", "dev_start.json"}
+    assert names == {"retriever", "reranker", "config.yaml", "train_log.jsonl", "train_state.json", "dev_start.json",
+                     "dev_curve.json"}
