@@ -571,6 +571,17 @@ def _best(results: list[tuple[float, tuple[float, ...]]], allowed: set[int]) -> 
     return min(tied, key=lambda vw: (sum(x > 0 for x in vw[1]), -_entropy(vw[1]), tuple(-x for x in vw[1])))
 
 
+def _held_out(candidates: Mapping[str, Sequence[str]], qrels: Qrels) -> tuple[list[str], Qrels]:
+    """The held-out queries that have candidates, and their qrels; an error if none has a relevant passage."""
+    qids = [q for q, pids in candidates.items() if len(pids) > 0]
+    held_out = {q: qrels[q] for q in qids if q in qrels}
+    if not any(g > 0 for q in held_out for g in held_out[q].values()):
+        raise ValueError(
+            f"none of the {len(qids)} held-out queries has a relevant passage in the qrels given; nothing to measure"
+        )
+    return qids, held_out
+
+
 def check_teachers(
     candidates: Mapping[str, Sequence[str]],
     student_scores: Mapping[str, Mapping[str, float]],
@@ -624,12 +635,7 @@ def check_teachers(
     temps = [float((temperatures or {}).get(n, 1.0)) for n in names]
     grid = _weight_grid(len(names), grid_step)
 
-    qids = [q for q, pids in candidates.items() if len(pids) > 0]
-    held_out = {q: qrels[q] for q in qids if q in qrels}
-    if not any(g > 0 for q in held_out for g in held_out[q].values()):
-        raise ValueError(
-            f"none of the {len(qids)} held-out queries has a relevant passage in the qrels given; nothing to measure"
-        )
+    qids, held_out = _held_out(candidates, qrels)
 
     def aligned(what: str, scores: Mapping[str, Mapping[str, float]]) -> list[np.ndarray]:
         out = []
@@ -753,12 +759,7 @@ def check_ensemble(
     missing = [n for n in active if n not in members]
     if missing:
         raise ValueError(f"check_ensemble: no held-out scores for member(s) {missing}")
-    qids = [q for q, pids in candidates.items() if len(pids) > 0]
-    held_out = {q: qrels[q] for q in qids if q in qrels}
-    if not any(g > 0 for q in held_out for g in held_out[q].values()):
-        raise ValueError(
-            f"none of the {len(qids)} held-out queries has a relevant passage in the qrels given; nothing to measure"
-        )
+    qids, held_out = _held_out(candidates, qrels)
 
     def arrays(what: str, scores: Mapping[str, Mapping[str, float]]) -> list[np.ndarray]:
         try:
