@@ -86,7 +86,28 @@ def init_if_launched() -> tuple[int, int]:
         from accelerate import PartialState
 
         PartialState(cpu=not torch.cuda.is_available())
+    leave_at_exit()
     return world()
+
+
+def leave_at_exit() -> None:
+    """Destroy the process group when the interpreter exits (registered once; a no-op on one process).
+
+    Left to the interpreter's teardown, a gloo group is destructed with its worker threads still joinable and the
+    process can abort ("terminate called without an active exception", SIGABRT) after its work is done -- seen as
+    an intermittent torchrun failure. Leaving the group explicitly first avoids it.
+    """
+    if _group_cache.get("atexit") or not _initialised():
+        return
+    import atexit
+
+    def leave() -> None:
+        if _initialised():
+            _group_cache.clear()
+            torch.distributed.destroy_process_group()
+
+    atexit.register(leave)
+    _group_cache["atexit"] = True
 
 
 def local_device() -> torch.device:

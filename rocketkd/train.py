@@ -54,7 +54,11 @@ def make_accelerator(**kwargs):
     """
     from accelerate import Accelerator
 
-    return Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
+    from .distributed import leave_at_exit
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
+    leave_at_exit()
+    return accelerator
 
 
 def load_retriever(cfg: Config, path: str | None, *, for_training: bool = False) -> DualEncoder:
