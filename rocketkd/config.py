@@ -170,6 +170,16 @@ class PipelineConfig:
         "contrastive (labels only, no teacher)",
     )
     teacher_min_gain: float = _f(0.005, "a teacher (or ensemble) must beat the student on dev nDCG@10 by this to teach")
+    teacher_members: list = _f(
+        ["reranker", "bm25", "base"],
+        "auto mode: the teachers checked on dev and fitted into the ensemble: reranker (the warmed-up re-ranker, "
+        "online in the joint step), bm25, base (model.retriever as it starts), random (seeded noise: a control)",
+    )
+    zero_bad_teachers: bool = _f(
+        True,
+        "auto mode: a teacher (or ensemble) not better than the student on dev gets weight 0 (false: keep the fitted "
+        "weights and distil anyway, e.g. to measure what a single teacher does to the retriever)",
+    )
     systems: list = _f(["bm25", "base", "retriever", "reranked"], "systems evaluated on the test split")
     plot: bool = _f(True, "write recall@k and loss curves as PNG next to results.json")
 
@@ -326,6 +336,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 _NO_MEANS_NO = ("mixed_precision", "autocast")  # string keys whose value may be "no"
 OFFLINE_TEACHERS = ("bm25", "base", "reranker", "random")
+PIPELINE_TEACHERS = ("reranker", "bm25", "base", "random")  # pipeline.teacher_members (auto mode)
 
 _CHOICES = {
     "train.mode": ("joint", "warmup", "contrastive", "static"),
@@ -347,6 +358,15 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError(f"config key {dotted!r}: {value!r} is not one of {', '.join(choices)}")
     if cfg.train.mode == "static" and cfg.train.teacher == "online":
         raise ConfigError("config key 'train.teacher': static mode needs a frozen 'reranker' or 'stored' scores, not 'online'")
+    members = cfg.pipeline.teacher_members
+    if not members:
+        raise ConfigError("config key 'pipeline.teacher_members': name at least one teacher")
+    for name in members:
+        if name not in PIPELINE_TEACHERS:
+            raise ConfigError(f"config key 'pipeline.teacher_members': unknown teacher {name!r} "
+                              f"(known: {', '.join(PIPELINE_TEACHERS)})")
+    if len(set(members)) != len(members):
+        raise ConfigError(f"config key 'pipeline.teacher_members': a teacher is named twice in {members}")
     for name, weight in cfg.train.teachers.items():
         if name not in OFFLINE_TEACHERS:
             raise ConfigError(f"config key 'train.teachers': unknown teacher {name!r} (known: {', '.join(OFFLINE_TEACHERS)})")

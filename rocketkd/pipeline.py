@@ -96,6 +96,7 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
     from .index import DenseIndex, search_run
     from .teachers import (
         BM25Scorer,
+        RandomScorer,
         RerankerScorer,
         RetrieverScorer,
         attach_teacher_scores,
@@ -110,11 +111,13 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
     student_index = DenseIndex.build(retriever, data.corpus, batch_size=cfg.index.batch_size, autocast=cfg.index.autocast)
     student_run = search_run(student_index, dev, cfg.eval.rerank_depth)
     candidates = candidates_from_run(student_run, cfg.eval.rerank_depth)
-    scorers = {
-        "reranker": RerankerScorer(reranker),
-        "bm25": BM25Scorer(data.corpus),
-        "base": RetrieverScorer(load_retriever(cfg, cfg.model.retriever)),
+    make = {
+        "reranker": lambda: RerankerScorer(reranker),
+        "bm25": lambda: BM25Scorer(data.corpus),
+        "base": lambda: RetrieverScorer(load_retriever(cfg, cfg.model.retriever)),
+        "random": lambda: RandomScorer(cfg.train.seed),
     }
+    scorers = {name: make[name]() for name in cfg.pipeline.teacher_members}
     members = {name: scores_on_candidates(s, candidates, dev, data.corpus) for name, s in scorers.items()}
     lists = read_candidates(lists_path, corpus=data.corpus, queries=all_queries(data))
     # Offline members at the student's own sharpness on the lists it will train on (train.teacher_scale, see
@@ -123,15 +126,16 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
     scale = cfg.train.teacher_scale or student_spread(
         RetrieverScorer(load_retriever(cfg, retriever)).score(lists, all_queries(data), data.corpus),
         cfg.model.score_scale)
-    temperatures = {"reranker": cfg.train.temperature, "bm25": 1.0 / scale, "base": 1.0 / scale}
+    temperatures = {n: cfg.train.temperature if n == "reranker" else 1.0 / scale for n in scorers}
     # The re-ranker is checked as training will use it: raw logits at train.temperature (mix_teachers); the
     # offline members (BM25, cosine) live on other scales and are z-scored per list.
     choice = check_teachers(
         candidates, student_run, members, data.qrels[cfg.data.dev_split],
         min_gain=cfg.pipeline.teacher_min_gain,
-        normalize_how={"reranker": "none", "bm25": "zscore", "base": "zscore"},
+        normalize_how={n: "none" if n == "reranker" else "zscore" for n in scorers},
         temperatures=temperatures,
         combine=cfg.train.teacher_combine,
+        zero_bad=cfg.pipeline.zero_bad_teachers,
     )
     static = {n: w for n, w in choice.weights.items() if n != "reranker" and w > 0}
     online_weight = choice.weights.get("reranker", 0.0)

@@ -4,7 +4,9 @@
     python scripts/compare_systems.py --config configs/demo.yaml --seeds 1 2 3 --output outputs/compare
 
 Recipes (pipeline.round_mode): contrastive (labels only), static (frozen warmed-up re-ranker), joint (online
-re-ranker, RocketQAv2), auto (teachers checked on dev, ensemble). For one seed the recipes share the stages before
+re-ranker, RocketQAv2), auto (teachers checked on dev, ensemble). ``--teachers bm25 base`` adds one recipe per
+named teacher: the retriever distilled from that teacher alone, kept even where it fails the dev check
+(pipeline.teacher_members=[NAME], pipeline.zero_bad_teachers=false) -- what each teacher does to the student. For one seed the recipes share the stages before
 they differ -- the first-round candidates, the warm-up and the first re-mining -- and every seed shares the
 baselines: they are run once and copied, and the pipeline resumes from there. Rerunning the command resumes where
 it stopped. After each recipe, --output gets table.md (mean ± std over the seeds so far) and raw.json.
@@ -35,6 +37,8 @@ def main() -> None:
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--teachers", nargs="*", default=[], choices=("reranker", "bm25", "base", "random"),
+                    help="also distil from each of these teachers alone (one recipe each, run after --modes)")
     ap.add_argument("--output", type=Path, default=Path("outputs/compare"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
@@ -47,7 +51,11 @@ def main() -> None:
     seed_free: Path | None = None
     for seed in args.seeds:
         first: Path | None = None
-        for mode in args.modes:
+        recipes = [(m, LABELS[m], [f"pipeline.round_mode={m}"]) for m in args.modes]
+        recipes += [(f"only-{t}", f"distilled from {t} alone (kept without the dev check)",
+                     ["pipeline.round_mode=auto", f"pipeline.teacher_members={t}", "pipeline.zero_bad_teachers=false"])
+                    for t in args.teachers]
+        for mode, label, recipe in recipes:
             out = args.output / f"seed{seed}" / mode
             if not (out / "stages.json").exists():
                 if first is not None:
@@ -55,19 +63,18 @@ def main() -> None:
                 elif seed_free is not None:
                     _copy_shared(seed_free, out, SEED_FREE)
             cfg = load_config(args.config, [*args.overrides, f"train.seed={seed}", f"candidates.seed={seed}",
-                                            f"mining.seed={seed}", f"pipeline.round_mode={mode}", f"output_dir={out}",
-                                            "pipeline.plot=false"])
+                                            f"mining.seed={seed}", *recipe, f"output_dir={out}", "pipeline.plot=false"])
             result = run_pipeline(cfg)
             res = result["systems"]
             first = first or out
             seed_free = seed_free or out
-            if mode == args.modes[0]:
+            if mode == recipes[0][0]:
                 rows.setdefault("BM25", []).append(res["bm25"])
                 rows.setdefault("base MiniLM (zero-shot)", []).append(res["base"])
-            rows.setdefault(f"retriever: {LABELS[mode]}", []).append(res["retriever"])
-            rows.setdefault(f"retriever + re-ranker: {LABELS[mode]}", []).append(res["reranked"])
+            rows.setdefault(f"retriever: {label}", []).append(res["retriever"])
+            rows.setdefault(f"retriever + re-ranker: {label}", []).append(res["reranked"])
             if result.get("teachers"):
-                teachers.setdefault(f"seed{seed}", []).append(result["teachers"])
+                teachers.setdefault(f"seed{seed}", []).append({"recipe": mode, **result["teachers"]})
             _write(args, rows, teachers)  # after every recipe: a long run that stops still leaves its table
     print(_table(rows, args))
 
@@ -102,8 +109,10 @@ def _copy_shared(src: Path, dst: Path, shared: tuple[str, ...]) -> None:
 
 def _table(rows: dict[str, list[dict]], args) -> str:
     head = "| system | " + " | ".join(METRICS) + " |\n|---|" + "---|" * len(METRICS)
-    lines = [f"<!-- python scripts/compare_systems.py --config {args.config} --seeds {' '.join(map(str, args.seeds))}"
-             f" {' '.join('--set ' + o for o in args.overrides)} -->", head]
+    command = f"python scripts/compare_systems.py --config {args.config} --seeds {' '.join(map(str, args.seeds))}"
+    command += f" --modes {' '.join(args.modes)}" + (f" --teachers {' '.join(args.teachers)}" if args.teachers else "")
+    command += "".join(f" --set {o}" for o in args.overrides)
+    lines = [f"<!-- {command} -->", head]
     for name, results in rows.items():
         cells = []
         for m in METRICS:

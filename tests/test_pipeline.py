@@ -53,3 +53,24 @@ def test_pipeline_end_to_end_and_resume(tiny_bert, tiny_data, tmp_path, monkeypa
     monkeypatch.setattr(train_mod, "train", no_training)
     again = run_pipeline(cfg)
     assert again["systems"] == results["systems"]
+
+
+def test_pipeline_teacher_members_and_kept_bad_teachers(tiny_bert, tiny_data, tmp_path):
+    """pipeline.teacher_members picks who is checked; zero_bad_teachers=false distils even from a teacher that
+    fails the dev check (min_gain 1.0: nothing can pass), which is how docs/results.md measures single teachers."""
+    base = [f"data.path={tiny_data}", f"model.retriever={tiny_bert}", f"model.reranker={tiny_bert}",
+            "pipeline.teacher_members=bm25,random", "pipeline.teacher_min_gain=1.0", "pipeline.plot=false"]
+    kept = run_pipeline(load_config(ROOT / "configs" / "tiny.yaml",
+                                    [*base, "pipeline.zero_bad_teachers=false", f"output_dir={tmp_path / 'kept'}"]))
+    t = kept["teachers"]["teachers-1"]
+    assert set(t["members"]) == {"bm25", "random", "ensemble"}
+    assert set(t["weights"]) == {"bm25", "random"} and sum(t["weights"].values()) == pytest.approx(1.0)
+    assert t["mode"] == "joint" and t["online_teacher_weight"] == 0.0
+    from rocketkd.data.formats import read_candidates
+
+    lists = read_candidates(t["lists"])
+    assert all(c.teacher_scores is not None for c in lists)
+
+    zeroed = run_pipeline(load_config(ROOT / "configs" / "tiny.yaml", [*base, f"output_dir={tmp_path / 'zeroed'}"]))
+    t = zeroed["teachers"]["teachers-1"]
+    assert t["mode"] == "contrastive" and set(t["weights"].values()) == {0.0}

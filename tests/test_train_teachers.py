@@ -41,6 +41,11 @@ def test_teachers_parse_from_set_and_reject_unknown_names():
         load_config(None, ["train.teachers=bm25:lots"])
     with pytest.raises(ConfigError, match="candidates.source"):
         load_config(None, ["candidates.source=random"])
+    assert load_config(None, ["pipeline.teacher_members=bm25,random"]).pipeline.teacher_members == ["bm25", "random"]
+    with pytest.raises(ConfigError, match="pipeline.teacher_members': unknown teacher 'colbert'"):
+        load_config(None, ["pipeline.teacher_members=bm25,colbert"])
+    with pytest.raises(ConfigError, match="named twice"):
+        load_config(None, ["pipeline.teacher_members=bm25,bm25"])
 
 
 def test_mined_lists_hold_bm25_hard_negatives(tiny_bert, tiny_data, tmp_path):

@@ -1,0 +1,35 @@
+"""scripts/compare_systems.py on tiny models: recipes share their common stages, single-teacher recipes, the table."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compare_systems_shares_stages_and_adds_single_teacher_recipes(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "compare"
+    argv = ["compare_systems.py", "--config", str(ROOT / "configs" / "tiny.yaml"), "--seeds", "1",
+            "--modes", "contrastive", "--teachers", "bm25", "--output", str(out),
+            "--set", f"data.path={tiny_data}", "--set", f"model.retriever={tiny_bert}",
+            "--set", f"model.reranker={tiny_bert}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(ROOT / "scripts" / "compare_systems.py"), run_name="__main__")
+
+    first = json.loads((out / "seed1" / "contrastive" / "stages.json").read_text())
+    single = json.loads((out / "seed1" / "only-bm25" / "stages.json").read_text())
+    # the warm-up was copied, not redone: the same record (its time included), paths moved to the new run
+    assert single["warmup"]["seconds"] == first["warmup"]["seconds"]
+    assert single["warmup"]["retriever"].startswith(str(out / "seed1" / "only-bm25"))
+    assert single["teachers-1"]["weights"] == {"bm25": 1.0} and single["teachers-1"]["mode"] == "joint"
+    assert "teachers-1" not in first
+
+    table = (out / "table.md").read_text()
+    assert "--teachers bm25" in table.splitlines()[0]
+    assert "| retriever: distilled from bm25 alone (kept without the dev check) (n=1) |" in table
+    assert "| retriever: contrastive only (labels, in-batch + mined negatives) (n=1) |" in table
+    raw = json.loads((out / "raw.json").read_text())
+    assert raw["teachers"]["seed1"][0]["recipe"] == "only-bm25"
