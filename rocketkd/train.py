@@ -231,10 +231,13 @@ def _check_on_dev(cfg: Config, data, student, scorers: dict, weights: dict, temp
                   out: Path):
     """Measure the configured ensemble on the start retriever's dev candidates (:func:`check_ensemble`).
 
-    Main process only (the index is built in this process alone). Writes ``teacher_check.json`` beside the lists.
+    Main process only (the index is built in this process alone). Writes ``teacher_check.json`` beside the lists,
+    and with ``train.eval_dev`` the start retriever's dev nDCG@10 (``dev_start.json``, read by :func:`_dev_start`):
+    the same search answers both, so the corpus is encoded once, not twice, before training.
     """
     from .index import DenseIndex, search_run
     from .io import write_json
+    from .metrics import evaluate_run
     from .teachers import candidates_from_run, check_ensemble, scores_on_candidates
 
     split = cfg.data.dev_split
@@ -249,6 +252,10 @@ def _check_on_dev(cfg: Config, data, student, scorers: dict, weights: dict, temp
         combine=cfg.train.teacher_combine, normalize_how=hows, temperatures=temperatures,
     )
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.train.eval_dev and not (out / "dev_start.json").exists():
+        start = float(evaluate_run(run, data.qrels[split], ["nDCG@10"]).mean["nDCG@10"])
+        logger.info("retriever dev nDCG@10 at the start: %.4f", start)
+        write_json(out / "dev_start.json", {"start": start})
     write_json(out / "teacher_check.json", {
         "split": split, "queries": len(dev), "depth": cfg.eval.rerank_depth,
         "min_gain": cfg.pipeline.teacher_min_gain, "student_ndcg@10": choice.student_ndcg,

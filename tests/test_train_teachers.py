@@ -120,6 +120,25 @@ def test_train_reports_dev_ndcg_before_and_after(tiny_bert, tiny_data, tmp_path)
     assert all(cl.teacher_scores is not None for cl in lists)
 
 
+def test_teacher_check_and_dev_start_share_one_corpus_encoding(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    import rocketkd.index as index_mod
+
+    builds = []
+    real = index_mod.DenseIndex.build.__func__
+    monkeypatch.setattr(index_mod.DenseIndex, "build", classmethod(lambda cls, *a, **k: builds.append(1) or real(cls, *a, **k)))
+    cfg = tiny_cfg(tiny_bert, tiny_data, tmp_path / "run", "candidates.source=mined", "train.teachers=bm25:1",
+                   "train.online_teacher_weight=0", "pipeline.teacher_min_gain=0", "train.max_steps=1")
+    result = train(cfg)
+    assert len(builds) == 2  # the dev check (which also gives the start value) and the end; not a third
+    check = json.loads((tmp_path / "run" / "teacher_check.json").read_text())
+    data = load_retrieval_data(tiny_data)
+    base = DualEncoder.from_pretrained(str(tiny_bert), similarity="dot")
+    monkeypatch.undo()
+    run = search_run(DenseIndex.build(base, data.corpus, show_progress=False), data.split_queries("dev"), 10)
+    assert result.dev["start"] == pytest.approx(evaluate_run(run, data.qrels["dev"], ["nDCG@10"]).mean["nDCG@10"])
+    assert check["student_ndcg@10"] > 0
+
+
 def test_eval_dev_off_and_missing_dev_split(tiny_bert, tiny_data, tmp_path):
     cfg = tiny_cfg(tiny_bert, tiny_data, tmp_path / "a", "train.eval_dev=false", "train.max_steps=1")
     assert train(cfg).dev == {}
