@@ -180,7 +180,11 @@ class PipelineConfig:
         "auto mode: a teacher (or ensemble) not better than the student on dev gets weight 0 (false: keep the fitted "
         "weights and distil anyway, e.g. to measure what a single teacher does to the retriever)",
     )
-    systems: list = _f(["bm25", "base", "retriever", "reranked"], "systems evaluated on the test split")
+    systems: list = _f(
+        ["bm25", "base", "retriever", "reranked", "hybrid"],
+        "systems evaluated on the test split: bm25, base (zero-shot encoder), retriever, reranked (retriever + "
+        "re-ranker, fused), hybrid (the retriever's top-k re-scored by retriever + re-ranker + BM25, weights on dev)",
+    )
     plot: bool = _f(True, "write recall@k and loss curves as PNG next to results.json")
 
 
@@ -337,6 +341,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 _NO_MEANS_NO = ("mixed_precision", "autocast")  # string keys whose value may be "no"
 OFFLINE_TEACHERS = ("bm25", "base", "reranker", "random")
 PIPELINE_TEACHERS = ("reranker", "bm25", "base", "random")  # pipeline.teacher_members (auto mode)
+PIPELINE_SYSTEMS = ("bm25", "base", "retriever", "reranked", "hybrid")
 
 _CHOICES = {
     "train.mode": ("joint", "warmup", "contrastive", "static"),
@@ -358,6 +363,10 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError(f"config key {dotted!r}: {value!r} is not one of {', '.join(choices)}")
     if cfg.train.mode == "static" and cfg.train.teacher == "online":
         raise ConfigError("config key 'train.teacher': static mode needs a frozen 'reranker' or 'stored' scores, not 'online'")
+    for name in cfg.pipeline.systems:
+        if name not in PIPELINE_SYSTEMS:
+            raise ConfigError(f"config key 'pipeline.systems': unknown system {name!r} "
+                              f"(known: {', '.join(PIPELINE_SYSTEMS)})")
     members = cfg.pipeline.teacher_members
     if not members:
         raise ConfigError("config key 'pipeline.teacher_members': name at least one teacher")

@@ -210,6 +210,8 @@ def run_pipeline(cfg: Config) -> dict:
         j = stages.run(f"train-{r}", joint)
         retriever, reranker = j["retriever"], j["reranker"]
     stages.run("final", _stage_final, cfg, data, out, retriever, reranker)
+    if "hybrid" in p.systems:
+        stages.run("hybrid", _stage_hybrid, cfg, data, out, stages.done["final"]["reranker"])
     results = _write_results(cfg, data, out, stages)
     return results
 
@@ -235,6 +237,7 @@ def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str) ->
         run = search_run(index, queries, cfg.eval.k)
         write_trec_run(_run_path(out, "retriever", split), run)
         reranked[split] = rerank_run(ranker, run, queries, data.corpus, depth=cfg.eval.rerank_depth)
+        write_trec_run(_run_path(out, "reranker-raw", split), reranked[split])  # for the hybrid stage
     weight = 1.0
     if cfg.eval.fuse_rerank:
         weight, _ = choose_fusion_weight(read_trec_run(_run_path(out, "retriever", dev)), reranked[dev], data.qrels[dev])
@@ -242,6 +245,45 @@ def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str) ->
         first = read_trec_run(_run_path(out, "retriever", split))
         write_trec_run(_run_path(out, "reranked", split), _keep_tail(fuse_runs(first, reranked[split], weight), first))
     return {"index": str(out / "index"), "retriever": retriever, "reranker": reranker, "fusion_weight": weight}
+
+
+def _stage_hybrid(cfg: Config, data, out: Path, reranker: str) -> dict:
+    """The retriever's top ``eval.rerank_depth`` re-scored by three specialists -- the retriever itself, the
+    re-ranker and BM25 -- fused per query (:func:`rocketkd.rerank.fuse_many`), weights fitted on dev.
+
+    On small data the lexical specialist is what a learned re-ranker is not (issue 11: a fused zero-shot bi-encoder
+    and BM25 beat a trained MiniLM cross-encoder on cranfield); ``reranked`` keeps the two-stage system alone.
+    """
+    from .data.formats import read_trec_run, write_trec_run
+    from .models import CrossEncoderRanker
+    from .rerank import choose_fusion_weights, fuse_many, rerank_run
+    from .teachers import BM25Scorer, candidates_from_run, scores_on_candidates
+
+    dev, test = cfg.data.dev_split, cfg.data.test_split
+    bm25 = BM25Scorer(data.corpus)
+    ranker = None
+    parts: dict[str, list] = {}
+    for split in (dev, test):
+        queries = data.split_queries(split)
+        first = read_trec_run(_run_path(out, "retriever", split))
+        raw_path = _run_path(out, "reranker-raw", split)
+        if raw_path.exists():
+            raw = read_trec_run(raw_path)
+        else:  # a run finished before the final stage kept the re-ranker's own scores
+            ranker = ranker or CrossEncoderRanker.from_pretrained(reranker, max_length=cfg.model.reranker_max_length)
+            raw = rerank_run(ranker, first, queries, data.corpus, depth=cfg.eval.rerank_depth)
+            write_trec_run(raw_path, raw)
+        candidates = candidates_from_run(first, cfg.eval.rerank_depth)
+        lexical = scores_on_candidates(bm25, candidates, queries, data.corpus)
+        head = {q: {p: first[q][p] for p in pids} for q, pids in candidates.items()}
+        parts[split] = [head, raw, lexical, first]
+    weights, dev_value = choose_fusion_weights(parts[dev][:3], data.qrels[dev])
+    for split in (dev, test):
+        head, raw, lexical, first = parts[split]
+        write_trec_run(_run_path(out, "hybrid", split), _keep_tail(fuse_many([head, raw, lexical], weights), first))
+    named = dict(zip(("retriever", "reranker", "bm25"), weights))
+    logger.info("hybrid re-ranking weights (fitted on %s, nDCG@10 %.4f): %s", dev, dev_value, named)
+    return {"weights": named, "dev_ndcg@10": dev_value}
 
 
 def _keep_tail(head: dict, first: dict) -> dict:
@@ -282,6 +324,7 @@ def _write_results(cfg: Config, data, out: Path, stages: StageLog) -> dict:
         "systems": systems,
         "teachers": teachers,
         "fusion_weight": stages.done.get("final", {}).get("fusion_weight"),
+        "hybrid_weights": stages.done.get("hybrid", {}).get("weights"),
         "stages": {k: v.get("seconds") for k, v in stages.done.items()},
     }
     write_json(out / "results.json", results)

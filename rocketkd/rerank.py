@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from rocketkd.models import CrossEncoderRanker
     from rocketkd.types import Qrels, Run
 
-__all__ = ["DEFAULT_FUSION_GRID", "choose_fusion_weight", "fuse_runs", "rerank_run"]
+__all__ = ["DEFAULT_FUSION_GRID", "choose_fusion_weight", "choose_fusion_weights", "fuse_many", "fuse_runs", "rerank_run"]
 
 DEFAULT_FUSION_GRID: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(11))
 _PAIRS_PER_CALL = 8_192  # (query, passage) pairs handed to the cross-encoder at once (bounded text memory)
@@ -133,26 +133,42 @@ def fuse_runs(first: Run, second: Run, weight: float) -> Run:
     weight = float(weight)
     if not 0.0 <= weight <= 1.0 or math.isnan(weight):
         raise ValueError(f"fusion weight must be in [0, 1], got {weight}")
+    return fuse_many([first, second], [1.0 - weight, weight])
+
+
+def fuse_many(runs: Sequence[Run], weights: Sequence[float]) -> Run:
+    """``sum_i weights[i] * z(runs[i])`` per query, over the passages every run scored (the hybrid re-ranker:
+    retriever, cross-encoder and BM25 as one list's specialists).
+
+    Each run is z-normalised per query as in :func:`fuse_runs` (which is this with two runs). A run of weight 0
+    still limits the passages to those it scored. A query with no passage shared by all runs keeps, z-normalised,
+    the run of largest weight among those that have passages for it (ties: the later run). Weights must be
+    finite and >= 0; they are used as given (not renormalised).
+    """
+    if len(runs) != len(weights) or not runs:
+        raise ValueError(f"fuse_many needs one weight per run, got {len(runs)} runs and {len(weights)} weights")
+    ws = [float(w) for w in weights]
+    if any(not math.isfinite(w) or w < 0 for w in ws):
+        raise ValueError(f"fusion weights must be finite and >= 0, got {ws}")
     fused: Run = {}
-    for qid in dict.fromkeys([*first, *second]):
-        a = first.get(qid) or {}
-        b = second.get(qid) or {}
-        shared = [pid for pid in b if pid in a]
+    for qid in dict.fromkeys(q for run in runs for q in run):
+        per = [run.get(qid) or {} for run in runs]
+        shared = [pid for pid in per[-1] if all(pid in r for r in per[:-1])]
         if not shared:
-            alone = b if (weight >= 0.5 and b) or not a else a
+            have = [i for i, r in enumerate(per) if r]
+            alone = per[max(have, key=lambda i: (ws[i], i))] if have else {}
             pids = list(alone)
             z = _zscore(np.array([alone[p] for p in pids], dtype=np.float64))
             fused[qid] = dict(zip(pids, z.tolist()))
             continue
-        za = _zscore(np.array([a[p] for p in shared], dtype=np.float64))
-        zb = _zscore(np.array([b[p] for p in shared], dtype=np.float64))
-        if weight == 1.0:
-            mix = zb
-        elif weight == 0.0:
-            mix = za
-        else:
-            mix = weight * zb + (1.0 - weight) * za
-        fused[qid] = dict(zip(shared, mix.tolist()))
+        mix = None
+        for r, w in zip(per, ws):
+            if w == 0.0:
+                continue
+            z = _zscore(np.array([r[p] for p in shared], dtype=np.float64))
+            term = z if w == 1.0 else w * z
+            mix = term if mix is None else mix + term
+        fused[qid] = dict(zip(shared, (mix if mix is not None else np.zeros(len(shared))).tolist()))
     return fused
 
 
@@ -183,3 +199,32 @@ def choose_fusion_weight(
             best = w
     assert best is not None
     return best, scores
+
+
+def choose_fusion_weights(
+    runs: Sequence[Run],
+    qrels: Qrels,
+    *,
+    grid_step: float = 0.1,
+    metric: str = "nDCG@10",
+) -> tuple[tuple[float, ...], float]:
+    """The weights on the simplex (multiples of ``grid_step``) whose :func:`fuse_many` of ``runs`` has the best
+    mean ``metric`` on ``qrels`` (held-out queries), and that value.
+
+    Ties go to the earlier runs: among equal scores, the point that is lexicographically largest (most weight on
+    ``runs[0]``, then ``runs[1]``, ...), so list the cheaper or trusted stage first. Only the queries of ``qrels``
+    are fused and scored.
+    """
+    from rocketkd.teachers import _weight_grid
+
+    parse_metric(metric)
+    if not runs:
+        raise ValueError("choose_fusion_weights needs at least one run")
+    only = [{q: run[q] for q in qrels if q in run} for run in runs]
+    best: tuple[float, tuple[float, ...]] | None = None
+    for w in sorted(_weight_grid(len(runs), grid_step), reverse=True):  # lexicographically largest first
+        value = evaluate_run(fuse_many(only, w), qrels, [metric]).mean[metric]
+        if best is None or value > best[0] + 1e-12:
+            best = (value, w)
+    assert best is not None
+    return best[1], best[0]

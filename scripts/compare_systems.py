@@ -73,6 +73,8 @@ def main() -> None:
                 rows.setdefault("base MiniLM (zero-shot)", []).append(res["base"])
             rows.setdefault(f"retriever: {label}", []).append(res["retriever"])
             rows.setdefault(f"retriever + re-ranker: {label}", []).append(res["reranked"])
+            if "hybrid" in res:
+                rows.setdefault(f"hybrid (retriever + re-ranker + BM25): {label}", []).append(res["hybrid"])
             if result.get("teachers"):
                 teachers.setdefault(f"seed{seed}", []).append({"recipe": mode, **result["teachers"]})
             _write(args, rows, teachers)  # after every recipe: a long run that stops still leaves its table

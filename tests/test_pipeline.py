@@ -19,7 +19,7 @@ def test_pipeline_end_to_end_and_resume(tiny_bert, tiny_data, tmp_path, monkeypa
         f"data.path={tiny_data}", f"model.retriever={tiny_bert}", f"model.reranker={tiny_bert}", f"output_dir={out}",
     ])
     results = run_pipeline(cfg)
-    assert set(results["systems"]) == {"bm25", "base", "retriever", "reranked"}
+    assert set(results["systems"]) == {"bm25", "base", "retriever", "reranked", "hybrid"}
     for metrics in results["systems"].values():
         assert set(metrics) == set(REPORT_METRICS)
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
@@ -29,7 +29,8 @@ def test_pipeline_end_to_end_and_resume(tiny_bert, tiny_data, tmp_path, monkeypa
     assert (out / "curves.png").stat().st_size > 1000
     assert (out / "index" / "index.faiss").exists() and (out / "runs" / "reranked.test.trec").exists()
     stages = json.loads((out / "stages.json").read_text())
-    assert list(stages) == ["baselines", "mine-0", "warmup", "mine-1", "teachers-1", "train-1", "final"]
+    assert list(stages) == ["baselines", "mine-0", "warmup", "mine-1", "teachers-1", "train-1", "final", "hybrid"]
+    assert sum(stages["hybrid"]["weights"].values()) == pytest.approx(1.0)
     # the offline teachers' sharpness is the warmed-up student's spread on the lists round 1 trains on
     from rocketkd.data.formats import load_retrieval_data, read_candidates
     from rocketkd.teachers import RetrieverScorer
@@ -42,8 +43,8 @@ def test_pipeline_end_to_end_and_resume(tiny_bert, tiny_data, tmp_path, monkeypa
     assert stages["teachers-1"]["teacher_scale"] == pytest.approx(student_spread(student, cfg.model.score_scale),
                                                                   rel=1e-4)
 
-    # An interruption after train-1: rerunning must redo only the final stage.
-    del stages["final"]
+    # An interruption after train-1: rerunning must redo only the final stages.
+    del stages["final"], stages["hybrid"]
     (out / "stages.json").write_text(json.dumps(stages))
     import rocketkd.train as train_mod
 

@@ -14,7 +14,14 @@ from rocketkd.evaluate import evaluate_system, retrieve
 from rocketkd.index import DenseIndex
 from rocketkd.metrics import rank_scores
 from rocketkd.models import CrossEncoderRanker, DualEncoder
-from rocketkd.rerank import DEFAULT_FUSION_GRID, choose_fusion_weight, fuse_runs, rerank_run
+from rocketkd.rerank import (
+    DEFAULT_FUSION_GRID,
+    choose_fusion_weight,
+    choose_fusion_weights,
+    fuse_many,
+    fuse_runs,
+    rerank_run,
+)
 
 
 class KeywordRanker:
@@ -115,6 +122,46 @@ def test_choose_fusion_weight_prefers_the_better_run_and_the_smaller_weight_on_t
     assert choose_fusion_weight(first, first, qrels)[0] == 0.0
     # the first stage better: weight 0
     assert choose_fusion_weight(second, first, qrels)[0] == 0.0
+
+
+def test_fuse_many_by_hand_and_as_fuse_runs():
+    # z-scores over the passages all three runs scored (a, b, c; "x" only in the first): r = sqrt(3/2)
+    first = {"q": {"a": 3.0, "b": 2.0, "c": 1.0, "x": 50.0}}  # z = (+r, 0, -r)
+    second = {"q": {"a": 0.0, "b": 10.0, "c": 5.0}}  # z = (-r, +r, 0)
+    third = {"q": {"a": 4.0, "b": 4.0, "c": 7.0}}  # mean 5, std sqrt(2): z = (-1/sqrt2, -1/sqrt2, +sqrt2)
+    r, h = math.sqrt(1.5), 1 / math.sqrt(2)
+    fused = fuse_many([first, second, third], [0.5, 0.3, 0.2])["q"]
+    assert set(fused) == {"a", "b", "c"}
+    assert fused["a"] == pytest.approx(0.5 * r - 0.3 * r - 0.2 * h)
+    assert fused["b"] == pytest.approx(0.3 * r - 0.2 * h)
+    assert fused["c"] == pytest.approx(-0.5 * r + 0.2 * 2 * h)
+    # two runs: exactly fuse_runs
+    for w in (0.0, 0.3, 1.0):
+        assert fuse_many([first, second], [1 - w, w]) == fuse_runs(first, second, w)
+    # no passage shared by all: the heaviest run that has any (ties: the later one)
+    assert set(fuse_many([first, {"q": {"y": 1.0}}, third], [0.2, 0.5, 0.3])["q"]) == {"y"}
+    assert set(fuse_many([first, {"q": {"y": 1.0}}, third], [0.2, 0.3, 0.5])["q"]) == {"a", "b", "c"}
+    with pytest.raises(ValueError, match="one weight per run"):
+        fuse_many([first, second], [1.0])
+    with pytest.raises(ValueError, match=">= 0"):
+        fuse_many([first, second], [1.5, -0.5])
+
+
+def test_choose_fusion_weights_finds_the_specialist_mix_and_breaks_ties_toward_the_first_run():
+    # q1's relevant passage is found only by the second run, q2's only by the third: no single run gets both first
+    first = {"q1": {"p": 0.0, "n": 1.0, "m": 2.0}, "q2": {"p": 0.0, "n": 1.0, "m": 2.0}}
+    # each specialist puts p far ahead where it knows, and second (of three, mildly) where it does not
+    second = {"q1": {"p": 9.0, "n": 0.0, "m": 0.0}, "q2": {"p": 1.0, "n": 2.0, "m": 0.0}}
+    third = {"q1": {"p": 1.0, "n": 2.0, "m": 0.0}, "q2": {"p": 9.0, "n": 0.0, "m": 0.0}}
+    qrels = {"q1": {"p": 1}, "q2": {"p": 1}}
+    weights, value = choose_fusion_weights([first, second, third], qrels, metric="MRR@10")
+    assert value == 1.0 and sum(weights) == pytest.approx(1.0)
+    assert weights[1] > 0 and weights[2] > 0
+    # either specialist alone gets one query right (MRR 1 + 1/2)
+    assert choose_fusion_weights([second], qrels, metric="MRR@10") == ((1.0,), 0.75)
+    assert choose_fusion_weights([third], qrels, metric="MRR@10") == ((1.0,), 0.75)
+    # every run the same: all weight on the first
+    assert choose_fusion_weights([first, first, first], qrels)[0] == (1.0, 0.0, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
