@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="retrieve (and re-rank) into a TREC run file", description=(
         "Encode queries with the index's encoder, take the top --k, optionally re-rank with a cross-encoder "
-        "(fused with the first-stage score by --fusion-weight), and write a TREC run file. "
+        "(fused with the first-stage score by --fusion-weight; BM25 joins with --bm25-weight), and write a TREC "
+        "run file. "
         "With --query, print the hits for one typed query instead."))
     p.add_argument("--index", required=True, type=Path, help="index folder from `rocketkd index`")
     p.add_argument("--queries", help="queries.jsonl / queries.tsv (or a dataset folder with --split)")
@@ -86,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank", help="re-ranker folder: re-score the top-k")
     p.add_argument("--fusion-weight", type=float, default=1.0,
                    help="weight of the re-ranker in the per-query z-scored fusion (1 = re-ranker alone)")
+    p.add_argument("--bm25-weight", type=float, default=0.0,
+                   help="weight of BM25 re-scoring the top --k in the same fusion (0 = off); the retriever keeps "
+                        "1 - fusion weight - this: the pipeline's hybrid system (results.json: hybrid_weights). "
+                        "Builds a BM25 index of the corpus at start")
     p.add_argument("--corpus", help="corpus for the texts to re-rank or print (default: from the index metadata)")
 
     p = sub.add_parser("evaluate", help="metrics of a run file", description=(

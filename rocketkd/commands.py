@@ -102,6 +102,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     # Under torchrun / accelerate launch every process encodes and searches its share of the queries; the main
     # process merges the run (in query order), re-ranks and writes it; the others wait for it, then exit.
     init_if_launched()
+    bm25_weight = float(args.bm25_weight)
+    rerank_weight = float(args.fusion_weight) if args.rerank else 0.0
+    if not (0.0 <= bm25_weight <= 1.0 and 0.0 <= rerank_weight <= 1.0):
+        raise ConfigError(f"--bm25-weight and --fusion-weight must lie in [0, 1], got {bm25_weight} and "
+                          f"{args.fusion_weight}")
+    if bm25_weight > 0 and rerank_weight + bm25_weight > 1.0 + 1e-9:
+        raise ConfigError(f"--fusion-weight {rerank_weight} + --bm25-weight {bm25_weight} exceed 1: the retriever's "
+                          "share is what is left of 1")
     if args.query is None and args.queries is None:
         raise ConfigError("give --queries FILE (with --output) or --query TEXT")
     if args.query is None and args.output is None:
@@ -116,16 +124,27 @@ def cmd_search(args: argparse.Namespace) -> int:
         barrier()
         return 0
     corpus = None
-    if args.rerank or args.query is not None:
+    if args.rerank or bm25_weight > 0 or args.query is not None:
         corpus_path = args.corpus or index.meta.get("corpus_path")
         if not corpus_path:
             raise ConfigError("re-ranking and printing hits need the passage texts: pass --corpus")
         corpus = _corpus_from(corpus_path)
+    reranked = None
     if args.rerank:
         from .models import CrossEncoderRanker
         from .rerank import fuse_runs, rerank_run
 
         reranked = rerank_run(CrossEncoderRanker.from_pretrained(args.rerank), run, queries, corpus, depth=args.k)
+    if bm25_weight > 0:  # the pipeline's hybrid system: BM25 re-scores the retrieved passages as a third specialist
+        from .rerank import fuse_many
+        from .teachers import BM25Scorer, candidates_from_run, scores_on_candidates
+
+        lexical = scores_on_candidates(BM25Scorer(corpus), candidates_from_run(run, args.k), queries, corpus)
+        parts = [run, *([reranked] if reranked is not None else []), lexical]
+        weights = [max(0.0, 1.0 - rerank_weight - bm25_weight), *([rerank_weight] if reranked is not None else []),
+                   bm25_weight]
+        run = fuse_many(parts, weights)
+    elif reranked is not None:
         run = fuse_runs(run, reranked, args.fusion_weight) if args.fusion_weight < 1 else reranked
     if args.query is not None:
         hits = sorted(run["query"].items(), key=lambda kv: -kv[1])

@@ -413,6 +413,31 @@ def test_search_unknown_split(capsys, index_folder, tiny_data, tmp_path):
     assert_no_output(out)
 
 
+def test_search_bm25_weight_rescores_the_top_k_and_rejects_weights_over_one(capsys, index_folder, tiny_data,
+                                                                          tmp_path):
+    from rocketkd.data.formats import Corpus, read_trec_run
+    from rocketkd.metrics import rank_scores
+    from rocketkd.teachers import BM25Scorer, candidates_from_run, scores_on_candidates
+
+    dense, lexical = tmp_path / "dense.run", tmp_path / "lexical.run"
+    base = ["search", "--index", index_folder, "--queries", tiny_data, "--split", "test", "--k", 10]
+    assert cli(capsys, *base, "--output", dense)[0] == 0
+    assert cli(capsys, *base, "--output", lexical, "--bm25-weight", 1)[0] == 0
+    first, fused = read_trec_run(dense), read_trec_run(lexical)
+    corpus = Corpus.from_beir(tiny_data / "corpus.jsonl")
+    from rocketkd.data.formats import load_retrieval_data
+
+    queries = load_retrieval_data(tiny_data).split_queries("test")
+    bm25 = scores_on_candidates(BM25Scorer(corpus), candidates_from_run(first, 10), queries, corpus)
+    for qid in first:  # the same ten passages, in BM25's order (weight 1: BM25 alone re-scores them)
+        assert set(fused[qid]) == set(first[qid])
+        assert [bm25[qid][p] for p in rank_scores(fused[qid], qid)] == sorted(bm25[qid].values(), reverse=True)
+    out = tmp_path / "bad.run"
+    result = cli(capsys, *base, "--output", out, "--rerank", index_folder, "--fusion-weight", 0.6, "--bm25-weight", 0.6)
+    assert_one_error(result, "search", "--bm25-weight 0.6", "exceed 1")
+    assert_no_output(out)
+
+
 def _write_run(path: Path) -> None:
     from rocketkd.data.formats import load_qrels, write_trec_run
 
@@ -473,7 +498,8 @@ HELP_MENTIONS = {
     "train": ["--config", "--set", "--output", "--resume"],
     "mine": ["--config", "--set", "--output", "--retriever", "--reranker"],
     "index": ["--model", "--corpus", "--output", "--factory", "--batch-size"],
-    "search": ["--index", "--queries", "--split", "--query", "--output", "--k", "--rerank", "--fusion-weight"],
+    "search": ["--index", "--queries", "--split", "--query", "--output", "--k", "--rerank", "--fusion-weight",
+               "--bm25-weight"],
     "evaluate": ["--run", "--qrels", "--metrics", "--json"],
     "pipeline": ["--config", "--set", "--output"],
     "config": ["usage: rocketkd config"],
