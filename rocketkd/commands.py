@@ -136,10 +136,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
         reranked = rerank_run(CrossEncoderRanker.from_pretrained(args.rerank), run, queries, corpus, depth=args.k)
     if bm25_weight > 0:  # the pipeline's hybrid system: BM25 re-scores the retrieved passages as a third specialist
-        from .rerank import fuse_many
-        from .teachers import BM25Scorer, candidates_from_run, scores_on_candidates
+        from .rerank import bm25_run, fuse_many
 
-        lexical = scores_on_candidates(BM25Scorer(corpus), candidates_from_run(run, args.k), queries, corpus)
+        lexical = bm25_run(run, queries, corpus, depth=args.k)
         parts = [run, *([reranked] if reranked is not None else []), lexical]
         weights = [max(0.0, 1.0 - rerank_weight - bm25_weight), *([rerank_weight] if reranked is not None else []),
                    bm25_weight]

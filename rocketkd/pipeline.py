@@ -256,8 +256,8 @@ def _stage_hybrid(cfg: Config, data, out: Path, reranker: str) -> dict:
     """
     from .data.formats import read_trec_run, write_trec_run
     from .models import CrossEncoderRanker
-    from .rerank import choose_fusion_weights, fuse_many, rerank_run
-    from .teachers import BM25Scorer, candidates_from_run, scores_on_candidates
+    from .rerank import bm25_run, choose_fusion_weights, fuse_many, rerank_run
+    from .teachers import BM25Scorer, candidates_from_run
 
     dev, test = cfg.data.dev_split, cfg.data.test_split
     bm25 = BM25Scorer(data.corpus)
@@ -273,9 +273,9 @@ def _stage_hybrid(cfg: Config, data, out: Path, reranker: str) -> dict:
             ranker = ranker or CrossEncoderRanker.from_pretrained(reranker, max_length=cfg.model.reranker_max_length)
             raw = rerank_run(ranker, first, queries, data.corpus, depth=cfg.eval.rerank_depth)
             write_trec_run(raw_path, raw)
-        candidates = candidates_from_run(first, cfg.eval.rerank_depth)
-        lexical = scores_on_candidates(bm25, candidates, queries, data.corpus)
-        head = {q: {p: first[q][p] for p in pids} for q, pids in candidates.items()}
+        lexical = bm25_run(first, queries, data.corpus, depth=cfg.eval.rerank_depth, bm25=bm25)
+        head = {q: {p: first[q][p] for p in pids}
+                for q, pids in candidates_from_run(first, cfg.eval.rerank_depth).items()}
         parts[split] = [head, raw, lexical, first]
     weights, dev_value = choose_fusion_weights(parts[dev][:3], data.qrels[dev])
     for split in (dev, test):

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from rocketkd.models import CrossEncoderRanker
     from rocketkd.types import Qrels, Run
 
-__all__ = ["DEFAULT_FUSION_GRID", "choose_fusion_weight", "choose_fusion_weights", "fuse_many", "fuse_runs", "rerank_run"]
+__all__ = ["DEFAULT_FUSION_GRID", "choose_fusion_weight", "choose_fusion_weights", "bm25_run", "fuse_many", "fuse_runs", "rerank_run"]
 
 DEFAULT_FUSION_GRID: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(11))
 _PAIRS_PER_CALL = 8_192  # (query, passage) pairs handed to the cross-encoder at once (bounded text memory)
@@ -215,16 +215,25 @@ def choose_fusion_weights(
     ``runs[0]``, then ``runs[1]``, ...), so list the cheaper or trusted stage first. Only the queries of ``qrels``
     are fused and scored.
     """
-    from rocketkd.teachers import _weight_grid
+    from rocketkd.teachers import weight_grid
 
     parse_metric(metric)
     if not runs:
         raise ValueError("choose_fusion_weights needs at least one run")
     only = [{q: run[q] for q in qrels if q in run} for run in runs]
     best: tuple[float, tuple[float, ...]] | None = None
-    for w in sorted(_weight_grid(len(runs), grid_step), reverse=True):  # lexicographically largest first
+    for w in sorted(weight_grid(len(runs), grid_step), reverse=True):  # lexicographically largest first
         value = evaluate_run(fuse_many(only, w), qrels, [metric]).mean[metric]
         if best is None or value > best[0] + 1e-12:
             best = (value, w)
     assert best is not None
     return best[1], best[0]
+
+
+def bm25_run(run: Run, queries: Mapping[str, str], corpus: Corpus, *, depth: int, bm25=None) -> Run:
+    """BM25's score of each query's top ``depth`` passages of ``run`` (the lexical specialist of the hybrid
+    fusion). ``bm25``: a :class:`rocketkd.teachers.BM25Scorer` to reuse; built from ``corpus`` when omitted."""
+    from rocketkd.teachers import BM25Scorer, candidates_from_run, scores_on_candidates
+
+    scorer = bm25 if bm25 is not None else BM25Scorer(corpus)
+    return scores_on_candidates(scorer, candidates_from_run(run, depth), queries, corpus)

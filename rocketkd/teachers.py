@@ -541,7 +541,7 @@ class EnsembleChoice:
         raise KeyError(f"no report named {name!r}")
 
 
-def _weight_grid(count: int, step: float) -> list[tuple[float, ...]]:
+def weight_grid(count: int, step: float) -> list[tuple[float, ...]]:
     """Every weight vector on the simplex with entries in multiples of ``step`` (compositions of 1/step)."""
     n = round(1.0 / step)
     if not (0 < step <= 1) or abs(n * step - 1.0) > 1e-9:
@@ -633,7 +633,7 @@ def check_teachers(
         raise ValueError(f"min_gain must be >= 0, got {min_gain}")
     hows = [normalize_how if isinstance(normalize_how, str) else normalize_how.get(n, "zscore") for n in names]
     temps = [float((temperatures or {}).get(n, 1.0)) for n in names]
-    grid = _weight_grid(len(names), grid_step)
+    grid = weight_grid(len(names), grid_step)
 
     qids, held_out = _held_out(candidates, qrels)
 
