@@ -43,7 +43,7 @@ def main() -> None:
     from rocketkd.data.formats import load_retrieval_data
     from rocketkd.evaluate import retrieve
     from rocketkd.metrics import evaluate_run
-    from rocketkd.models import CrossEncoderRanker
+    from rocketkd.models import CrossEncoderRanker, resolve_model_path
     from rocketkd.rerank import choose_fusion_weight, fuse_runs, rerank_run
     from rocketkd.train import train
 
@@ -52,7 +52,8 @@ def main() -> None:
     data = load_retrieval_data(base_cfg.data.path, cache_dir=base_cfg.data.cache_dir)
     splits = (base_cfg.data.dev_split, base_cfg.data.test_split)
     depth = base_cfg.eval.rerank_depth
-    first = {s: retrieve(base_cfg.model.retriever, data, s, k=depth) for s in splits}
+    encoder = resolve_model_path(base_cfg.model.retriever)  # empty = the packaged MiniLM
+    first = {s: retrieve(encoder, data, s, k=depth) for s in splits}
 
     def ndcg(run, split):
         return float(evaluate_run(run, data.qrels[split], ["nDCG@10"]).mean["nDCG@10"])
