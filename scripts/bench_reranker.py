@@ -43,16 +43,16 @@ def main() -> None:
     from rocketkd.data.formats import load_retrieval_data
     from rocketkd.evaluate import retrieve
     from rocketkd.metrics import evaluate_run
-    from rocketkd.models import CrossEncoderRanker, resolve_model_path
+    from rocketkd.models import CrossEncoderRanker
     from rocketkd.rerank import choose_fusion_weight, fuse_runs, rerank_run
-    from rocketkd.train import train
+    from rocketkd.train import load_retriever, train
 
     settings = [_parse(s) for s in (args.settings or DEFAULT_SETTINGS)]
     base_cfg = load_config(args.config, args.overrides)
     data = load_retrieval_data(base_cfg.data.path, cache_dir=base_cfg.data.cache_dir)
     splits = (base_cfg.data.dev_split, base_cfg.data.test_split)
     depth = base_cfg.eval.rerank_depth
-    encoder = resolve_model_path(base_cfg.model.retriever)  # empty = the packaged MiniLM
+    encoder = load_retriever(base_cfg, base_cfg.model.retriever)  # as the pipeline reads it (lengths, pooling)
     first = {s: retrieve(encoder, data, s, k=depth) for s in splits}
 
     def ndcg(run, split):
