@@ -55,6 +55,12 @@ class CandidatesConfig:
         "lists built when no path is given: sampled (qrels positives + random corpus negatives) or mined "
         "(top mining.depth of mining.first_round, BM25 or the base encoder: hard negatives, as `rocketkd mine`)",
     )
+    mined_by: str | None = _f(
+        None,
+        "source=mined: who mines a lone `rocketkd train`'s lists, bm25 or base (the start encoder: the student's own "
+        "candidates, as RocketQAv2 mines with the retriever it trains); empty = mining.first_round. The pipeline "
+        "mines its own lists and ignores it",
+    )
     list_length: int = _f(8, "G: candidates per query in a training list (1 positive + G-1 negatives)")
     seed: int = _f(13, "seed for sampling negatives when lists are built without mining")
 
@@ -350,6 +356,7 @@ _CHOICES = {
     "candidates.source": ("sampled", "mined"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "mining.first_round": ("bm25", "base"),
+    "candidates.mined_by": ("bm25", "base", None),
     "index.autocast": ("auto", "bf16", "fp16", "no"),
     "pipeline.round_mode": ("auto", "joint", "static", "contrastive"),
 }
@@ -360,7 +367,7 @@ def validate_config(cfg: Config) -> None:
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
         if value not in choices:
-            raise ConfigError(f"config key {dotted!r}: {value!r} is not one of {', '.join(choices)}")
+            raise ConfigError(f"config key {dotted!r}: {value!r} is not one of {', '.join(str(c) for c in choices)}")
     if cfg.train.mode == "static" and cfg.train.teacher == "online":
         raise ConfigError("config key 'train.teacher': static mode needs a frozen 'reranker' or 'stored' scores, not 'online'")
     for name in cfg.pipeline.systems:

@@ -126,9 +126,13 @@ def build_lists(cfg: Config, data, output_dir: str | Path | None = None) -> list
 
         path = Path(output_dir or cfg.output_dir) / "candidates.jsonl"
         if not path.exists():
+            mcfg = cfg
+            if cfg.candidates.mined_by and cfg.candidates.mined_by != cfg.mining.first_round:
+                mcfg = copy.deepcopy(cfg)
+                mcfg.mining.first_round = cfg.candidates.mined_by
             logger.info("building candidate lists: top %d of %s per training query", cfg.mining.depth,
-                        cfg.mining.first_round)
-            mine(cfg, output=path, data=data)
+                        mcfg.mining.first_round)
+            mine(mcfg, output=path, data=data)
         _barrier()
         return read_candidates(path, corpus=data.corpus, queries=queries)
     qrels = data.qrels[split]

@@ -67,6 +67,23 @@ def test_mined_lists_hold_bm25_hard_negatives(tiny_bert, tiny_data, tmp_path):
         assert all(judged[cl.qid].get(p, 0) == 0 for p in cl.pids[1:])
 
 
+def test_mined_by_base_mines_a_lone_trains_lists_with_the_start_encoder(tiny_bert, tiny_data, tmp_path):
+    from rocketkd.mining import mine
+
+    data = load_retrieval_data(tiny_data)
+    extra = ("candidates.source=mined", "mining.sampled_negatives=0", "mining.denoise=false")
+    lists = build_lists(tiny_cfg(tiny_bert, tiny_data, tmp_path / "a", *extra, "candidates.mined_by=base"), data,
+                        tmp_path / "a")
+    dense_cfg = tiny_cfg(tiny_bert, tiny_data, tmp_path / "b", *extra, "mining.first_round=base")
+    mine(dense_cfg, output=tmp_path / "b.jsonl", data=data)
+    dense = read_candidates(tmp_path / "b.jsonl")
+    assert [(c.qid, c.pids) for c in lists] == [(c.qid, c.pids) for c in dense]
+    bm25 = build_lists(tiny_cfg(tiny_bert, tiny_data, tmp_path / "c", *extra), data, tmp_path / "c")
+    assert [c.pids for c in bm25] != [c.pids for c in lists]  # the default (mining.first_round=bm25) differs
+    with pytest.raises(ConfigError, match="candidates.mined_by"):
+        load_config(None, ["candidates.mined_by=colbert"])
+
+
 def test_single_offline_teacher_is_log_softmax_of_its_zscored_scores(tiny_bert, tiny_data, tmp_path):
     out = tmp_path / "run"
     cfg = tiny_cfg(tiny_bert, tiny_data, out, "train.teachers=bm25:1", "train.online_teacher_weight=0",
