@@ -134,7 +134,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         from .models import CrossEncoderRanker
         from .rerank import fuse_runs, rerank_run
 
-        reranked = rerank_run(CrossEncoderRanker.from_pretrained(args.rerank), run, queries, corpus, depth=args.k)
+        reranked = rerank_run(CrossEncoderRanker.from_pretrained(args.rerank).to(local_device()), run, queries, corpus, depth=args.k)
     if bm25_weight > 0:  # the pipeline's hybrid system: BM25 re-scores the retrieved passages as a third specialist
         from .rerank import bm25_run, fuse_many
 

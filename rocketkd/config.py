@@ -169,6 +169,12 @@ class PipelineConfig:
     rounds: int = _f(2, "mine -> train rounds after warm-up")
     warmup: bool = _f(True, "train both models on labels before distilling (a fresh head is a random teacher)")
     warmup_steps: int | None = _f(None, "warm-up optimizer steps (empty = train.epochs worth)")
+    warmup_retriever: bool = _f(
+        True,
+        "keep the warm-up's retriever (false: round 1 starts from model.retriever as given -- for a start that is "
+        "already a trained retriever, e.g. all-MiniLM-L6-v2, which a few label-only steps on small data can only "
+        "perturb; the re-ranker is still warmed up)",
+    )
     round_mode: str = _f(
         "auto",
         "how each round trains the retriever: auto (teachers checked on dev decide: joint with the best ensemble, or "

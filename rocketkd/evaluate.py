@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from rocketkd.distributed import local_device
 from rocketkd.index import DenseIndex, search_run
 from rocketkd.metrics import DEFAULT_METRICS, EvalResult, evaluate_run
 
@@ -43,7 +44,7 @@ def retrieve(
     if isinstance(model, (str, os.PathLike)):
         from rocketkd.models import DualEncoder
 
-        model = DualEncoder.from_pretrained(model)
+        model = DualEncoder.from_pretrained(model).to(local_device())
     if index is None:
         if model is None:
             raise ValueError("retrieve needs a model or an index")

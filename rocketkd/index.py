@@ -39,7 +39,7 @@ import faiss
 import numpy as np
 import torch
 
-from rocketkd.distributed import gather_objects, shard_rows, world
+from rocketkd.distributed import gather_objects, local_device, shard_rows, world
 from rocketkd.encode import encode_corpus, encode_queries
 from rocketkd.errors import DataFormatError, IndexError_
 from rocketkd.io import atomic_dir, atomic_write, read_json, write_json
@@ -303,7 +303,7 @@ class DenseIndex:
             from rocketkd.models import DualEncoder
 
             source = str(model)
-            model = DualEncoder.from_pretrained(model)
+            model = DualEncoder.from_pretrained(model).to(local_device())
         else:
             source = _encoder_source(model)
         emb = encode_corpus(

@@ -33,6 +33,7 @@ from .distributed import (
     gather_objects,
     gather_rows,
     is_main,
+    local_device,
     scatter_objects,
     shard_rows,
     world,
@@ -309,12 +310,6 @@ def _check_mining_config(m: Any) -> None:
         )
 
 
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _describe(model: Any) -> str:
     if isinstance(model, (str, Path)):
         return str(model)
@@ -344,7 +339,7 @@ def _first_stage(cfg: Config, data: Any, retriever: Any, show_progress: bool):
         path = resolve_model_path(retriever if retriever is not None else m.retriever)
         from .train import load_retriever
 
-        model = load_retriever(cfg, path).to(_device())
+        model = load_retriever(cfg, path)
         description = path
     else:
         description = _describe(retriever)
@@ -403,7 +398,7 @@ def _load_reranker(cfg: Config, reranker: Any) -> tuple[Any, str]:
     from .models import CrossEncoderRanker, resolve_model_path
 
     path = resolve_model_path(reranker)
-    model = CrossEncoderRanker.from_pretrained(path, max_length=cfg.model.reranker_max_length).to(_device())
+    model = CrossEncoderRanker.from_pretrained(path, max_length=cfg.model.reranker_max_length).to(local_device())
     return model, path
 
 

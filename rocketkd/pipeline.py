@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from .config import Config
+from .distributed import local_device
 from .io import atomic_write, read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def _stage_baselines(cfg: Config, data, out: Path) -> dict:
     splits = [cfg.data.dev_split, cfg.data.test_split]
     bm25 = BM25Retriever.build(data.corpus)
     base = DualEncoder.from_pretrained(resolve_model_path(cfg.model.retriever), query_max_length=cfg.model.query_max_length,
-                                       passage_max_length=cfg.model.passage_max_length)
+                                       passage_max_length=cfg.model.passage_max_length).to(local_device())
     index = DenseIndex.build(base, data.corpus, batch_size=cfg.index.batch_size, autocast=cfg.index.autocast)
     for split in splits:
         queries = data.split_queries(split)
@@ -188,7 +189,12 @@ def run_pipeline(cfg: Config) -> dict:
             return {"retriever": str(res.retriever_dir), "reranker": str(res.reranker_dir), "steps": res.steps}
 
         w = stages.run("warmup", warm)
-        retriever, reranker = w["retriever"], w["reranker"]
+        reranker = w["reranker"]
+        if p.warmup_retriever:
+            retriever = w["retriever"]
+        else:
+            logger.info("pipeline.warmup_retriever is false: round 1 starts from %s, not the warm-up's retriever",
+                        retriever)
     for r in range(1, p.rounds + 1):
         lists_path = out / f"round{r}" / "candidates.jsonl"
         stages.run(f"mine-{r}", lambda r=r, lists_path=lists_path, retriever=retriever, reranker=reranker: _mined(
@@ -229,7 +235,7 @@ def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str) ->
     index = DenseIndex.build(retriever, data.corpus, factory=cfg.index.factory, batch_size=cfg.index.batch_size,
                              autocast=cfg.index.autocast)
     index.save(out / "index")
-    ranker = CrossEncoderRanker.from_pretrained(reranker, max_length=cfg.model.reranker_max_length)
+    ranker = CrossEncoderRanker.from_pretrained(reranker, max_length=cfg.model.reranker_max_length).to(local_device())
     dev, test = cfg.data.dev_split, cfg.data.test_split
     reranked = {}
     for split in (dev, test):
@@ -270,7 +276,8 @@ def _stage_hybrid(cfg: Config, data, out: Path, reranker: str) -> dict:
         if raw_path.exists():
             raw = read_trec_run(raw_path)
         else:  # a run finished before the final stage kept the re-ranker's own scores
-            ranker = ranker or CrossEncoderRanker.from_pretrained(reranker, max_length=cfg.model.reranker_max_length)
+            ranker = ranker or CrossEncoderRanker.from_pretrained(
+                reranker, max_length=cfg.model.reranker_max_length).to(local_device())
             raw = rerank_run(ranker, first, queries, data.corpus, depth=cfg.eval.rerank_depth)
             write_trec_run(raw_path, raw)
         lexical = bm25_run(first, queries, data.corpus, depth=cfg.eval.rerank_depth, bm25=bm25)

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rocketkd.distributed import local_device
 from rocketkd.metrics import evaluate_run, rank_scores
 from rocketkd.types import CandidateList
 
@@ -286,19 +287,13 @@ class BM25Scorer(Scorer):
         return out
 
 
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _load_retriever(model_or_path: Any, device: Any) -> DualEncoder:
     """A model object is used where it is (unless ``device`` says otherwise); a path is loaded onto ``device``,
     by default the GPU when there is one."""
     if isinstance(model_or_path, (str, os.PathLike)) or model_or_path is None:
         from rocketkd.models import DualEncoder
 
-        return DualEncoder.from_pretrained(model_or_path).to(device or _default_device())
+        return DualEncoder.from_pretrained(model_or_path).to(device or local_device())
     return model_or_path
 
 
@@ -306,7 +301,7 @@ def _load_reranker(model_or_path: Any, device: Any) -> CrossEncoderRanker:
     if isinstance(model_or_path, (str, os.PathLike)) or model_or_path is None:
         from rocketkd.models import CrossEncoderRanker
 
-        return CrossEncoderRanker.from_pretrained(model_or_path).to(device or _default_device())
+        return CrossEncoderRanker.from_pretrained(model_or_path).to(device or local_device())
     return model_or_path
 
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .config import Config
 from .data.collator import JointCollator
 from .data.dataset import GroupDataset, label_lists
+from .distributed import local_device
 from .errors import ConfigError, TrainingError
 from .joint import JointModel
 from .models import CrossEncoderRanker, DualEncoder, resolve_model_path
@@ -73,6 +74,8 @@ def load_retriever(cfg: Config, path: str | None, *, for_training: bool = False)
         passage_max_length=m.passage_max_length,
         gradient_checkpointing=for_training and cfg.train.gradient_checkpointing,
     )
+    if not for_training:  # a scorer: this process's GPU when there is one (training models: accelerate places them)
+        return retriever.to(local_device())
     if for_training:
         # The backbone's pooler (BERT's tanh layer over [CLS]) feeds no retriever score: freeze it so DDP does not
         # wait for gradients that never come and the optimizer does not decay weights nobody uses.
@@ -90,7 +93,7 @@ def load_reranker(cfg: Config, path: str | None, *, trainable: bool = True) -> C
         gradient_checkpointing=trainable and cfg.train.gradient_checkpointing,
     )
     if not trainable:
-        return reranker.eval().requires_grad_(False)
+        return reranker.eval().requires_grad_(False).to(local_device())
     # A listwise softmax is shift-invariant, so the one-logit head's bias gets an exactly-zero gradient; Adam would
     # turn its float noise into +-lr steps that differ between runs. Keep it fixed.
     for name, param in reranker.named_parameters():
