@@ -82,10 +82,12 @@ def _stage_baselines(cfg: Config, data, out: Path) -> dict:
 
 def _train_cfg(cfg: Config, **train_overrides) -> Config:
     """The config of one training stage. The pipeline checks teachers itself (teachers-r stages) and measures the
-    student on dev there, so ``train.teachers`` and ``train.eval_dev`` (for a lone ``rocketkd train``) are off."""
+    student on dev there, so ``train.teachers`` is off, and ``train.eval_dev`` is on only for ``train.keep_best``."""
     new = copy.deepcopy(cfg)
     new.train.teachers = {}
-    new.train.eval_dev = False
+    # Dev measurements inside a round only where train.keep_best asks for them: then a round never hands on a
+    # retriever worse on dev than the one it started from.
+    new.train.eval_dev = bool(cfg.train.keep_best and cfg.train.eval_every)
     for key, value in train_overrides.items():
         setattr(new.train, key, value)
     return new
@@ -184,6 +186,8 @@ def run_pipeline(cfg: Config) -> dict:
     if p.warmup:
         def warm() -> dict:
             wcfg = _train_cfg(cfg, mode="warmup", max_steps=p.warmup_steps or cfg.train.max_steps)
+            if not p.warmup_retriever:  # its retriever is dropped: measuring it on dev would be wasted work
+                wcfg.train.eval_dev = False
             lists = read_candidates(out / "round0" / "candidates.jsonl", corpus=data.corpus, queries=all_queries(data))
             res = train(wcfg, output_dir=out / "warmup", resume=True, data=data, lists=lists)
             return {"retriever": str(res.retriever_dir), "reranker": str(res.reranker_dir), "steps": res.steps}

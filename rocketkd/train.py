@@ -59,6 +59,9 @@ def make_accelerator(**kwargs):
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
     leave_at_exit()
+    # Say which engine wraps the models: accelerate falls back silently (e.g. FSDP on CPU runs as DDP).
+    logger.info("accelerate: %s on %s, %d process(es), mixed precision %s", accelerator.distributed_type.value,
+                accelerator.device, accelerator.num_processes, accelerator.mixed_precision)
     return accelerator
 
 

@@ -38,9 +38,10 @@ def _model_dir(name: str) -> Path:
     return Path(name)
 
 
-def used_token_ids(tokenizer, data_dirs: list[Path]) -> np.ndarray:
-    """Sorted ids the tokenizer produces on every ``*.jsonl`` (title + text) under the dataset folders."""
-    used: set[int] = set(range(ALWAYS_KEEP))
+def used_token_ids(tokenizer, data_dirs: list[Path], keep_first: int = ALWAYS_KEEP) -> np.ndarray:
+    """Sorted ids the tokenizer produces on every ``*.jsonl`` (title + text) under the dataset folders, and the
+    first ``keep_first`` ids of the vocabulary."""
+    used: set[int] = set(range(min(keep_first, len(tokenizer))))
     for folder in data_dirs:
         files = sorted(folder.glob("*.jsonl"))
         if not files:
@@ -58,7 +59,7 @@ def used_token_ids(tokenizer, data_dirs: list[Path]) -> np.ndarray:
     return np.array(sorted(used), dtype=np.int64)
 
 
-def pack(model: Path, data_dirs: list[Path], out: Path, *, xz: bool = False) -> dict:
+def pack(model: Path, data_dirs: list[Path], out: Path, *, xz: bool = False, keep_first: int = ALWAYS_KEEP) -> dict:
     from safetensors.numpy import load_file, save_file
     from transformers import AutoTokenizer
 
@@ -66,7 +67,7 @@ def pack(model: Path, data_dirs: list[Path], out: Path, *, xz: bool = False) -> 
     key = next((k for k in EMBEDDING_KEYS if k in weights), None)
     if key is None:
         raise SystemExit(f"{model}/model.safetensors: no word-embedding tensor named {EMBEDDING_KEYS}")
-    ids = used_token_ids(AutoTokenizer.from_pretrained(str(model)), data_dirs)
+    ids = used_token_ids(AutoTokenizer.from_pretrained(str(model)), data_dirs, keep_first)
     packed = {k: v.astype(np.float16) for k, v in weights.items() if k != key and v.dtype == np.float32}
     packed.update({k: v for k, v in weights.items() if k != key and v.dtype != np.float32})
     packed["packed.rows"] = ids

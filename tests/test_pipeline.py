@@ -75,3 +75,31 @@ def test_pipeline_teacher_members_and_kept_bad_teachers(tiny_bert, tiny_data, tm
     zeroed = run_pipeline(load_config(ROOT / "configs" / "tiny.yaml", [*base, f"output_dir={tmp_path / 'zeroed'}"]))
     t = zeroed["teachers"]["teachers-1"]
     assert t["mode"] == "contrastive" and set(t["weights"].values()) == {0.0}
+
+
+def test_pipeline_keeps_start_retriever_and_best_of_round(tiny_bert, tiny_data, tmp_path):
+    """pipeline.warmup_retriever=false: round 1 starts from model.retriever (the warm-up only readies the
+    re-ranker); train.keep_best with eval_every: the round measures dev and may keep an earlier step."""
+    out = tmp_path / "run"
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [
+        f"data.path={tiny_data}", f"model.retriever={tiny_bert}", f"model.reranker={tiny_bert}", f"output_dir={out}",
+        "pipeline.warmup_retriever=false", "train.keep_best=true", "train.eval_every=2", "pipeline.plot=false",
+        "pipeline.systems=bm25,base,retriever",
+    ])
+    run_pipeline(cfg)
+    stages = json.loads((out / "stages.json").read_text())
+    from rocketkd.data.formats import load_retrieval_data, read_candidates
+    from rocketkd.teachers import RetrieverScorer
+    from rocketkd.train import load_retriever, student_spread
+
+    data = load_retrieval_data(tiny_data)
+    queries = {**data.unlabeled_queries, **data.queries}
+    lists = read_candidates(out / "round1" / "candidates.jsonl", corpus=data.corpus, queries=queries)
+    start = RetrieverScorer(load_retriever(cfg, tiny_bert)).score(lists, queries, data.corpus)
+    warmed = RetrieverScorer(load_retriever(cfg, stages["warmup"]["retriever"])).score(lists, queries, data.corpus)
+    scale = stages["teachers-1"]["teacher_scale"]
+    assert scale == pytest.approx(student_spread(start, cfg.model.score_scale), rel=1e-4)
+    assert scale != pytest.approx(student_spread(warmed, cfg.model.score_scale), rel=1e-4)
+    assert not (out / "warmup" / "dev_start.json").exists()  # the dropped warm-up retriever is not measured
+    state = json.loads((out / "round1" / "train_state.json").read_text())
+    assert "start" in state["dev_ndcg@10"] and len(state["dev_curve"]) >= 2
