@@ -22,7 +22,20 @@
   before the next layer runs, so the per-batch peak is the same as the full model's, and the 10x corpus costs minutes
   instead of ten (``--mem-layers 0`` = the full model).
 
-The last line of stdout is one JSON object; ``ratio`` is rocketkd / sentence-transformers passages/s (defaults).
+* **Devices** (``--device``, default cpu): rocketkd's model and the SentenceTransformer run on the same device. On
+  cuda rocketkd's default autocast resolves to bf16 and sentence-transformers runs under the same bf16 autocast
+  (``--peer-autocast``; on cpu the peer keeps its fp32 default as before), the fp32 rows are rocketkd and
+  sentence-transformers with autocast off (``st_fp32``), every round is bracketed by ``torch.cuda.synchronize()``,
+  and the CPU matmul peak (GFLOP/s) is not measured. The memory children always run on the CPU (RSS; use
+  ``--skip-memory`` on a GPU machine).
+* **MFU** (``mfu`` in the JSON line; on cuda by default, on cpu with ``--matmul-n``): achieved TFLOP/s of each system
+  with FLOPs = 2 x non-embedding parameters x tokens (forward only), counted both over the **real** (non-padding)
+  tokens and over the **padded** tokens of each system's batches, divided by a bf16 matmul peak measured on the
+  same device in this run (``--matmul-n`` cubed ``torch.matmul``, 3 warm-ups, mean of ``--matmul-reps`` products,
+  measured before and after the rounds; the higher is the peak).
+
+The last line of stdout is one JSON object; ``ratio`` is rocketkd / sentence-transformers passages/s (defaults;
+on cuda both bf16). ``matmul_peak_tflops`` and ``mfu`` are null without a matmul peak (cpu default).
 """
 
 from __future__ import annotations
@@ -47,7 +60,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--data", default=str(bc.REPO / "data" / "cranfield"), help="BEIR collection (default data/cranfield)"
     )
-    p.add_argument("--model", default=None, help="model folder (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model folder: rocketkd/sentence-transformers-saved, or a plain transformers folder (config.json, "
+        "weights, tokenizer files; mean pooling), e.g. a random-weight copy from `python scripts/bench_common.py "
+        "random-model packaged DIR` (default: packaged all-MiniLM-L6-v2)",
+    )
+    p.add_argument(
+        "--peer-autocast",
+        choices=("auto", "no", "bf16"),
+        default="auto",
+        help="autocast of sentence-transformers' encode: auto (default) = the dtype rocketkd's default autocast "
+        "takes on a cuda device (bf16: both sides equal), none on cpu (sentence-transformers' fp32 default); "
+        "no = fp32; bf16 = torch.autocast bf16 on any device",
+    )
     p.add_argument(
         "--passages", type=int, default=None, help="time only N passages (default: the whole corpus)"
     )
@@ -253,12 +280,24 @@ def memory_bench(args, real_texts, work: Path) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def peer_dtype(choice: str, device, rocketkd_default):
+    """The autocast dtype of the sentence-transformers side (see --peer-autocast)."""
+    import torch
+
+    if choice == "no":
+        return None
+    if choice == "bf16":
+        return torch.bfloat16
+    return rocketkd_default if device.type == "cuda" else None
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     bc.set_threads(args.threads)
     if args.mem_child:
         mem_child(args)
         return {}
+    device = bc.resolve_device(args.device)
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
@@ -268,9 +307,11 @@ def main(argv=None) -> dict:
     from rocketkd.metrics import evaluate_run
     from rocketkd.models import DualEncoder, resolve_model_path
 
-    info = bc.machine_info()
+    info = bc.machine_info(device)
+    bc.log(f"device: {device} (--device {args.device})")
     load = bc.LoadLog()
-    peaks = bc.PeakTracker()
+    peaks = bc.PeakTracker() if device.type == "cpu" else None  # CPU GFLOP/s peak (fp32, bf16): cpu runs only
+    mpeak = bc.MatmulPeak(device, args.matmul_n, args.matmul_reps)  # bf16 peak of the MFU figures
     start_all = time.perf_counter()
     work = bc.work_dir("rocketkd-bench-encode-")
 
@@ -308,6 +349,8 @@ def main(argv=None) -> dict:
         result = {
             "bench": "encode-memory",
             "quick": args.quick,
+            "device": "cpu",
+            "requested_device": args.device,
             "ratio": None,
             "memory": memory,
             "targets": {"memory_embedding_only": memory["target_holds"]},
@@ -316,15 +359,18 @@ def main(argv=None) -> dict:
         }
         bc.emit(result, args.json_out)
         return result
-    model = DualEncoder.from_pretrained(model_path)
-    st = SentenceTransformer(model_path, device="cpu")
+    model = DualEncoder.from_pretrained(model_path).to(device)
+    st = SentenceTransformer(model_path, device=str(device))
     if st.max_seq_length != model.passage_max_length:
-        raise SystemExit(f"max lengths differ: ST {st.max_seq_length}, rocketkd {model.passage_max_length}")
-    default_dtype = resolve_autocast("auto")
-    default_name = {None: "fp32"}.get(
-        default_dtype, str(default_dtype).replace("torch.", "").replace("bfloat16", "bf16")
-    )
+        # e.g. a plain transformers folder: ST takes the tokenizer's limit (512), rocketkd 256; time equal work
+        bc.log(f"max lengths differ (ST {st.max_seq_length}, rocketkd {model.passage_max_length}): ST set to rocketkd's")
+        st.max_seq_length = model.passage_max_length
+    default_dtype = resolve_autocast("auto", device)
+    default_name = bc.dtype_name(default_dtype)
+    st_dtype = peer_dtype(args.peer_autocast, device, default_dtype)
+    st_name = bc.dtype_name(st_dtype)
     shape = model_shape(model.passage_encoder)
+    ne_params = bc.non_embedding_params(model.passage_encoder)
 
     n = min(args.passages or len(corpus), len(corpus))
     rng = np.random.default_rng(args.seed)
@@ -333,39 +379,57 @@ def main(argv=None) -> dict:
     part_texts = [corpus.texts(p) for p in parts]
     max_len = model.passage_max_length
     bc.log(
-        f"encoding {n} passages of {args.data} in {args.reps} rounds; rocketkd default autocast = {default_name}; "
-        f"threads = {info['torch_threads']}; load = {bc.load_avg()}"
+        f"encoding {n} passages of {args.data} in {args.reps} rounds on {device}; rocketkd default autocast = "
+        f"{default_name}, sentence-transformers {st_name}; threads = {info['torch_threads']}; load = {bc.load_avg()}"
     )
 
-    # warm-up (thread pools, kernels) on a few texts, untimed
-    few = corpus.texts(list(range(min(8, len(corpus)))))
-    encode_corpus(model, corpus, rows=list(range(min(8, len(corpus)))), show_progress=False)
-    encode_corpus(model, corpus, rows=list(range(min(8, len(corpus)))), show_progress=False, autocast="no")
-    st.encode(few)
-    peaks.measure()
+    def st_encode(texts, dtype):
+        with bc.autocast_context(device, dtype):
+            return st.encode(texts)
+
+    # warm-up (thread pools, kernels; on cuda a full batch of each, for the kernel choices), untimed
+    warm_rows = list(range(min(8 if device.type == "cpu" else 256, len(corpus))))
+    few = corpus.texts(warm_rows)
+    encode_corpus(model, corpus, rows=warm_rows, show_progress=False)
+    encode_corpus(model, corpus, rows=warm_rows, show_progress=False, autocast="no")
+    st_encode(few, st_dtype)
+    if st_dtype is not None:
+        st_encode(few, None)
+    bc.synchronize(device)
+    if peaks is not None:
+        peaks.measure()
+    mpeak.measure()
 
     systems = ["rocketkd", "st"] + ([] if args.skip_fp32 else ["rocketkd_fp32"])
+    if st_dtype is not None and not args.skip_fp32:
+        systems.append("st_fp32")  # equal precision for rocketkd_fp32
     times = {s: [] for s in systems}
     embs = {s: [] for s in systems}
     for r, (rows, texts) in enumerate(zip(parts, part_texts)):
         fns = {
             "rocketkd": lambda rows=rows: encode_corpus(model, corpus, rows=rows, show_progress=False),
-            "st": lambda texts=texts: st.encode(texts),
+            "st": lambda texts=texts: st_encode(texts, st_dtype),
             "rocketkd_fp32": lambda rows=rows: encode_corpus(
                 model, corpus, rows=rows, show_progress=False, autocast="no"
             ),
+            "st_fp32": lambda texts=texts: st_encode(texts, None),
         }
         for s in systems:
             load.mark()
+            bc.synchronize(device)
             t0 = time.perf_counter()
-            embs[s].append(np.asarray(fns[s]()))
+            out = fns[s]()
+            bc.synchronize(device)
             times[s].append(time.perf_counter() - t0)
+            embs[s].append(np.asarray(out, dtype=np.float32))
         bc.log(
             f"  round {r + 1}/{args.reps} ({len(rows)} passages): "
             + "  ".join(f"{s}={times[s][-1]:.2f}s" for s in systems)
             + f"  load={bc.load_avg()}"
         )
-        peaks.measure()
+        if peaks is not None:
+            peaks.measure()
+    mpeak.measure()
 
     # FLOPs from the real token counts of each part
     tok = model.tokenizer
@@ -373,38 +437,55 @@ def main(argv=None) -> dict:
     for texts in part_texts:
         lengths = [len(x) for x in tok(list(texts), truncation=True, max_length=max_len)["input_ids"]]
         for s in systems:
-            order, bs = (st_order(texts), 32) if s == "st" else (rocketkd_order(texts), 128)
+            order, bs = (st_order(texts), 32) if s.startswith("st") else (rocketkd_order(texts), 128)
             e, u, te, tu = batch_flops(order, lengths, bs, shape)
             for key, v in (("executed", e), ("useful", u), ("tok_exec", te), ("tok_use", tu)):
                 systems_flops[s][key].append(v)
 
-    peak = peaks.summary()
+    peak = peaks.summary() if peaks is not None else None
+    peak_tflops = mpeak.tflops
+    dtypes = {"rocketkd": default_name, "st": st_name, "rocketkd_fp32": "fp32", "st_fp32": "fp32"}
     figures: dict = {}
     for s in systems:
-        dtype = default_name if s == "rocketkd" else "fp32"
+        dtype = dtypes[s]
         rates = [len(p) / t for p, t in zip(parts, times[s])]
         gf_exec = [f / t / 1e9 for f, t in zip(systems_flops[s]["executed"], times[s])]
         gf_use = [f / t / 1e9 for f, t in zip(systems_flops[s]["useful"], times[s])]
-        pk = peak.get(dtype, peak["fp32"])["median_gflops"]
+        pk = peak.get(dtype, peak["fp32"])["median_gflops"] if peak is not None else None
+        # MFU: 2 x non-embedding params x tokens (forward), per round, medians over the rounds
+        tf_real = [bc.tflops(bc.forward_flops(ne_params, k), t) for k, t in zip(systems_flops[s]["tok_use"], times[s])]
+        tf_pad = [bc.tflops(bc.forward_flops(ne_params, k), t) for k, t in zip(systems_flops[s]["tok_exec"], times[s])]
         figures[s] = {
             "dtype": dtype,
             "passages_per_s": bc.rnd(bc.median(rates), 2),
             "best_passages_per_s": bc.rnd(max(rates), 2),
-            "seconds": [bc.rnd(t, 2) for t in times[s]],
+            "seconds": [bc.rnd(t, 3) for t in times[s]],
             "gflops_executed": bc.rnd(bc.median(gf_exec), 1),
             "gflops_useful": bc.rnd(bc.median(gf_use), 1),
             "matmul_peak_gflops": pk,
-            "pct_peak_executed": bc.rnd(100 * bc.median(gf_exec) / pk, 1),
-            "pct_peak_useful": bc.rnd(100 * bc.median(gf_use) / pk, 1),
+            "pct_peak_executed": bc.rnd(100 * bc.median(gf_exec) / pk, 1) if pk else None,
+            "pct_peak_useful": bc.rnd(100 * bc.median(gf_use) / pk, 1) if pk else None,
             "padding_overhead_pct": bc.rnd(
                 100 * (sum(systems_flops[s]["tok_exec"]) / sum(systems_flops[s]["tok_use"]) - 1), 1
             ),
+            "tokens_real": int(sum(systems_flops[s]["tok_use"])),
+            "tokens_padded": int(sum(systems_flops[s]["tok_exec"])),
+            "tflops_real": bc.rnd(bc.median(tf_real), 4),
+            "tflops_padded": bc.rnd(bc.median(tf_pad), 4),
+            "mfu_real": bc.rnd(bc.median(tf_real) / peak_tflops, 4) if peak_tflops else None,
+            "mfu_padded": bc.rnd(bc.median(tf_pad) / peak_tflops, 4) if peak_tflops else None,
         }
     ratio = figures["rocketkd"]["passages_per_s"] / figures["st"]["passages_per_s"]
     ratio_best = figures["rocketkd"]["best_passages_per_s"] / figures["st"]["best_passages_per_s"]
+    fp32_peer = "st_fp32" if "st_fp32" in figures else "st"  # st is fp32 itself unless it runs under autocast
     ratio_fp32 = (
-        (figures["rocketkd_fp32"]["passages_per_s"] / figures["st"]["passages_per_s"])
+        (figures["rocketkd_fp32"]["passages_per_s"] / figures[fp32_peer]["passages_per_s"])
         if "rocketkd_fp32" in figures
+        else None
+    )
+    mfu = (
+        {s: {"real": f["mfu_real"], "padded": f["mfu_padded"]} for s, f in figures.items()}
+        if peak_tflops
         else None
     )
 
@@ -423,7 +504,7 @@ def main(argv=None) -> dict:
                 emb[rows] = e
             if autocast is None:
                 qemb = np.asarray(
-                    st.encode(qtexts), dtype=np.float32
+                    st_encode(qtexts, st_dtype), dtype=np.float32
                 )  # ST truncates queries at 256, as it would
             else:
                 qemb = encode_queries(model, qtexts, autocast=autocast)
@@ -446,20 +527,34 @@ def main(argv=None) -> dict:
         memory = memory_bench(args, real_texts, work)
 
     pct_default = figures["rocketkd"]["pct_peak_useful"]
+    pct_exec = figures["rocketkd"]["pct_peak_executed"]
     result = {
         "bench": "encode",
         "quick": args.quick,
+        "device": device.type,
+        "requested_device": args.device,
         "passages": n,
         "rocketkd_passages_per_s": figures["rocketkd"]["passages_per_s"],
         "st_passages_per_s": figures["st"]["passages_per_s"],
         "ratio": bc.rnd(ratio),
         "ratio_best_round": bc.rnd(ratio_best),
         "ratio_fp32": None if ratio_fp32 is None else bc.rnd(ratio_fp32),
+        "ratio_fp32_peer": fp32_peer if ratio_fp32 is not None else None,
         "rocketkd_dtype": default_name,
+        "st_dtype": st_name,
+        "matmul_peak_tflops": bc.rnd(peak_tflops, 2),
+        "mfu": mfu,
+        "mfu_model": {
+            "non_embedding_params": ne_params,
+            "flops": "2 x non_embedding_params x tokens (forward only; attention L^2 terms not counted)",
+            "tokens": "real = non-padding tokens; padded = tokens of each system's padded batches (what runs)",
+            "rate": "median over the rounds of flops / round seconds; mfu = TFLOP/s / matmul_peak_tflops",
+        },
+        "matmul_peak_device": mpeak.summary(),
         "targets": {
             "speed_ge_1.5x": ratio >= 1.5,
-            "pct_peak_ge_70_useful": pct_default >= 70,
-            "pct_peak_ge_70_executed": figures["rocketkd"]["pct_peak_executed"] >= 70,
+            "pct_peak_ge_70_useful": None if pct_default is None else pct_default >= 70,
+            "pct_peak_ge_70_executed": None if pct_exec is None else pct_exec >= 70,
             "ndcg_within_0.005": None if quality is None else quality["target_holds"],
             "memory_embedding_only": None if memory is None else memory["target_holds"],
         },
@@ -485,6 +580,9 @@ def main(argv=None) -> dict:
             f["pct_peak_useful"],
             f["pct_peak_executed"],
             f["padding_overhead_pct"],
+            f["tflops_real"],
+            f["mfu_real"],
+            f["mfu_padded"],
         ]
         for s, f in figures.items()
     ]
@@ -501,14 +599,19 @@ def main(argv=None) -> dict:
                 "% peak useful",
                 "% peak executed",
                 "padding %",
+                "TFLOP/s real (2N/token)",
+                "MFU real",
+                "MFU padded",
             ],
             rows,
         )
     )
     print(
         f"\nratio rocketkd (defaults) / sentence-transformers = {ratio:.3f} (medians), {ratio_best:.3f} (best rounds)"
-        + (f"; rocketkd fp32 / sentence-transformers = {ratio_fp32:.3f}" if ratio_fp32 is not None else "")
+        + (f"; rocketkd fp32 / {fp32_peer} = {ratio_fp32:.3f}" if ratio_fp32 is not None else "")
     )
+    if peak_tflops:
+        print(f"bf16 matmul peak on {device}: {peak_tflops:.1f} TFLOP/s (MFU = achieved / this)")
     if quality:
         print(
             f"nDCG@10 ({quality['split']}, {quality['queries']} q): fp32 {quality['ndcg10_rocketkd_fp32']}, "

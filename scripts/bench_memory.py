@@ -12,11 +12,19 @@ no thread spins waiting for a descheduled sibling). Peak memory is the child's p
 size after the models are loaded; the peak is reset there through ``/proc/self/clear_refs`` where the kernel allows
 it. The parameter gradients (about 2 x 90 MB) are part of every figure.
 
+On cuda (``--device cuda``, or ``auto`` on a GPU machine; each child then has its own CUDA context) the models and
+the batch are on the GPU, peak memory is ``torch.cuda.max_memory_allocated()`` after
+``torch.cuda.reset_peak_memory_stats()`` minus the memory allocated at that point (models and batch loaded: what
+the step adds, parameter gradients included), every timed step is bracketed by ``torch.cuda.synchronize()`` and
+the time ratios use the wall clock (CPU time says nothing about GPU work). ``--mixed-precision bf16`` prepares the
+model with ``accelerate`` in bf16 (autocast of the forwards, as ``train()`` does) on both paths; default fp32.
+
 The last line of output is one JSON object with every figure and ``memory_ratio`` = chunked peak at the longest L /
 chunked peak at the shortest L (1 = flat). ``--quick`` runs a small version (L = 8 and 32, one timed step).
 
     python scripts/bench_memory.py            # L = 8, 32, 128; a few minutes on a 2-core CPU
     python scripts/bench_memory.py --quick
+    python scripts/bench_memory.py --device cuda --mixed-precision bf16 --batch 8 --lengths 32 128
 """
 
 from __future__ import annotations
@@ -42,8 +50,8 @@ def _status_kb(field: str) -> int:
     return value
 
 
-def _texts(n_lists: int, length: int, seed: int) -> tuple[list[str], list[list[str]]]:
-    data = ROOT / "data" / "cranfield"
+def _texts(n_lists: int, length: int, seed: int, data: Path | None = None) -> tuple[list[str], list[list[str]]]:
+    data = Path(data) if data else ROOT / "data" / "cranfield"
     queries = [json.loads(x)["text"] for x in (data / "queries.jsonl").read_text().splitlines() if x.strip()]
     corpus = []
     for line in (data / "corpus.jsonl").read_text().splitlines():
@@ -65,29 +73,33 @@ def child(args) -> dict:
     from rocketkd.gradcache import chunked_backward
     from rocketkd.joint import JointModel
     from rocketkd.models import CrossEncoderRanker, DualEncoder, resolve_model_path
-    from rocketkd.train import _step_loss, make_accelerator
+    from rocketkd.train import _step_loss
     from rocketkd.types import JointBatch
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = bc.resolve_device(args.device)
     cfg = load_config(None, ["train.mode=joint", f"candidates.list_length={args.length}"])
-    path = resolve_model_path(None)
+    path = resolve_model_path(args.model)
     retriever = DualEncoder.from_pretrained(path, query_max_length=args.query_len, passage_max_length=args.passage_len)
     reranker = CrossEncoderRanker.from_pretrained(path, max_length=args.pair_len)
     model = JointModel(retriever, reranker, score_scale=cfg.model.score_scale).train()
     for name, param in model.named_parameters():
         if ".pooler." in f".{name}" or (name.endswith("bias") and tuple(param.shape) == (1,)):
             param.requires_grad_(False)  # as train() does
-    accelerator = make_accelerator()
+    accelerator = bc.make_accelerator_on(device, mixed_precision=args.mixed_precision)
+    model.to(device)
+    if args.mixed_precision != "no":
+        model = accelerator.prepare(model)  # autocast of the forward, as train() prepares its model
 
-    queries, lists = _texts(args.batch, args.length, seed=1)
+    queries, lists = _texts(args.batch, args.length, seed=1, data=args.data)
     passages = [p for group in lists for p in group]
     batch = JointBatch(
         query_inputs=retriever.tokenize_queries(queries),
         passage_inputs=retriever.tokenize_passages(passages),
         pair_inputs=reranker.tokenize_pairs([q for q in queries for _ in range(args.length)], passages),
         group_size=args.length,
-    )
+    ).to(device)
 
     def step() -> float:
         if args.chunk:
@@ -98,61 +110,111 @@ def child(args) -> dict:
         model.zero_grad(set_to_none=False)  # keep the gradient buffers: they are part of every step's memory
         return float(parts.total)
 
+    cuda = device.type == "cuda"
     gc.collect()
-    reset = bc.reset_peak_rss()
-    base_kb = _status_kb("VmRSS") if reset else _status_kb("VmHWM")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base_bytes = torch.cuda.memory_allocated()
+        reset = True
+    else:
+        reset = bc.reset_peak_rss()
+        base_kb = _status_kb("VmRSS") if reset else _status_kb("VmHWM")
     losses, walls, cpus = [], [], []
     for i in range(1 + args.steps):
+        bc.synchronize(device)
         start, cpu = time.perf_counter(), time.process_time()
         losses.append(step())
+        bc.synchronize(device)
         if i:  # the first step is a warm-up
             walls.append(time.perf_counter() - start)
             cpus.append(time.process_time() - cpu)
-    peak_kb = _status_kb("VmHWM")
+    if cuda:
+        peak_mb = (torch.cuda.max_memory_allocated() - base_bytes) / 2**20
+        extra = {
+            "base_mb": round(base_bytes / 2**20, 1),
+            "max_reserved_mb": round(torch.cuda.max_memory_reserved() / 2**20, 1),
+        }
+    else:
+        peak_mb = (_status_kb("VmHWM") - base_kb) / 1024
+        extra = {}
     return {
         "L": args.length,
         "chunk_size": args.chunk or None,
-        "peak_mb": round((peak_kb - base_kb) / 1024, 1),
-        "step_s": round(sorted(walls)[len(walls) // 2], 3),
+        "peak_mb": round(peak_mb, 1),
+        "step_s": round(sorted(walls)[len(walls) // 2], 4),
         "step_cpu_s": round(sorted(cpus)[len(cpus) // 2], 3),
         "loss_first_step": round(losses[0], 5),
         "peak_reset": reset,
         "threads": torch.get_num_threads(),
+        "device": device.type,
+        "memory_measure": "cuda_max_memory_allocated" if cuda else "rss_vmhwm",
+        **extra,
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="L = 8 and 32, one timed step")
     ap.add_argument("--lengths", type=int, nargs="+", help="list lengths L (default 8 32 128)")
     ap.add_argument("--batch", type=int, default=2, help="lists per step (B)")
     ap.add_argument("--chunk-size", type=int, default=16, help="rows per forward call on the chunked path")
     ap.add_argument("--steps", type=int, help="timed steps per configuration after one warm-up (default 2)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads in each child")
-    ap.add_argument("--query-len", type=int, default=16)
-    ap.add_argument("--passage-len", type=int, default=32)
-    ap.add_argument("--pair-len", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in each child (host-side work on cuda)")
+    bc.add_device_arg(ap)
+    ap.add_argument(
+        "--mixed-precision",
+        choices=("no", "bf16"),
+        default="no",
+        help="no (default, fp32) or bf16: the model prepared by accelerate in bf16 (autocast forwards), both paths",
+    )
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="retriever and re-ranker start point: a rocketkd/sentence-transformers folder or a plain transformers "
+        "folder (config.json, weights, tokenizer files), e.g. a random-weight copy from `python "
+        "scripts/bench_common.py random-model packaged DIR` (default: packaged all-MiniLM-L6-v2)",
+    )
+    ap.add_argument(
+        "--data", default=None, help="BEIR folder whose queries.jsonl / corpus.jsonl fill the lists (default data/cranfield)"
+    )
+    ap.add_argument("--query-len", type=int, default=16, help="query max length (default 16)")
+    ap.add_argument("--passage-len", type=int, default=32, help="passage max length (default 32)")
+    ap.add_argument("--pair-len", type=int, default=48, help="(query, passage) pair max length (default 48)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--length", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     if args.child:
         print(json.dumps(child(args)), flush=True)
         return
 
+    device = bc.resolve_device(args.device)  # "auto" resolved once here; every child gets the same device
     lengths = args.lengths or ([8, 32] if args.quick else [8, 32, 128])
     steps = args.steps or (1 if args.quick else 2)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    print(f"device: {device.type} (--device {args.device}), precision {args.mixed_precision}", flush=True)
+    cuda = device.type == "cuda"
     rows = []
     for length in lengths:
         for chunk in (0, args.chunk_size):
             cmd = [sys.executable, __file__, "--child", "--length", str(length), "--chunk", str(chunk),
                    "--batch", str(args.batch), "--steps", str(steps), "--threads", str(args.threads), "--query-len", str(args.query_len),
-                   "--passage-len", str(args.passage_len), "--pair-len", str(args.pair_len)]
+                   "--passage-len", str(args.passage_len), "--pair-len", str(args.pair_len),
+                   "--device", device.type, "--mixed-precision", args.mixed_precision]
+            if args.model:  # the children run in the repository root: pass folders as absolute paths
+                cmd += ["--model", str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model)]
+            if args.data:
+                cmd += ["--data", str(Path(args.data).resolve())]
             out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
             if out.returncode != 0:
-                sys.stderr.write(out.stderr)
+                sys.stderr.write(out.stderr[-5000:])
+                if cuda and "out of memory" in out.stderr.lower():  # report it, measure the other configurations
+                    rows.append({"L": length, "chunk_size": chunk or None, "error": "out of memory", "device": "cuda"})
+                    print(f"L={length:4d} {'chunked' if chunk else 'plain':7s} out of GPU memory", flush=True)
+                    continue
                 raise SystemExit(f"child failed: {' '.join(cmd)}")
             row = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(row)
@@ -160,22 +222,36 @@ def main() -> None:
                   f"step {row['step_cpu_s']:7.3f} s CPU {row['step_s']:7.3f} s wall  loss {row['loss_first_step']:.5f}", flush=True)
 
     def get(length, chunked, key):
-        return next(r[key] for r in rows if r["L"] == length and bool(r["chunk_size"]) == chunked)
+        return next((r.get(key) for r in rows if r["L"] == length and bool(r["chunk_size"]) == chunked), None)
+
+    def ratio(a, b):
+        return None if a is None or b is None else round(a / max(b, 1e-9), 3)
 
     lo, hi = min(lengths), max(lengths)
+    time_key = "step_s" if cuda else "step_cpu_s"  # on cuda the CPU time of a step says nothing about GPU work
     summary = {
-        "model": "packaged all-MiniLM-L6-v2 (retriever and re-ranker)",
+        "model": f"{args.model} (retriever and re-ranker)" if args.model else "packaged all-MiniLM-L6-v2 (retriever and re-ranker)",
+        "device": device.type,
+        "requested_device": args.device,
+        "mixed_precision": args.mixed_precision,
+        "memory_measure": (
+            "torch.cuda.max_memory_allocated() - allocated after loading (reset_peak_memory_stats there), MB"
+            if cuda
+            else "VmHWM - VmRSS after loading (peak RSS reset there), MB"
+        ),
+        "time_ratio_basis": "wall" if cuda else "cpu",
         "batch_lists": args.batch,
         "chunk_size": args.chunk_size,
         "max_lengths": {"query": args.query_len, "passage": args.passage_len, "pair": args.pair_len},
         "timed_steps": steps,
         "rows": rows,
-        "memory_ratio": round(get(hi, True, "peak_mb") / get(lo, True, "peak_mb"), 3),
-        "plain_memory_ratio": round(get(hi, False, "peak_mb") / get(lo, False, "peak_mb"), 3),
+        "memory_ratio": ratio(get(hi, True, "peak_mb"), get(lo, True, "peak_mb")),
+        "plain_memory_ratio": ratio(get(hi, False, "peak_mb"), get(lo, False, "peak_mb")),
+        "peak_mb": {str(n): {"plain": get(n, False, "peak_mb"), "chunked": get(n, True, "peak_mb")} for n in lengths},
         "threads": args.threads,
-        "time_ratio_chunked_over_plain": {str(n): round(get(n, True, "step_cpu_s") / get(n, False, "step_cpu_s"), 3)
+        "time_ratio_chunked_over_plain": {str(n): ratio(get(n, True, time_key), get(n, False, time_key))
                                           for n in lengths},
-        "wall_time_ratio_chunked_over_plain": {str(n): round(get(n, True, "step_s") / get(n, False, "step_s"), 3)
+        "wall_time_ratio_chunked_over_plain": {str(n): ratio(get(n, True, "step_s"), get(n, False, "step_s"))
                                                for n in lengths},
     }
     print(json.dumps(summary))

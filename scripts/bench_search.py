@@ -20,6 +20,16 @@ B, ...) and summarised by medians:
    ``--rerank-rounds`` groups; each round re-ranks one group with every system in turn (finer alternation than
    repeating the whole set). Optionally rocketkd at fp32 too (``--rerank-fp32``).
 
+Devices (``--device``, default cpu): rocketkd's index searches with the ``faiss`` backend on cpu and with the
+``torch`` backend on cuda (``DenseIndex(backend="torch")``: exact chunked matmul + top-k on the GPU,
+:func:`rocketkd.index.torch_topk_search`; the corpus is copied to the GPU by the first, untimed, search); the peer of
+the vector searches stays raw faiss-cpu ``IndexFlatIP`` (the faiss here has no GPU support) on the same vectors.
+Whether the two agree is reported exactly (``same_results``: same ids in the same order) and as the mean top-k id
+overlap (``topk_id_agreement``) and top-1 agreement, since GPU float rounding can reorder near-tied scores. On cuda
+the encoder, the re-ranker, the SentenceTransformer and the CrossEncoder all run on the GPU, the peer's encoding and
+re-ranking under the autocast dtype rocketkd's ``autocast="auto"`` takes there (bf16; ``--peer-autocast``), and
+every timed call is bracketed by ``torch.cuda.synchronize()``.
+
 The last line of stdout is one JSON object; ``ratio`` there is rocketkd / peer search QPS on the synthetic index
 (higher is better; the target is >= 0.9, "within 10% of raw faiss").
 """
@@ -59,7 +69,7 @@ class VectorLookupEncoder:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    bc.add_common_args(p, reps=5)
+    bc.add_common_args(p, reps=5, mfu=False)
     p.add_argument("--vectors", type=int, default=100_000, help="synthetic index size (default 100000)")
     p.add_argument("--queries", type=int, default=1_000, help="synthetic queries (default 1000)")
     p.add_argument("--dim", type=int, default=384, help="synthetic dimension (default 384, MiniLM's)")
@@ -68,7 +78,25 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--data", default=str(bc.REPO / "data" / "cranfield"), help="collection for the real index"
     )
     p.add_argument(
-        "--model", default=None, help="encoder/re-ranker start point (default: packaged all-MiniLM-L6-v2)"
+        "--model",
+        default=None,
+        help="encoder/re-ranker start point: a rocketkd/sentence-transformers folder or a plain transformers folder "
+        "(config.json, weights, tokenizer files; mean pooling), e.g. a random-weight copy from `python "
+        "scripts/bench_common.py random-model packaged DIR` (default: packaged all-MiniLM-L6-v2)",
+    )
+    p.add_argument(
+        "--search-backend",
+        choices=("auto", "faiss", "torch"),
+        default="auto",
+        help="rocketkd's DenseIndex backend: auto (default) = torch (exact top-k on the GPU) on cuda, faiss on cpu; "
+        "torch on cpu runs rocketkd.index.torch_topk_search on the CPU",
+    )
+    p.add_argument(
+        "--peer-autocast",
+        choices=("auto", "no", "bf16"),
+        default="auto",
+        help="autocast of SentenceTransformer.encode / CrossEncoder.predict: auto (default) = the dtype rocketkd's "
+        "autocast='auto' takes on a cuda device (bf16), none on cpu (their fp32 default); no; bf16",
     )
     p.add_argument(
         "--passages", type=int, default=None, help="index only the first N passages of --data (default all)"
@@ -110,7 +138,7 @@ def run_dict(qids, ids_of_rows, scores, rows):
     return out
 
 
-def vector_search_bench(args, tag, emb, ids, queries, work, load, results) -> dict:
+def vector_search_bench(args, tag, emb, ids, queries, work, load, results, device=None, backend="auto") -> dict:
     """search_run (vectors looked up) and DenseIndex.search vs IndexFlatIP.search; folder load vs read_index."""
     import faiss
     import numpy as np
@@ -124,7 +152,7 @@ def vector_search_bench(args, tag, emb, ids, queries, work, load, results) -> di
 
     load_times, loaded = bc.interleaved(
         {
-            "rocketkd_load": lambda: DenseIndex.load(folder),
+            "rocketkd_load": lambda: DenseIndex.load(folder, backend=backend),
             "faiss_read_index": lambda: faiss.read_index(str(folder / "index.faiss")),
         },
         args.reps,
@@ -140,7 +168,7 @@ def vector_search_bench(args, tag, emb, ids, queries, work, load, results) -> di
     raw.add(np.ascontiguousarray(emb, dtype=np.float32))
     k = min(args.k, len(ids))
 
-    bc.log(f"[{tag}] search {len(queries)} queries, k={k}, {len(ids)} vectors")
+    bc.log(f"[{tag}] search {len(queries)} queries, k={k}, {len(ids)} vectors, rocketkd backend {backend}")
     times, last = bc.interleaved(
         {
             "rocketkd_search_run": lambda: search_run(index, qtexts, k),
@@ -150,16 +178,20 @@ def vector_search_bench(args, tag, emb, ids, queries, work, load, results) -> di
         args.reps,
         warmup=1,
         load=load,
+        device=device,
     )
     # same neighbours (ids and order) from both
     scores, rows = last["faiss_search"]
     got = last["rocketkd_search_run"]
-    same = all(list(got[q]) == [ids[r] for r in rows[i] if r >= 0] for i, q in enumerate(qnames))
+    faiss_ids = [[ids[r] for r in rows[i] if r >= 0] for i in range(len(qnames))]
+    same = all(list(got[q]) == faiss_ids[i] for i, q in enumerate(qnames))
+    topk_agree, top1_agree = bc.topk_agreement([list(got[q]) for q in qnames], faiss_ids, k)
     nq = len(queries)
     out = {
         "vectors": len(ids),
         "queries": nq,
         "k": k,
+        "rocketkd_backend": backend,
         "rocketkd_qps": bc.rnd(nq / bc.median(times["rocketkd_search_run"]), 1),
         "faiss_qps": bc.rnd(nq / bc.median(times["faiss_search"]), 1),
         "rocketkd_index_search_qps": bc.rnd(nq / bc.median(times["rocketkd_DenseIndex_search"]), 1),
@@ -168,7 +200,9 @@ def vector_search_bench(args, tag, emb, ids, queries, work, load, results) -> di
         "rocketkd_load_ms": bc.rnd(1000 * bc.median(load_times["rocketkd_load"]), 2),
         "faiss_read_index_ms": bc.rnd(1000 * bc.median(load_times["faiss_read_index"]), 2),
         "same_results": same,
-        "seconds": {n: [bc.rnd(t, 4) for t in v] for n, v in times.items()},
+        "topk_id_agreement": bc.rnd(topk_agree, 5),
+        "top1_agreement": bc.rnd(top1_agree, 5),
+        "seconds": {n: [bc.rnd(t, 5) for t in v] for n, v in times.items()},
     }
     out["ratio"] = bc.rnd(out["rocketkd_qps"] / out["faiss_qps"])
     out["index_search_ratio"] = bc.rnd(out["rocketkd_index_search_qps"] / out["faiss_qps"])
@@ -179,9 +213,26 @@ def vector_search_bench(args, tag, emb, ids, queries, work, load, results) -> di
 def main(argv=None) -> dict:
     args = parse_args(argv)
     bc.set_threads(args.threads)
+    device = bc.resolve_device(args.device)
     import numpy as np
+    import torch
 
-    info = bc.machine_info()
+    from rocketkd.encode import resolve_autocast
+
+    backend = args.search_backend
+    if backend == "auto":  # explicit: DenseIndex's own "auto" would pick the GPU whenever one is present
+        backend = "torch" if device.type == "cuda" else "faiss"
+    rk_dtype = resolve_autocast("auto", device)  # what search_run / rerank_run use (autocast="auto")
+    peer_dtype = {"no": None, "bf16": torch.bfloat16}.get(
+        args.peer_autocast, rk_dtype if device.type == "cuda" else None
+    )
+
+    def with_peer_autocast(fn, *a):
+        with bc.autocast_context(device, peer_dtype):
+            return fn(*a)
+
+    info = bc.machine_info(device)
+    bc.log(f"device: {device} (--device {args.device}); rocketkd search backend {backend}")
     load = bc.LoadLog()
     results: dict = {}
     start = time.perf_counter()
@@ -194,7 +245,7 @@ def main(argv=None) -> dict:
     q = rng.standard_normal((args.queries, args.dim), dtype=np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     ids = [f"doc{i}" for i in range(args.vectors)]
-    vector_search_bench(args, "synthetic", emb, ids, q, work, load, results)
+    vector_search_bench(args, "synthetic", emb, ids, q, work, load, results, device, backend)
     del emb
 
     # 2. real cranfield index -------------------------------------------------------------------------------
@@ -209,7 +260,7 @@ def main(argv=None) -> dict:
         model_path = resolve_model_path(args.model)
         data = load_retrieval_data(args.data, cache_dir=os.path.join(work, "cache"))
         corpus = data.corpus
-        encoder = DualEncoder.from_pretrained(model_path)
+        encoder = DualEncoder.from_pretrained(model_path).to(device)
         n_passages = min(args.passages or len(corpus), len(corpus))
         t0 = time.perf_counter()
         emb = encode_corpus(encoder, corpus, rows=np.arange(n_passages), show_progress=False)
@@ -219,7 +270,7 @@ def main(argv=None) -> dict:
             f"[real] encoded {n_passages} passages + {len(qids)} queries in {time.perf_counter() - t0:.1f}s"
         )
         pids = [corpus.ids[i] for i in range(n_passages)]
-        vector_search_bench(args, "real_vectors", emb, pids, qemb, work, load, results)
+        vector_search_bench(args, "real_vectors", emb, pids, qemb, work, load, results, device, backend)
 
         # end to end from query texts: search_run vs ST encode + IndexFlatIP
         from sentence_transformers import SentenceTransformer
@@ -229,8 +280,8 @@ def main(argv=None) -> dict:
             emb, pids, encoder=encoder, metadata={"encoder_fingerprint": encoder.fingerprint()}
         )
         index.save(folder)
-        index = DenseIndex.load(folder, encoder=encoder)
-        st = SentenceTransformer(model_path, device="cpu")
+        index = DenseIndex.load(folder, encoder=encoder, backend=backend)
+        st = SentenceTransformer(model_path, device=str(device))
         st.max_seq_length = encoder.query_max_length  # the same query truncation as rocketkd's
         raw = faiss.IndexFlatIP(emb.shape[1])
         raw.add(np.ascontiguousarray(emb))
@@ -239,7 +290,8 @@ def main(argv=None) -> dict:
         k = min(args.k, len(pids))
 
         def st_e2e():
-            s, r = raw.search(np.ascontiguousarray(st.encode(qlist), dtype=np.float32), k)
+            qv = with_peer_autocast(st.encode, qlist)
+            s, r = raw.search(np.ascontiguousarray(qv, dtype=np.float32), k)
             return run_dict(qids, pids, s, r)
 
         bc.log(f"[real] end to end: {len(qids)} query texts, k={k}")
@@ -248,6 +300,7 @@ def main(argv=None) -> dict:
             args.reps,
             warmup=1,
             load=load,
+            device=device,
         )
         overlap = np.mean(
             [
@@ -261,6 +314,8 @@ def main(argv=None) -> dict:
         )
         e2e = {
             "queries": len(qids),
+            "rocketkd_dtype": bc.dtype_name(rk_dtype),
+            "peer_dtype": bc.dtype_name(peer_dtype),
             "rocketkd_qps": bc.rnd(len(qids) / bc.median(times["rocketkd_search_run"]), 1),
             "peer_qps": bc.rnd(len(qids) / bc.median(times["st_encode_faiss"]), 1),
             "rocketkd_best_qps": bc.rnd(len(qids) / min(times["rocketkd_search_run"]), 1),
@@ -281,8 +336,8 @@ def main(argv=None) -> dict:
 
             ce_dir = Path(work) / "reranker"
             CrossEncoderRanker.from_pretrained(model_path, max_length=args.reranker_max_length).save(ce_dir)
-            ranker = CrossEncoderRanker.from_pretrained(ce_dir)
-            peer = CrossEncoder(str(ce_dir), device="cpu")
+            ranker = CrossEncoderRanker.from_pretrained(ce_dir).to(device)
+            peer = CrossEncoder(str(ce_dir), device=str(device))
             split = "test" if "test" in data.qrels else next(iter(data.qrels))
             chosen = sorted(data.qrels[split])[: args.rerank_queries]
             queries = dict(data.queries)
@@ -307,9 +362,13 @@ def main(argv=None) -> dict:
             systems = ["rocketkd_rerank_run", "st_CrossEncoder_predict"] + (
                 ["rocketkd_rerank_run_fp32"] if args.rerank_fp32 else []
             )
+            if args.rerank_fp32 and peer_dtype is not None:
+                systems.append("st_CrossEncoder_predict_fp32")  # equal precision for rocketkd's fp32
 
             def call(system, sub_run, pairs):
                 if system == "st_CrossEncoder_predict":
+                    return with_peer_autocast(peer.predict, pairs)
+                if system == "st_CrossEncoder_predict_fp32":
                     return peer.predict(pairs)
                 autocast = "no" if system.endswith("fp32") else "auto"
                 return rerank_run(
@@ -332,8 +391,10 @@ def main(argv=None) -> dict:
             for r, (sub_run, plan, pairs) in enumerate(rounds):
                 for system in systems:
                     load.mark()
+                    bc.synchronize(device)
                     t0 = time.perf_counter()
                     out = call(system, sub_run, pairs)
+                    bc.synchronize(device)
                     times[system].append(time.perf_counter() - t0)
                     if system == "rocketkd_rerank_run":
                         rk_scores += [out[x][pid] for x, pid in plan]
@@ -360,23 +421,33 @@ def main(argv=None) -> dict:
                 "max_abs_score_diff": bc.rnd(
                     float(np.abs(np.array(rk_scores) - np.array(st_scores)).max()), 4
                 ),
-                "autocast": str(__import__("rocketkd.encode", fromlist=["x"]).resolve_autocast("auto")),
+                "autocast": str(rk_dtype),
+                "rocketkd_dtype": bc.dtype_name(rk_dtype),
+                "peer_dtype": bc.dtype_name(peer_dtype),
                 "seconds": {n_: [bc.rnd(t_, 3) for t_ in v] for n_, v in times.items()},
             }
             rr["ratio"] = bc.rnd(rr["rocketkd_pairs_per_s"] / rr["peer_pairs_per_s"])
             rr["ratio_best"] = bc.rnd(rr["rocketkd_best_pairs_per_s"] / rr["peer_best_pairs_per_s"])
             if args.rerank_fp32:
                 rr["rocketkd_fp32_pairs_per_s"] = rate("rocketkd_rerank_run_fp32")
-                rr["ratio_fp32"] = bc.rnd(rr["rocketkd_fp32_pairs_per_s"] / rr["peer_pairs_per_s"])
+                fp32_peer = "st_CrossEncoder_predict_fp32" if peer_dtype is not None else "st_CrossEncoder_predict"
+                rr["peer_fp32_pairs_per_s"] = rate(fp32_peer)
+                rr["ratio_fp32"] = bc.rnd(rr["rocketkd_fp32_pairs_per_s"] / rr["peer_fp32_pairs_per_s"])
             results["rerank"] = rr
 
     syn = results["synthetic"]
     result = {
         "bench": "search",
         "quick": args.quick,
+        "device": device.type,
+        "requested_device": args.device,
+        "rocketkd_backend": backend,
+        "peer": "faiss-cpu IndexFlatIP",
         "rocketkd_qps": syn["rocketkd_qps"],
         "faiss_qps": syn["faiss_qps"],
         "ratio": syn["ratio"],
+        "same_results": syn["same_results"],
+        "topk_id_agreement": syn["topk_id_agreement"],
         "target_within_10pct": syn["ratio"] >= 0.9,
         **{k: v for k, v in results.items()},
         "load": load.summary(),
@@ -399,6 +470,7 @@ def main(argv=None) -> dict:
             r["rocketkd_load_ms"],
             r["faiss_read_index_ms"],
             r["same_results"],
+            r["topk_id_agreement"],
         ]
         for name, r in results.items()
         if name in ("synthetic", "real_vectors")
@@ -417,6 +489,7 @@ def main(argv=None) -> dict:
                 "load ms",
                 "read_index ms",
                 "same results",
+                "top-k id agreement",
             ],
             rows,
         )

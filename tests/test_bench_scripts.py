@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 TINY_DATA = Path(__file__).parent / "resources" / "tiny"
 TINY_BERT = (
@@ -82,3 +84,141 @@ def test_bench_reranker_sweeps_warmups_and_fuses_on_dev(tiny_bert, tiny_data, tm
         assert rows[0]["dev"]["base"] == r["dev"]["base"]  # one base encoder for every setting
     table = (out / "table.md").read_text()
     assert "| three | 3 |" in table and "--setting three:train.max_steps=3,train.lr_reranker=1e-4" in table
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --device: on this CPU-only machine "auto" must fall back to the CPU and still report the GPU-mode figures (MFU
+# against a small --matmul-n peak, the torch search backend, bf16 on both sides) through the same code paths.
+
+
+def _run_script(name: str, args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "ROCKETKD_CACHE_DIR": str(tmp_path / "cache"),
+        "TMPDIR": str(tmp_path),
+    }
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / name), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=timeout,
+    )
+
+
+def _last_json(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines, "no output on stdout"
+    return json.loads(lines[-1])
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+needs_no_cuda = pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="checks the CPU fallback of --device auto"
+)
+
+
+@needs_no_cuda
+def test_bench_encode_device_auto_falls_back_and_reports_mfu(tmp_path):
+    proc = _run_script(
+        "bench_encode.py",
+        ["--quick", "--device", "auto", "--model", str(TINY_BERT), "--data", str(TINY_DATA), "--skip-memory",
+         "--threads", "1", "--matmul-n", "64", "--matmul-reps", "2", "--peer-autocast", "bf16"],
+        tmp_path,
+    )
+    result = _last_json(proc)
+    assert result["bench"] == "encode" and result["device"] == "cpu" and result["requested_device"] == "auto"
+    assert result["machine"]["device"] == {"type": "cpu"}
+    assert result["st_dtype"] == "bf16" and set(result["systems"]) == {"rocketkd", "st", "rocketkd_fp32", "st_fp32"}
+    assert result["ratio_fp32_peer"] == "st_fp32" and _positive(result["ratio"])
+    assert _positive(result["matmul_peak_tflops"])
+    assert result["matmul_peak_device"]["shape"] == "64x64x64"
+    n_params = result["mfu_model"]["non_embedding_params"]
+    assert n_params == 2 * (4 * 32 * 32 + 2 * 32 * 37 + 9 * 32 + 37) + 2 * 32  # tiny BERT: H 32, FFN 37, 2 layers
+    for name, f in result["systems"].items():
+        assert 0 < f["tokens_real"] <= f["tokens_padded"], name
+        assert _positive(f["mfu_real"]) and f["mfu_padded"] >= f["mfu_real"], name
+        assert result["mfu"][name] == {"real": f["mfu_real"], "padded": f["mfu_padded"]}
+    # the same tokens for both systems (same tokenizer and max length); padding depends on each one's batching
+    assert result["systems"]["rocketkd"]["tokens_real"] == result["systems"]["st"]["tokens_real"]
+
+
+@needs_no_cuda
+def test_bench_train_device_auto_two_lengths_with_mfu(tmp_path):
+    proc = _run_script(
+        "bench_train.py",
+        ["--quick", "--device", "auto", "--config", str(REPO / "configs" / "tiny.yaml"), "--data", str(TINY_DATA),
+         "--model", str(TINY_BERT), "--lengths", "3", "5", "--batch", "2", "--threads", "1",
+         "--matmul-n", "64", "--matmul-reps", "2"],
+        tmp_path,
+    )
+    result = _last_json(proc)
+    assert result["bench"] == "train" and result["device"] == "cpu" and result["requested_device"] == "auto"
+    assert result["lengths"] == [3, 5] and set(result["by_length"]) == {"3", "5"}
+    assert result["G"] == 3 and result["B"] == 2  # top level = the first length
+    assert _positive(result["matmul_peak_tflops"])
+    for length, res in result["by_length"].items():
+        assert res["G"] == int(length) and res["B"] == 2 and res["candidate_source"] == "sampled"
+        systems = res["systems"]
+        assert set(systems) == {"rocketkd", "st", "rocketkd_fp32"}  # peer fp32 on cpu: no st_fp32 row
+        assert result["lists_per_s_by_length"][length] == {n: f["lists_per_s"] for n, f in systems.items()}
+        for name, f in systems.items():
+            assert _positive(f["lists_per_s"]) and _positive(f["mfu_real"]), (length, name)
+            assert 0 < f["tokens_real_per_step"] <= f["tokens_padded_per_step"]
+        # both sides push the same real tokens through their models: B queries + B x L passages + B x L pairs
+        assert systems["rocketkd"]["tokens_real_per_step"] == systems["st"]["tokens_real_per_step"]
+        assert res["mfu"]["rocketkd"]["real"] == systems["rocketkd"]["mfu_real"]
+    five, three = result["by_length"]["5"]["systems"], result["by_length"]["3"]["systems"]
+    assert five["rocketkd"]["tokens_real_per_step"] > three["rocketkd"]["tokens_real_per_step"]
+
+
+@needs_no_cuda
+def test_bench_search_device_auto_torch_backend_agrees_with_faiss(tmp_path):
+    proc = _run_script(
+        "bench_search.py",
+        ["--quick", "--device", "auto", "--model", str(TINY_BERT), "--data", str(TINY_DATA), "--threads", "1",
+         "--search-backend", "torch", "--peer-autocast", "bf16", "--skip-rerank"],
+        tmp_path,
+    )
+    result = _last_json(proc)
+    assert result["device"] == "cpu" and result["requested_device"] == "auto"
+    assert result["rocketkd_backend"] == "torch" and result["peer"] == "faiss-cpu IndexFlatIP"
+    for part in ("synthetic", "real_vectors"):
+        r = result[part]
+        assert r["rocketkd_backend"] == "torch" and _positive(r["rocketkd_qps"]) and _positive(r["faiss_qps"])
+        assert r["same_results"] and r["topk_id_agreement"] == 1.0 and r["top1_agreement"] == 1.0
+    assert result["real_text_e2e"]["peer_dtype"] == "bf16" and "rerank" not in result
+
+
+@needs_no_cuda
+def test_bench_memory_device_auto_runs_children_on_cpu(tmp_path):
+    proc = _run_script(
+        "bench_memory.py",
+        ["--device", "auto", "--model", str(TINY_BERT), "--data", str(TINY_DATA), "--lengths", "4",
+         "--chunk-size", "2", "--steps", "1", "--mixed-precision", "bf16"],
+        tmp_path,
+    )
+    result = _last_json(proc)
+    assert result["device"] == "cpu" and result["requested_device"] == "auto" and result["mixed_precision"] == "bf16"
+    assert result["time_ratio_basis"] == "cpu" and result["memory_ratio"] == 1.0  # one length: flat by definition
+    rows = result["rows"]
+    assert [(r["L"], r["chunk_size"]) for r in rows] == [(4, None), (4, 2)]
+    assert result["peak_mb"] == {"4": {"plain": rows[0]["peak_mb"], "chunked": rows[1]["peak_mb"]}}
+    for r in rows:
+        assert r["device"] == "cpu" and r["memory_measure"] == "rss_vmhwm" and _positive(r["step_s"])
+        assert math.isfinite(r["peak_mb"]) and math.isfinite(r["loss_first_step"])
+
+
+@needs_no_cuda
+def test_bench_device_cuda_is_refused_without_cuda(tmp_path):
+    proc = _run_script("bench_memory.py", ["--device", "cuda", "--lengths", "4"], tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert "--device cuda" in proc.stderr and "no CUDA device" in proc.stderr

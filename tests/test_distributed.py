@@ -35,7 +35,9 @@ def _train(nproc: int, batch_size: int, model: Path, data: Path, out: Path) -> N
             "--set", "train.in_batch_negatives=true", "--set", "train.retriever_ce_weight=0.5",
             "--set", "train.eval_every=2",  # a dev measurement mid-run: every process must join its encoding
             "--output", str(out)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # Both runs on the CPU (gloo), also on a GPU machine: on one GPU two NCCL ranks would share it, which NCCL
+    # refuses (seen on an H100, docs/scaling.md), and the one-process reference must use the same arithmetic.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     if nproc == 1:
         cmd = [sys.executable, *args]
     else:
