@@ -169,6 +169,7 @@ class PipelineConfig:
     rounds: int = _f(2, "mine -> train rounds after warm-up")
     warmup: bool = _f(True, "train both models on labels before distilling (a fresh head is a random teacher)")
     warmup_steps: int | None = _f(None, "warm-up optimizer steps (empty = train.epochs worth)")
+    round_steps: int | None = _f(None, "optimizer steps of each round's training (empty = train.max_steps)")
     warmup_retriever: bool = _f(
         True,
         "keep the warm-up's retriever (false: round 1 starts from model.retriever as given -- for a start that is "

@@ -211,7 +211,8 @@ def run_pipeline(cfg: Config) -> dict:
 
         def joint(t=t, r=r, retriever=retriever, reranker=reranker) -> dict:
             jcfg = _train_cfg(cfg, mode=t["mode"], online_teacher_weight=t["online_teacher_weight"],
-                              teacher=t.get("teacher", cfg.train.teacher))
+                              teacher=t.get("teacher", cfg.train.teacher),
+                              max_steps=p.round_steps or cfg.train.max_steps)
             lists = read_candidates(t["lists"], corpus=data.corpus, queries=all_queries(data))
             res = train(jcfg, output_dir=out / f"round{r}", resume=True, data=data, lists=lists,
                         retriever_path=retriever, reranker_path=reranker)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up (first run only), then the demo pipeline on data/cranfield with the packaged MiniLM:
-# BM25 candidates -> warm-up -> joint training -> re-mine -> joint training -> index -> evaluation (results.json + PNG).
+# BM25 candidates -> warm-up -> re-mine with the retriever -> teachers checked on dev -> joint training -> index ->
+# evaluation (results.json + PNG).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -84,7 +84,7 @@ def test_pipeline_keeps_start_retriever_and_best_of_round(tiny_bert, tiny_data, 
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [
         f"data.path={tiny_data}", f"model.retriever={tiny_bert}", f"model.reranker={tiny_bert}", f"output_dir={out}",
         "pipeline.warmup_retriever=false", "train.keep_best=true", "train.eval_every=2", "pipeline.plot=false",
-        "pipeline.systems=bm25,base,retriever",
+        "pipeline.systems=bm25,base,retriever", "train.max_steps=6", "pipeline.round_steps=4",
     ])
     run_pipeline(cfg)
     stages = json.loads((out / "stages.json").read_text())
@@ -102,4 +102,5 @@ def test_pipeline_keeps_start_retriever_and_best_of_round(tiny_bert, tiny_data, 
     assert scale != pytest.approx(student_spread(warmed, cfg.model.score_scale), rel=1e-4)
     assert not (out / "warmup" / "dev_start.json").exists()  # the dropped warm-up retriever is not measured
     state = json.loads((out / "round1" / "train_state.json").read_text())
-    assert "start" in state["dev_ndcg@10"] and len(state["dev_curve"]) >= 2
+    assert "start" in state["dev_ndcg@10"] and sorted(map(int, state["dev_curve"])) == [0, 2, 4]
+    assert state["step"] == 4 and stages["train-1"]["steps"] == 4  # pipeline.round_steps, not train.max_steps
