@@ -105,6 +105,28 @@ def add_device_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_model_arg(parser: argparse.ArgumentParser, role: str) -> None:
+    """``--model``: the start point of ``role`` (which models of the script it feeds)."""
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"{role}: a rocketkd/sentence-transformers folder or a plain transformers folder (config.json, weights, "
+        "tokenizer files; mean pooling), e.g. a random-weight copy from `python scripts/bench_common.py random-model "
+        "packaged DIR` (default: packaged all-MiniLM-L6-v2)",
+    )
+
+
+def add_peer_autocast_arg(parser: argparse.ArgumentParser, peer_call: str) -> None:
+    """``--peer-autocast``: the peer's precision, by default the one rocketkd's own setting takes on the device."""
+    parser.add_argument(
+        "--peer-autocast",
+        choices=("auto", "no", "bf16"),
+        default="auto",
+        help=f"autocast of {peer_call}: auto (default) = on cuda the dtype rocketkd takes there (bf16: both sides "
+        "equal), on cpu none (sentence-transformers' fp32 default); no = fp32; bf16 = torch.autocast bf16",
+    )
+
+
 def resolve_device(name: str | None):
     """``--device`` -> a torch.device: "auto" is cuda when torch sees a CUDA device, else cpu; "cuda" without one
     is a SystemExit naming the problem (before any model is loaded)."""

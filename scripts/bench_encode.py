@@ -60,21 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--data", default=str(bc.REPO / "data" / "cranfield"), help="BEIR collection (default data/cranfield)"
     )
-    p.add_argument(
-        "--model",
-        default=None,
-        help="model folder: rocketkd/sentence-transformers-saved, or a plain transformers folder (config.json, "
-        "weights, tokenizer files; mean pooling), e.g. a random-weight copy from `python scripts/bench_common.py "
-        "random-model packaged DIR` (default: packaged all-MiniLM-L6-v2)",
-    )
-    p.add_argument(
-        "--peer-autocast",
-        choices=("auto", "no", "bf16"),
-        default="auto",
-        help="autocast of sentence-transformers' encode: auto (default) = the dtype rocketkd's default autocast "
-        "takes on a cuda device (bf16: both sides equal), none on cpu (sentence-transformers' fp32 default); "
-        "no = fp32; bf16 = torch.autocast bf16 on any device",
-    )
+    bc.add_model_arg(p, "the encoder")
+    bc.add_peer_autocast_arg(p, "sentence-transformers' encode")
     p.add_argument(
         "--passages", type=int, default=None, help="time only N passages (default: the whole corpus)"
     )

@@ -169,13 +169,7 @@ def main(argv=None) -> None:
         default="no",
         help="no (default, fp32) or bf16: the model prepared by accelerate in bf16 (autocast forwards), both paths",
     )
-    ap.add_argument(
-        "--model",
-        default=None,
-        help="retriever and re-ranker start point: a rocketkd/sentence-transformers folder or a plain transformers "
-        "folder (config.json, weights, tokenizer files), e.g. a random-weight copy from `python "
-        "scripts/bench_common.py random-model packaged DIR` (default: packaged all-MiniLM-L6-v2)",
-    )
+    bc.add_model_arg(ap, "retriever and re-ranker")
     ap.add_argument(
         "--data", default=None, help="BEIR folder whose queries.jsonl / corpus.jsonl fill the lists (default data/cranfield)"
     )

@@ -77,13 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--data", default=str(bc.REPO / "data" / "cranfield"), help="collection for the real index"
     )
-    p.add_argument(
-        "--model",
-        default=None,
-        help="encoder/re-ranker start point: a rocketkd/sentence-transformers folder or a plain transformers folder "
-        "(config.json, weights, tokenizer files; mean pooling), e.g. a random-weight copy from `python "
-        "scripts/bench_common.py random-model packaged DIR` (default: packaged all-MiniLM-L6-v2)",
-    )
+    bc.add_model_arg(p, "the encoder and the re-ranker")
     p.add_argument(
         "--search-backend",
         choices=("auto", "faiss", "torch"),
@@ -91,13 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="rocketkd's DenseIndex backend: auto (default) = torch (exact top-k on the GPU) on cuda, faiss on cpu; "
         "torch on cpu runs rocketkd.index.torch_topk_search on the CPU",
     )
-    p.add_argument(
-        "--peer-autocast",
-        choices=("auto", "no", "bf16"),
-        default="auto",
-        help="autocast of SentenceTransformer.encode / CrossEncoder.predict: auto (default) = the dtype rocketkd's "
-        "autocast='auto' takes on a cuda device (bf16), none on cpu (their fp32 default); no; bf16",
-    )
+    bc.add_peer_autocast_arg(p, "SentenceTransformer.encode / CrossEncoder.predict")
     p.add_argument(
         "--passages", type=int, default=None, help="index only the first N passages of --data (default all)"
     )

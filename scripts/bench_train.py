@@ -74,13 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="rocketkd config (default configs/demo.yaml)",
     )
     p.add_argument("--data", default=None, help="collection (default: the config's data.path)")
-    p.add_argument(
-        "--model",
-        default=None,
-        help="start point of both models: a rocketkd/sentence-transformers folder or a plain transformers folder "
-        "(config.json, weights, tokenizer files; mean pooling), e.g. a random-weight copy from "
-        "`python scripts/bench_common.py random-model packaged DIR` (default: packaged all-MiniLM-L6-v2)",
-    )
+    bc.add_model_arg(p, "both models")
     p.add_argument(
         "--lengths",
         type=int,
@@ -93,13 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None, help="B: lists per step (default: the config's train.batch_size)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per system first (default 1)")
     p.add_argument("--skip-fp32", action="store_true", help="do not time rocketkd (nor, on cuda, the peer) at fp32")
-    p.add_argument(
-        "--peer-autocast",
-        choices=("auto", "no", "bf16"),
-        default="auto",
-        help="autocast of the peer's forward: auto (default) = on cuda the dtype of rocketkd's precision (bf16 for "
-        "mixed_precision=bf16), on cpu none (fp32, sentence-transformers' default); no = fp32; bf16 = bf16 autocast",
-    )
+    bc.add_peer_autocast_arg(p, "the peer's forward")
     p.add_argument(
         "--rocketkd-train-mode",
         action="store_true",
