@@ -32,6 +32,12 @@ class DataConfig:
     test_split: str = _f("test", "qrels split reported in results.json")
     min_positive_grade: int = _f(1, "a judged passage counts as a positive when its grade is at least this")
     cache_dir: str | None = _f(None, "where the Arrow cache of the corpus goes (default: a temp folder)")
+    title_queries: int = _f(
+        0,
+        "self-supervised training queries: up to this many titled passages (title of >= 4 words) join the train "
+        "split, the title as query and the passage as its positive, so label-free teachers teach on more queries "
+        "than the qrels have (rocketkd.data.pseudo); 0 = off. Dev and test are untouched",
+    )
 
 
 @dataclass
@@ -395,6 +401,8 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError(f"config key 'train.teachers': unknown teacher {name!r} (known: {', '.join(OFFLINE_TEACHERS)})")
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight >= 0:
             raise ConfigError(f"config key 'train.teachers': weight of {name!r} must be a number >= 0, got {weight!r}")
+    if cfg.data.title_queries < 0:
+        raise ConfigError(f"config key 'data.title_queries': must be >= 0 (0 = off), got {cfg.data.title_queries}")
     if cfg.candidates.list_length < 2:
         raise ConfigError("config key 'candidates.list_length': needs at least 2 (a positive and a negative)")
     if cfg.train.batch_size < 1:

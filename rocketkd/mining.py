@@ -468,6 +468,7 @@ def mine(
     every process returns the main process's result. The lists equal those of one process.
     """
     from .data.formats import load_retrieval_data, write_candidates
+    from .data.pseudo import apply_data_config, is_title_query
     from .distributed import main_process_first
 
     m = cfg.mining
@@ -477,6 +478,7 @@ def mine(
     if data is None:
         with main_process_first():  # one process fills the corpus cache, the others then read it
             data = load_retrieval_data(cfg.data.path, cache_dir=cfg.data.cache_dir)
+    apply_data_config(cfg, data)
     corpus = data.corpus
     corpus_ids = corpus.ids
     list_length = cfg.candidates.list_length
@@ -518,7 +520,9 @@ def mine(
     if score or unlabeled:
         plan = []
         if score:
-            for qid in train_queries:
+            # title queries (data.title_queries) are not denoised: their positive is certain, and a cross-encoder
+            # pass over each of their candidates would cost more than the rest of mining on a small collection
+            for qid in (q for q in train_queries if not is_title_query(q)):
                 plan += [(qid, pid) for pid in positives_of(train_qrels, qid, cfg.data.min_positive_grade)]
                 plan += [(qid, pid) for pid in candidates[qid]]
         for qid in unlabeled:
@@ -542,7 +546,7 @@ def mine(
         negatives_of: dict[str, list[str]] = {}
         dropped: set[str] = set()
         pseudo: list[str] = []
-        if score:
+        if score and not is_title_query(qid):
             q_scores = scores[qid]
             cand_scores = np.array([q_scores[pid] for pid in cands], dtype=np.float64)
             pseudo = pseudo_positives(cands, cand_scores, m.pseudo_positive_threshold)
@@ -620,6 +624,7 @@ def mine(
         "corpus_fingerprint": corpus.fingerprint() if hasattr(corpus, "fingerprint") else None,
         "num_queries": num_queries,
         "training_queries": len(train_queries),
+        "title_queries": sum(1 for qid in train_queries if is_title_query(qid)),
         "dropped_false_negatives": dropped_pairs,
         "pseudo_positives": n_pseudo,
         "topped_up": topped_up,

@@ -168,6 +168,7 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
 
 def run_pipeline(cfg: Config) -> dict:
     from .data.formats import load_retrieval_data, read_candidates
+    from .data.pseudo import apply_data_config
     from .mining import mine
     from .models import resolve_model_path
     from .train import train
@@ -175,7 +176,7 @@ def run_pipeline(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg.dump(out / "config.yaml")
-    data = load_retrieval_data(cfg.data.path, cache_dir=cfg.data.cache_dir)
+    data = apply_data_config(cfg, load_retrieval_data(cfg.data.path, cache_dir=cfg.data.cache_dir))
     stages = StageLog(out / "stages.json")
     p = cfg.pipeline
 

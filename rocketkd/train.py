@@ -427,6 +427,7 @@ def train(
     from transformers import get_linear_schedule_with_warmup
 
     from .data.formats import load_retrieval_data
+    from .data.pseudo import apply_data_config
 
     t = cfg.train
     out = Path(output_dir or cfg.output_dir)
@@ -441,6 +442,7 @@ def train(
 
     if data is None:
         data = load_retrieval_data(cfg.data.path, cache_dir=cfg.data.cache_dir)
+    apply_data_config(cfg, data)
     if lists is None:
         lists = build_lists(cfg, data, out)
     lists = teacher_lists(cfg, data, lists, out, retriever_path, reranker_path)

@@ -567,6 +567,12 @@ class Corpus:
     def text(self, row: int) -> str:
         return self.texts([row])[0]
 
+    def column(self, name: str) -> list:
+        """One stored column (``id``, ``title`` or ``text``) as a list in row order."""
+        if name not in ("id", "title", "text"):
+            raise KeyError(f"no corpus column {name!r} (id, title, text)")
+        return self._table.column(name).to_pylist()
+
     def get_text(self, pid: str) -> str:
         return self.text(self.row_of(pid))
 
