@@ -194,6 +194,13 @@ class PipelineConfig:
         "auto mode: the teachers checked on dev and fitted into the ensemble: reranker (the warmed-up re-ranker, "
         "online in the joint step), bm25, base (model.retriever as it starts), random (seeded noise: a control)",
     )
+    check_on_train: bool = _f(
+        False,
+        "auto mode: check the teachers and fit their weights on the train queries too (title queries excepted), "
+        "not dev alone -- sound only where nothing checked has learned the train labels: used when the round's "
+        "student is model.retriever as given (round 1 with pipeline.warmup_retriever false) and the re-ranker is "
+        "not a member; otherwise dev alone, logged. Cranfield: 150 queries instead of dev's 25",
+    )
     zero_bad_teachers: bool = _f(
         True,
         "auto mode: a teacher (or ensemble) not better than the student on dev gets weight 0 (false: keep the fitted "

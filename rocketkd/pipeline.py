@@ -108,9 +108,11 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
         ensemble_logprobs,
         scores_on_candidates,
     )
+    from .models import resolve_model_path
     from .train import load_retriever, student_spread
 
-    dev = data.split_queries(cfg.data.dev_split)
+    dev, check_qrels = _check_queries(cfg, data, student_is_start=r == 1 and retriever == resolve_model_path(
+        cfg.model.retriever))
     student_index = DenseIndex.build(retriever, data.corpus, batch_size=cfg.index.batch_size, autocast=cfg.index.autocast)
     student_run = search_run(student_index, dev, cfg.eval.rerank_depth)
     candidates = candidates_from_run(student_run, cfg.eval.rerank_depth)
@@ -133,7 +135,7 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
     # The re-ranker is checked as training will use it: raw logits at train.temperature (mix_teachers); the
     # offline members (BM25, cosine) live on other scales and are z-scored per list.
     choice = check_teachers(
-        candidates, student_run, members, data.qrels[cfg.data.dev_split],
+        candidates, student_run, members, check_qrels,
         min_gain=cfg.pipeline.teacher_min_gain,
         normalize_how={n: "none" if n == "reranker" else "zscore" for n in scorers},
         temperatures=temperatures,
@@ -154,6 +156,7 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
     path = out / f"round{r}" / "teacher_lists.jsonl"
     write_candidates(path, lists, provenance={"round": r, "weights": choice.weights})
     report = {
+        "check_queries": len(dev),
         "student_ndcg@10": choice.student_ndcg,
         "ensemble_ndcg@10": choice.ensemble_ndcg,
         "weights": choice.weights,
@@ -164,6 +167,30 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
         "lists": str(path),
     }
     return report
+
+
+def _check_queries(cfg: Config, data, *, student_is_start: bool) -> tuple[dict[str, str], dict]:
+    """The held-out queries the teachers are checked on, and their qrels: dev, plus the train queries where
+    ``pipeline.check_on_train`` asks and nothing checked has learned their labels (see its help)."""
+    from .data.pseudo import is_title_query
+
+    queries = data.split_queries(cfg.data.dev_split)
+    qrels = dict(data.qrels[cfg.data.dev_split])
+    if not cfg.pipeline.check_on_train:
+        return queries, qrels
+    why = ("the re-ranker, a member, learned the train labels" if "reranker" in cfg.pipeline.teacher_members
+           else None if student_is_start else "the round's student has trained on the train labels")
+    if why:
+        logger.info("pipeline.check_on_train: teachers checked on %r alone: %s", cfg.data.dev_split, why)
+        return queries, qrels
+    train = {qid: text for qid, text in data.split_queries(cfg.data.train_split).items()
+             if not is_title_query(qid) and qid not in queries}
+    queries.update(train)
+    qrels.update({qid: data.qrels[cfg.data.train_split][qid] for qid in train})
+    logger.info("pipeline.check_on_train: teachers checked on %d queries (%r and %d of %r; none of the members "
+                "or the student learned their labels)", len(queries), cfg.data.dev_split, len(train),
+                cfg.data.train_split)
+    return queries, qrels
 
 
 def run_pipeline(cfg: Config) -> dict:

@@ -85,6 +85,7 @@ def test_pipeline_keeps_start_retriever_and_best_of_round(tiny_bert, tiny_data, 
         f"data.path={tiny_data}", f"model.retriever={tiny_bert}", f"model.reranker={tiny_bert}", f"output_dir={out}",
         "pipeline.warmup_retriever=false", "train.keep_best=true", "train.eval_every=2", "pipeline.plot=false",
         "pipeline.systems=bm25,base,retriever", "train.max_steps=6", "pipeline.round_steps=4",
+        "pipeline.check_on_train=true", "pipeline.teacher_members=bm25,base",
     ])
     run_pipeline(cfg)
     stages = json.loads((out / "stages.json").read_text())
@@ -104,3 +105,29 @@ def test_pipeline_keeps_start_retriever_and_best_of_round(tiny_bert, tiny_data, 
     state = json.loads((out / "round1" / "train_state.json").read_text())
     assert "start" in state["dev_ndcg@10"] and sorted(map(int, state["dev_curve"])) == [0, 2, 4]
     assert state["step"] == 4 and stages["train-1"]["steps"] == 4  # pipeline.round_steps, not train.max_steps
+    # pipeline.check_on_train: round 1's student is the start and no member learned labels: dev + train queries
+    assert stages["teachers-1"]["check_queries"] == len(data.qrels["dev"]) + len(data.qrels["train"])
+
+
+def test_check_on_train_only_where_nothing_learned_the_train_labels(tiny_data, tmp_path):
+    from rocketkd.data.formats import load_retrieval_data
+    from rocketkd.pipeline import _check_queries
+
+    data = load_retrieval_data(tiny_data, cache_dir=tmp_path / "cache")
+    data.queries["title:d0"] = "a title query"
+    data.qrels["train"]["title:d0"] = {"d0": 2}
+    dev, train = data.qrels["dev"], {q: r for q, r in data.qrels["train"].items() if q != "title:d0"}
+
+    def check(*overrides, start=True):
+        cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"data.path={tiny_data}", *overrides])
+        return _check_queries(cfg, data, student_is_start=start)
+
+    queries, qrels = check()  # off by default
+    assert set(queries) == set(qrels) == set(dev)
+    queries, qrels = check("pipeline.check_on_train=true", "pipeline.teacher_members=bm25,base")
+    assert set(queries) == set(qrels) == set(dev) | set(train)  # not the title query
+    assert all(qrels[q] == train[q] for q in train) and all(qrels[q] == dev[q] for q in dev)
+    queries, _ = check("pipeline.check_on_train=true", "pipeline.teacher_members=bm25,base", start=False)
+    assert set(queries) == set(dev)  # the student has trained on the train labels
+    queries, _ = check("pipeline.check_on_train=true", "pipeline.teacher_members=reranker,bm25")
+    assert set(queries) == set(dev)  # so has the re-ranker
