@@ -168,3 +168,37 @@ def test_random_copy_loads_in_rocketkd_and_sentence_transformers(tmp_path):
     b = st.encode(texts)
     assert a.shape == b.shape == (2, 32) and math.isfinite(float(a.sum()))
     assert abs(a - b).max() < 1e-4  # mean pooling on both sides, no Normalize
+
+
+def test_average_checkpoints_is_the_mean_of_the_retriever_weights(tiny_bert, tiny_data, tmp_path):
+    """scripts/average_checkpoints.py: one checkpoint reproduces the trained retriever; two give their mean."""
+    import torch
+
+    from rocketkd.config import load_config
+    from rocketkd.train import load_retriever, train
+
+    import average_checkpoints  # scripts/ is on sys.path (above)
+
+    run = tmp_path / "run"
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [
+        f"data.path={tiny_data}", f"model.retriever={tiny_bert}", f"model.reranker={tiny_bert}", f"output_dir={run}",
+        "train.max_steps=4", "train.save_every=2", "train.keep_checkpoints=5", "train.keep_best=false"])
+    train(cfg)
+
+    def weights(folder):
+        return {k: v.float() for k, v in load_retriever(cfg, str(folder)).state_dict().items()}
+
+    assert average_checkpoints.main(["--run", str(run), "--steps", "4", "--output", str(tmp_path / "last")]) == 0
+    trained, last = weights(run / "retriever"), weights(tmp_path / "last")
+    assert all(torch.equal(trained[k], last[k]) for k in trained)
+
+    average_checkpoints.main(["--run", str(run), "--steps", "2", "4", "--output", str(tmp_path / "mean")])
+    at2 = average_checkpoints.checkpoint_weights(run / "checkpoints" / "step-00000002")
+    mean = weights(tmp_path / "mean")
+    changed = [k for k in at2 if not torch.equal(at2[k], trained[k])]
+    assert changed  # the two steps differ, so the mean is a real test
+    for k in at2:
+        torch.testing.assert_close(mean[k], (at2[k] + trained[k]) / 2)
+    with pytest.raises(SystemExit, match="step-00000003: no such checkpoint"):
+        average_checkpoints.main(["--run", str(run), "--steps", "3", "--output", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
