@@ -94,7 +94,8 @@ def _train_cfg(cfg: Config, **train_overrides) -> Config:
 
 
 def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, reranker: str, lists_path: Path) -> dict:
-    """Measure each teacher on dev against the student, fit the ensemble, write the lists the round trains on."""
+    """Measure each teacher on held-out queries (dev, or more: :func:`_check_queries`) against the student, fit the
+    ensemble, write the lists the round trains on."""
     from .data.formats import read_candidates, write_candidates
     from .index import DenseIndex, search_run
     from .teachers import (
@@ -111,10 +112,10 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
     from .models import resolve_model_path
     from .train import load_retriever, student_spread
 
-    dev, check_qrels = _check_queries(cfg, data, student_is_start=r == 1 and retriever == resolve_model_path(
+    held_out, check_qrels = _check_queries(cfg, data, student_is_start=r == 1 and retriever == resolve_model_path(
         cfg.model.retriever))
     student_index = DenseIndex.build(retriever, data.corpus, batch_size=cfg.index.batch_size, autocast=cfg.index.autocast)
-    student_run = search_run(student_index, dev, cfg.eval.rerank_depth)
+    student_run = search_run(student_index, held_out, cfg.eval.rerank_depth)
     candidates = candidates_from_run(student_run, cfg.eval.rerank_depth)
     make = {
         "reranker": lambda: RerankerScorer(reranker),
@@ -123,7 +124,7 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
         "random": lambda: RandomScorer(cfg.train.seed),
     }
     scorers = {name: make[name]() for name in cfg.pipeline.teacher_members}
-    members = {name: scores_on_candidates(s, candidates, dev, data.corpus) for name, s in scorers.items()}
+    members = {name: scores_on_candidates(s, candidates, held_out, data.corpus) for name, s in scorers.items()}
     lists = read_candidates(lists_path, corpus=data.corpus, queries=all_queries(data))
     # Offline members at the student's own sharpness on the lists it will train on (train.teacher_scale, see
     # rocketkd.train.student_spread). Not on its dev top-k: those candidates all score near the top, so their
@@ -147,7 +148,7 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
     mode = "joint"
     if not choice.usable:
         mode = "contrastive"
-        logger.warning("round %d: no teacher beats the student on dev; training on labels only", r)
+        logger.warning("round %d: no teacher beats the student on held-out queries; training on labels only", r)
     elif static:
         member_scores = [scorers[n].score(lists, all_queries(data), data.corpus) for n in static]
         logprobs = ensemble_logprobs(member_scores, list(static.values()), combine=cfg.train.teacher_combine,
@@ -156,7 +157,7 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
     path = out / f"round{r}" / "teacher_lists.jsonl"
     write_candidates(path, lists, provenance={"round": r, "weights": choice.weights})
     report = {
-        "check_queries": len(dev),
+        "check_queries": len(held_out),
         "student_ndcg@10": choice.student_ndcg,
         "ensemble_ndcg@10": choice.ensemble_ndcg,
         "weights": choice.weights,
