@@ -23,31 +23,8 @@ TINY_BERT = (
 
 
 def test_bench_search_quick_ends_with_json(tmp_path):
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "ROCKETKD_CACHE_DIR": str(tmp_path / "cache"),
-        "TMPDIR": str(tmp_path),
-    }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "bench_search.py"),
-            "--quick",
-            "--model",
-            str(TINY_BERT),
-            "--data",
-            str(TINY_DATA),
-            "--threads",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
+    proc = _run_script(
+        "bench_search.py", ["--quick", "--model", str(TINY_BERT), "--data", str(TINY_DATA), "--threads", "1"], tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
