@@ -14,10 +14,10 @@ _EXPORTS = {
     "load_retrieval_data": "data.formats", "Corpus": "data.formats",
     "CandidateList": "types", "JointBatch": "types",
     "DualEncoder": "models", "CrossEncoderRanker": "models",
-    "mine": "mining", "train": "train",
-    "DenseIndex": "index", "BM25Retriever": "bm25",
-    "rerank_run": "rerank", "fuse_runs": "rerank",
-    "evaluate_run": "metrics",
+    "mine": "candidates.mining", "train": "training.train",
+    "DenseIndex": "search.index", "BM25Retriever": "search.bm25",
+    "rerank_run": "search.rerank", "fuse_runs": "search.rerank",
+    "evaluate_run": "evaluation.metrics",
     "run_pipeline": "pipeline",
 }
 

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import RocketKDError
+from rocketkd.errors import RocketKDError
 
 EPILOG = """stages, in the order data flows:
   mine      candidate lists for training (BM25 / dense top-k, denoised by the re-ranker)
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import commands
+    from rocketkd import commands
 
     return getattr(commands, f"cmd_{args.stage}")(args)
 

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .config import describe, load_config
-from .errors import ConfigError, DataFormatError
+from rocketkd.config import describe, load_config
+from rocketkd.errors import ConfigError, DataFormatError
 
 
 def _load(args: argparse.Namespace):
@@ -25,10 +25,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from rocketkd.pipeline import run_train
 
     cfg = _load(args)
-    result = train(cfg, output_dir=cfg.output_dir, resume=args.resume)
+    result = run_train(cfg, output_dir=cfg.output_dir, resume=args.resume)
     print(f"retriever: {result.retriever_dir}")
     if result.reranker_dir:
         print(f"reranker:  {result.reranker_dir}")
@@ -36,8 +36,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
-    from .distributed import init_if_launched, is_main
-    from .mining import mine
+    from rocketkd.candidates.mining import mine
+    from rocketkd.distributed import init_if_launched, is_main
 
     init_if_launched()  # under torchrun / accelerate launch: retrieval and denoising shard across the processes
     cfg = load_config(args.config, args.overrides)
@@ -49,7 +49,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 def _corpus_from(path: str):
-    from .data.formats import Corpus, load_retrieval_data
+    from rocketkd.data.formats import Corpus, load_retrieval_data
 
     p = Path(path)
     if p.is_dir():
@@ -60,9 +60,9 @@ def _corpus_from(path: str):
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .distributed import barrier, init_if_launched, local_device, main_process_first
-    from .index import DenseIndex
-    from .models import DualEncoder, resolve_model_path
+    from rocketkd.distributed import barrier, init_if_launched, local_device, main_process_first
+    from rocketkd.models import DualEncoder, resolve_model_path
+    from rocketkd.search.index import DenseIndex
 
     # Under torchrun / accelerate launch every process encodes its share of the corpus; the main process gathers
     # the vectors in row order, builds and saves the index; the others wait for it, then exit.
@@ -80,7 +80,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _queries_from(path: str, split: str | None) -> dict[str, str]:
-    from .data.formats import load_queries, load_retrieval_data
+    from rocketkd.data.formats import load_queries, load_retrieval_data
 
     p = Path(path)
     if p.is_dir():
@@ -95,9 +95,9 @@ def _queries_from(path: str, split: str | None) -> dict[str, str]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .data.formats import write_trec_run
-    from .distributed import barrier, init_if_launched, is_main, local_device, main_process_first
-    from .index import DenseIndex, search_run
+    from rocketkd.data.formats import write_trec_run
+    from rocketkd.distributed import barrier, init_if_launched, is_main, local_device, main_process_first
+    from rocketkd.search.index import DenseIndex, search_run
 
     # Under torchrun / accelerate launch every process encodes and searches its share of the queries; the main
     # process merges the run (in query order), re-ranks and writes it; the others wait for it, then exit.
@@ -131,12 +131,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         corpus = _corpus_from(corpus_path)
     reranked = None
     if args.rerank:
-        from .models import CrossEncoderRanker
-        from .rerank import fuse_runs, rerank_run
+        from rocketkd.models import CrossEncoderRanker
+        from rocketkd.search.rerank import fuse_runs, rerank_run
 
         reranked = rerank_run(CrossEncoderRanker.from_pretrained(args.rerank).to(local_device()), run, queries, corpus, depth=args.k)
     if bm25_weight > 0:  # the pipeline's hybrid system: BM25 re-scores the retrieved passages as a third specialist
-        from .rerank import bm25_run, fuse_many
+        from rocketkd.search.rerank import bm25_run, fuse_many
 
         lexical = bm25_run(run, queries, corpus, depth=args.k)
         parts = [run, *([reranked] if reranked is not None else []), lexical]
@@ -157,8 +157,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data.formats import load_qrels, read_trec_run
-    from .metrics import DEFAULT_METRICS, evaluate_run, format_table, to_json
+    from rocketkd.data.formats import load_qrels, read_trec_run
+    from rocketkd.evaluation.metrics import DEFAULT_METRICS, evaluate_run, format_table, to_json
 
     run = read_trec_run(args.run)
     qrels = load_qrels(args.qrels)
@@ -179,7 +179,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from .pipeline import run_pipeline
+    from rocketkd.pipeline import run_pipeline
 
     cfg = _load(args)
     results = run_pipeline(cfg)

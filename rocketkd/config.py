@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from rocketkd.errors import ConfigError
 
 
 def _f(default: Any, help: str, **kw) -> Any:  # noqa: A002 - "help" mirrors argparse
@@ -36,7 +36,7 @@ class DataConfig:
         0,
         "self-supervised training queries: up to this many titled passages (title of >= 4 words) join the train "
         "split, the title as query and the passage as its positive, so label-free teachers teach on more queries "
-        "than the qrels have (rocketkd.data.pseudo); 0 = off. Dev and test are untouched",
+        "than the qrels have (rocketkd.candidates.title_queries); 0 = off. Dev and test are untouched",
     )
 
 
@@ -230,7 +230,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def dump(self, path: str | Path) -> None:
-        from .io import atomic_write
+        from rocketkd.io import atomic_write
 
         with atomic_write(path) as f:
             yaml.safe_dump(self.to_dict(), f, sort_keys=False)

@@ -78,7 +78,7 @@ def _launched_world_size() -> int:
 def init_if_launched() -> tuple[int, int]:
     """Join the process group when started by torchrun / ``accelerate launch`` with ``WORLD_SIZE > 1``.
 
-    Uses accelerate's shared state (the one :func:`rocketkd.train.make_accelerator` builds on): gloo on a machine
+    Uses accelerate's shared state (the one :func:`rocketkd.training.train.make_accelerator` builds on): gloo on a machine
     without CUDA, NCCL (and the process's own GPU) with it. With ``WORLD_SIZE`` unset or 1 nothing is initialised.
     Idempotent. Returns :func:`world`.
     """

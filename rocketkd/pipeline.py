@@ -22,9 +22,14 @@ import logging
 import time
 from pathlib import Path
 
-from .config import Config
-from .distributed import local_device
-from .io import atomic_write, read_json, write_json
+from rocketkd.candidates.lists import build_lists
+from rocketkd.candidates.title_queries import apply_data_config
+from rocketkd.config import Config
+from rocketkd.data.formats import load_retrieval_data
+from rocketkd.distributed import local_device
+from rocketkd.io import atomic_write, read_json, write_json
+from rocketkd.teachers.targets import teacher_lists, teachers_rejected
+from rocketkd.training.train import TrainResult, finished, load_result, train
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +67,10 @@ def _run_path(out: Path, system: str, split: str) -> Path:
 
 
 def _stage_baselines(cfg: Config, data, out: Path) -> dict:
-    from .bm25 import BM25Retriever
-    from .data.formats import write_trec_run
-    from .index import DenseIndex, search_run
-    from .models import DualEncoder, resolve_model_path
+    from rocketkd.data.formats import write_trec_run
+    from rocketkd.models import DualEncoder, resolve_model_path
+    from rocketkd.search.bm25 import BM25Retriever
+    from rocketkd.search.index import DenseIndex, search_run
 
     k = cfg.eval.k
     splits = [cfg.data.dev_split, cfg.data.test_split]
@@ -96,9 +101,11 @@ def _train_cfg(cfg: Config, **train_overrides) -> Config:
 def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, reranker: str, lists_path: Path) -> dict:
     """Measure each teacher on held-out queries (dev, or more: :func:`_check_queries`) against the student, fit the
     ensemble, write the lists the round trains on."""
-    from .data.formats import read_candidates, write_candidates
-    from .index import DenseIndex, search_run
-    from .teachers import (
+    from rocketkd.data.formats import read_candidates, write_candidates
+    from rocketkd.models import resolve_model_path
+    from rocketkd.models.loading import load_retriever
+    from rocketkd.search.index import DenseIndex, search_run
+    from rocketkd.teachers import (
         BM25Scorer,
         RandomScorer,
         RerankerScorer,
@@ -109,8 +116,7 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
         ensemble_logprobs,
         scores_on_candidates,
     )
-    from .models import resolve_model_path
-    from .train import load_retriever, student_spread
+    from rocketkd.teachers.targets import student_spread
 
     held_out, check_qrels = _check_queries(cfg, data, student_is_start=r == 1 and retriever == resolve_model_path(
         cfg.model.retriever))
@@ -127,7 +133,7 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
     members = {name: scores_on_candidates(s, candidates, held_out, data.corpus) for name, s in scorers.items()}
     lists = read_candidates(lists_path, corpus=data.corpus, queries=all_queries(data))
     # Offline members at the student's own sharpness on the lists it will train on (train.teacher_scale, see
-    # rocketkd.train.student_spread). Not on its dev top-k: those candidates all score near the top, so their
+    # rocketkd.training.train.student_spread). Not on its dev top-k: those candidates all score near the top, so their
     # spread is ~4x smaller (cranfield: 0.63 against 2.69) and the teachers would be that much too flat.
     scale = cfg.train.teacher_scale or student_spread(
         RetrieverScorer(load_retriever(cfg, retriever)).score(lists, all_queries(data), data.corpus),
@@ -173,7 +179,7 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
 def _check_queries(cfg: Config, data, *, student_is_start: bool) -> tuple[dict[str, str], dict]:
     """The held-out queries the teachers are checked on, and their qrels: dev, plus the train queries where
     ``pipeline.check_on_train`` asks and nothing checked has learned their labels (see its help)."""
-    from .data.pseudo import is_title_query
+    from rocketkd.candidates.title_queries import is_title_query
 
     queries = data.split_queries(cfg.data.dev_split)
     qrels = dict(data.qrels[cfg.data.dev_split])
@@ -194,12 +200,44 @@ def _check_queries(cfg: Config, data, *, student_is_start: bool) -> tuple[dict[s
     return queries, qrels
 
 
+def run_train(
+    cfg: Config,
+    *,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    data=None,
+    lists: list | None = None,
+    retriever_path: str | None = None,
+    reranker_path: str | None = None,
+) -> TrainResult:
+    """A lone ``rocketkd train``: candidate lists (given, ``candidates.path``, mined or sampled), the offline teachers
+    of ``train.teachers`` checked on dev and attached, then :func:`rocketkd.training.train.train`."""
+    out = Path(output_dir or cfg.output_dir)
+    if resume and finished(out):
+        logger.info("%s already holds a finished run; nothing to resume", out)
+        return load_result(out)
+    if data is None:
+        data = load_retrieval_data(cfg.data.path, cache_dir=cfg.data.cache_dir)
+    apply_data_config(cfg, data)
+    if lists is None:
+        lists = build_lists(cfg, data, out)
+    lists = teacher_lists(cfg, data, lists, out, retriever_path, reranker_path)
+    if teachers_rejected(cfg, out):
+        # A teacher no better than the student on dev would only pull the retriever away from its start (issue
+        # 11); the online re-ranker is no fallback (a new head is a random teacher), so nothing distils.
+        logger.warning("train.teachers did not beat the start retriever on %s (see %s): the retriever is not "
+                       "distilled (distill_weight 0)", cfg.data.dev_split, out / "teacher_check.json")
+        cfg = copy.deepcopy(cfg)
+        cfg.train.distill_weight = 0.0
+    return train(cfg, lists, data=data, output_dir=out, resume=resume, retriever_path=retriever_path,
+                 reranker_path=reranker_path)
+
+
 def run_pipeline(cfg: Config) -> dict:
-    from .data.formats import load_retrieval_data, read_candidates
-    from .data.pseudo import apply_data_config
-    from .mining import mine
-    from .models import resolve_model_path
-    from .train import train
+    from rocketkd.candidates.mining import mine
+    from rocketkd.candidates.title_queries import apply_data_config
+    from rocketkd.data.formats import load_retrieval_data, read_candidates
+    from rocketkd.models import resolve_model_path
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -218,7 +256,7 @@ def run_pipeline(cfg: Config) -> dict:
             if not p.warmup_retriever:  # its retriever is dropped: measuring it on dev would be wasted work
                 wcfg.train.eval_dev = False
             lists = read_candidates(out / "round0" / "candidates.jsonl", corpus=data.corpus, queries=all_queries(data))
-            res = train(wcfg, output_dir=out / "warmup", resume=True, data=data, lists=lists)
+            res = train(wcfg, lists, data=data, output_dir=out / "warmup", resume=True)
             return {"retriever": str(res.retriever_dir), "reranker": str(res.reranker_dir), "steps": res.steps}
 
         w = stages.run("warmup", warm)
@@ -243,7 +281,7 @@ def run_pipeline(cfg: Config) -> dict:
                               teacher=t.get("teacher", cfg.train.teacher),
                               max_steps=p.round_steps or cfg.train.max_steps)
             lists = read_candidates(t["lists"], corpus=data.corpus, queries=all_queries(data))
-            res = train(jcfg, output_dir=out / f"round{r}", resume=True, data=data, lists=lists,
+            res = train(jcfg, lists, data=data, output_dir=out / f"round{r}", resume=True,
                         retriever_path=retriever, reranker_path=reranker)
             return {"retriever": str(res.retriever_dir), "reranker": str(res.reranker_dir or reranker), "steps": res.steps}
 
@@ -261,10 +299,10 @@ def _mined(result) -> dict:
 
 
 def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str) -> dict:
-    from .data.formats import read_trec_run, write_trec_run
-    from .index import DenseIndex, search_run
-    from .models import CrossEncoderRanker
-    from .rerank import choose_fusion_weight, fuse_runs, rerank_run
+    from rocketkd.data.formats import read_trec_run, write_trec_run
+    from rocketkd.models import CrossEncoderRanker
+    from rocketkd.search.index import DenseIndex, search_run
+    from rocketkd.search.rerank import choose_fusion_weight, fuse_runs, rerank_run
 
     index = DenseIndex.build(retriever, data.corpus, factory=cfg.index.factory, batch_size=cfg.index.batch_size,
                              autocast=cfg.index.autocast)
@@ -289,15 +327,15 @@ def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str) ->
 
 def _stage_hybrid(cfg: Config, data, out: Path, reranker: str) -> dict:
     """The retriever's top ``eval.rerank_depth`` re-scored by three specialists -- the retriever itself, the
-    re-ranker and BM25 -- fused per query (:func:`rocketkd.rerank.fuse_many`), weights fitted on dev.
+    re-ranker and BM25 -- fused per query (:func:`rocketkd.search.rerank.fuse_many`), weights fitted on dev.
 
     On small data the lexical specialist is what a learned re-ranker is not (issue 11: a fused zero-shot bi-encoder
     and BM25 beat a trained MiniLM cross-encoder on cranfield); ``reranked`` keeps the two-stage system alone.
     """
-    from .data.formats import read_trec_run, write_trec_run
-    from .models import CrossEncoderRanker
-    from .rerank import bm25_run, choose_fusion_weights, fuse_many, rerank_run
-    from .teachers import BM25Scorer, candidates_from_run
+    from rocketkd.data.formats import read_trec_run, write_trec_run
+    from rocketkd.models import CrossEncoderRanker
+    from rocketkd.search.rerank import bm25_run, choose_fusion_weights, fuse_many, rerank_run
+    from rocketkd.teachers import BM25Scorer, candidates_from_run
 
     dev, test = cfg.data.dev_split, cfg.data.test_split
     bm25 = BM25Scorer(data.corpus)
@@ -343,8 +381,8 @@ def _keep_tail(head: dict, first: dict) -> dict:
 
 
 def _write_results(cfg: Config, data, out: Path, stages: StageLog) -> dict:
-    from .data.formats import read_trec_run
-    from .metrics import evaluate_run
+    from rocketkd.data.formats import read_trec_run
+    from rocketkd.evaluation.metrics import evaluate_run
 
     test = cfg.data.test_split
     qrels = data.qrels[test]
@@ -379,7 +417,7 @@ def _write_results(cfg: Config, data, out: Path, stages: StageLog) -> dict:
         print(f"  {name:<10}" + "  ".join(f"{k}={m[k]:.3f}" for k in REPORT_METRICS))
     if cfg.pipeline.plot:
         try:
-            from .plots import plot_run
+            from rocketkd.evaluation.plots import plot_run
 
             plot_run(out, curves)
         except ImportError as e:  # matplotlib is a dependency; keep results even if a user removed it

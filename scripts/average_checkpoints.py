@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-RETRIEVER_PREFIX = "retriever."  # the joint model's parameter names (rocketkd.joint.JointModel)
+RETRIEVER_PREFIX = "retriever."  # the joint model's parameter names (rocketkd.training.joint.JointModel)
 
 
 def checkpoint_weights(step_dir: Path) -> dict[str, torch.Tensor]:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rocketkd.config import load_config
     from rocketkd.io import atomic_dir
-    from rocketkd.train import load_retriever
+    from rocketkd.models.loading import load_retriever
 
     cfg = load_config(args.config or args.run / "config.yaml")
     retriever = load_retriever(cfg, cfg.model.retriever)

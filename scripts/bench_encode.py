@@ -171,8 +171,8 @@ def mem_child(args) -> None:
     import gc
 
     from rocketkd.data.formats import Corpus
-    from rocketkd.encode import CHUNK_BATCHES, encode_corpus
     from rocketkd.models import DualEncoder, resolve_model_path
+    from rocketkd.search.encode import CHUNK_BATCHES, encode_corpus
 
     folder = Path(args.mem_child)
     model = DualEncoder.from_pretrained(resolve_model_path(args.model))
@@ -289,10 +289,10 @@ def main(argv=None) -> dict:
     from sentence_transformers import SentenceTransformer
 
     from rocketkd.data.formats import load_retrieval_data
-    from rocketkd.encode import encode_corpus, encode_queries, resolve_autocast
-    from rocketkd.index import DenseIndex
-    from rocketkd.metrics import evaluate_run
+    from rocketkd.evaluation.metrics import evaluate_run
     from rocketkd.models import DualEncoder, resolve_model_path
+    from rocketkd.search.encode import encode_corpus, encode_queries, resolve_autocast
+    from rocketkd.search.index import DenseIndex
 
     info = bc.machine_info(device)
     bc.log(f"device: {device} (--device {args.device})")

@@ -2,7 +2,7 @@
 """Peak memory and time of one joint training step, plain vs cached score gradients (``train.chunk_size``).
 
 For each list length L (candidates per query) and each path (plain: one forward/backward of the whole batch;
-chunked: ``rocketkd.gradcache.chunked_backward``), a fresh child process loads the packaged all-MiniLM-L6-v2 as both
+chunked: ``rocketkd.training.gradcache.chunked_backward``), a fresh child process loads the packaged all-MiniLM-L6-v2 as both
 the retriever and the re-ranker, builds one batch of B lists of L Cranfield passages, and runs a warm-up step and
 then ``--steps`` timed steps (forward + loss + backward into the parameter gradients, joint mode; no optimizer,
 whose state does not depend on L). Time per step is the median over the timed steps of the wall clock and of the
@@ -70,10 +70,10 @@ def child(args) -> dict:
     import torch
 
     from rocketkd.config import load_config
-    from rocketkd.gradcache import chunked_backward
-    from rocketkd.joint import JointModel
     from rocketkd.models import CrossEncoderRanker, DualEncoder, resolve_model_path
-    from rocketkd.train import _step_loss
+    from rocketkd.training.gradcache import chunked_backward
+    from rocketkd.training.joint import JointModel
+    from rocketkd.training.train import _step_loss
     from rocketkd.types import JointBatch
 
     torch.set_num_threads(args.threads)

@@ -6,7 +6,7 @@
 Each setting trains the re-ranker on labels (``train.mode=warmup``: listwise CE, positive at column 0, on the
 BM25-mined lists of ``candidates.source=mined``), then re-ranks the *base* encoder's top ``eval.rerank_depth`` of
 the dev and test queries. Reported per setting and split: nDCG@10 of the base encoder's own order, of the re-ranker
-alone, and of their per-query fusion with the weight chosen on dev (``rocketkd.rerank``), plus the last logged
+alone, and of their per-query fusion with the weight chosen on dev (``rocketkd.search.rerank``), plus the last logged
 re-ranker CE (log G = 2.079 for G = 8 is a re-ranker that learned nothing). One table (``table.md``) and
 ``raw.json`` under --output; finished settings are read back, so rerunning resumes.
 
@@ -41,11 +41,12 @@ def main() -> None:
 
     from rocketkd.config import load_config
     from rocketkd.data.formats import load_retrieval_data
-    from rocketkd.evaluate import retrieve
-    from rocketkd.metrics import evaluate_run
+    from rocketkd.evaluation.evaluate import retrieve
+    from rocketkd.evaluation.metrics import evaluate_run
     from rocketkd.models import CrossEncoderRanker
-    from rocketkd.rerank import choose_fusion_weight, fuse_runs, rerank_run
-    from rocketkd.train import load_retriever, train
+    from rocketkd.models.loading import load_retriever
+    from rocketkd.pipeline import run_train
+    from rocketkd.search.rerank import choose_fusion_weight, fuse_runs, rerank_run
 
     settings = [_parse(s) for s in (args.settings or DEFAULT_SETTINGS)]
     base_cfg = load_config(args.config, args.overrides)
@@ -68,7 +69,7 @@ def main() -> None:
         cfg = load_config(args.config, [*args.overrides, *sets, "train.mode=warmup", "candidates.source=mined",
                                         "train.teachers={}", "train.eval_dev=false", "train.eval_every=null",
                                         "train.keep_best=false", f"output_dir={out}"])
-        result = train(cfg, resume=True)
+        result = run_train(cfg, resume=True)
         ce = [h["reranker_ce"] for h in result.history if "reranker_ce" in h]
         ranker = CrossEncoderRanker.from_pretrained(str(result.reranker_dir), max_length=cfg.model.reranker_max_length)
         reranked = {s: rerank_run(ranker, first[s], data.split_queries(s), data.corpus, depth=depth) for s in splits}

@@ -12,10 +12,10 @@ For each size a fresh child process (so every peak is its own) loads the BEIR-la
 (``Corpus.from_beir``: a memory-mapped Arrow table) and the model (``DualEncoder.from_pretrained``), resets its peak
 RSS through ``/proc/self/clear_refs``, then runs the three stages through the project's code:
 
-1. **encode**: ``rocketkd.encode.encode_corpus`` (length-sorted chunks, batches of ``--batch-size``, in memory);
+1. **encode**: ``rocketkd.search.encode.encode_corpus`` (length-sorted chunks, batches of ``--batch-size``, in memory);
 2. **index**: ``DenseIndex.from_embeddings`` (what ``DenseIndex.build`` does after encoding; ``--factory``, Flat
    by default), then the embedding array is dropped;
-3. **search**: ``rocketkd.index.search_run`` over ``--queries`` query texts, top ``--k`` (query encoding included).
+3. **search**: ``rocketkd.search.index.search_run`` over ``--queries`` query texts, top ``--k`` (query encoding included).
 
 Times are wall clock and process CPU seconds (user + system; the child runs ``--threads`` torch threads, 1 by
 default, so CPU time is compute time and a neighbour's load disturbs it less than the wall clock). The
@@ -162,9 +162,9 @@ def write_queries(work: Path, words: list[str], args) -> Path:
 
 def child(args) -> dict:
     from rocketkd.data.formats import Corpus
-    from rocketkd.encode import encode_corpus
-    from rocketkd.index import DenseIndex, search_run
     from rocketkd.models import DualEncoder
+    from rocketkd.search.encode import encode_corpus
+    from rocketkd.search.index import DenseIndex, search_run
 
     bc.set_threads(args.threads)
     folder = Path(args.child)

@@ -22,7 +22,7 @@ B, ...) and summarised by medians:
 
 Devices (``--device``, default cpu): rocketkd's index searches with the ``faiss`` backend on cpu and with the
 ``torch`` backend on cuda (``DenseIndex(backend="torch")``: exact chunked matmul + top-k on the GPU,
-:func:`rocketkd.index.torch_topk_search`; the corpus is copied to the GPU by the first, untimed, search); the peer of
+:func:`rocketkd.search.index.torch_topk_search`; the corpus is copied to the GPU by the first, untimed, search); the peer of
 the vector searches stays raw faiss-cpu ``IndexFlatIP`` (the faiss here has no GPU support) on the same vectors.
 Whether the two agree is reported exactly (``same_results``: same ids in the same order) and as the mean top-k id
 overlap (``topk_id_agreement``) and top-1 agreement, since GPU float rounding can reorder near-tied scores. On cuda
@@ -83,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=("auto", "faiss", "torch"),
         default="auto",
         help="rocketkd's DenseIndex backend: auto (default) = torch (exact top-k on the GPU) on cuda, faiss on cpu; "
-        "torch on cpu runs rocketkd.index.torch_topk_search on the CPU",
+        "torch on cpu runs rocketkd.search.index.torch_topk_search on the CPU",
     )
     bc.add_peer_autocast_arg(p, "SentenceTransformer.encode / CrossEncoder.predict")
     p.add_argument(
@@ -131,7 +131,7 @@ def vector_search_bench(args, tag, emb, ids, queries, work, load, results, devic
     import faiss
     import numpy as np
 
-    from rocketkd.index import DenseIndex, search_run
+    from rocketkd.search.index import DenseIndex, search_run
 
     folder = Path(work) / f"index-{tag}"
     DenseIndex.from_embeddings(emb, ids).save(folder, save_encoder=False)
@@ -205,7 +205,7 @@ def main(argv=None) -> dict:
     import numpy as np
     import torch
 
-    from rocketkd.encode import resolve_autocast
+    from rocketkd.search.encode import resolve_autocast
 
     backend = args.search_backend
     if backend == "auto":  # explicit: DenseIndex's own "auto" would pick the GPU whenever one is present
@@ -241,9 +241,9 @@ def main(argv=None) -> dict:
         import faiss
 
         from rocketkd.data.formats import load_retrieval_data
-        from rocketkd.encode import encode_corpus, encode_queries
-        from rocketkd.index import DenseIndex, search_run
         from rocketkd.models import DualEncoder, resolve_model_path
+        from rocketkd.search.encode import encode_corpus, encode_queries
+        from rocketkd.search.index import DenseIndex, search_run
 
         model_path = resolve_model_path(args.model)
         data = load_retrieval_data(args.data, cache_dir=os.path.join(work, "cache"))
@@ -318,9 +318,9 @@ def main(argv=None) -> dict:
         if not args.skip_rerank:
             from sentence_transformers import CrossEncoder
 
-            from rocketkd.metrics import rank_scores
+            from rocketkd.evaluation.metrics import rank_scores
             from rocketkd.models import CrossEncoderRanker
-            from rocketkd.rerank import rerank_run
+            from rocketkd.search.rerank import rerank_run
 
             ce_dir = Path(work) / "reranker"
             CrossEncoderRanker.from_pretrained(model_path, max_length=args.reranker_max_length).save(ce_dir)

@@ -7,7 +7,7 @@ max lengths from model.query_max_length / passage_max_length / reranker_max_leng
 the retriever and the re-ranker (the re-ranker's new head is created once and saved, and both sides load that same
 folder).
 
-* **rocketkd** -- the body of ``rocketkd.train.train``'s loop with its own pieces: ``JointCollator`` batches from a
+* **rocketkd** -- the body of ``rocketkd.training.train.train``'s loop with its own pieces: ``JointCollator`` batches from a
   DataLoader over ``GroupDataset``, ``JointModel`` (retriever + re-ranker) -> ``_step_loss`` (compute_objective:
   re-ranker listwise CE + KL distillation of the retriever + 0.2 x in-batch CE, as the config) ->
   ``accelerator.backward`` -> ``_check_gradients`` (clip at 1.0) -> AdamW step (``_param_groups``) -> zero_grad ->
@@ -91,7 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--rocketkd-train-mode",
         action="store_true",
-        help="put rocketkd's models in train mode (dropout on) before timing; rocketkd.train.train() leaves "
+        help="put rocketkd's models in train mode (dropout on) before timing; rocketkd.training.train.train() leaves "
         "the backbones in the eval mode from_pretrained gives them (dropout off)",
     )
     p.add_argument(
@@ -151,13 +151,13 @@ def main(argv=None) -> dict:
         from sentence_transformers.losses import DistillKLDivLoss
 
     from rocketkd.config import load_config
-    from rocketkd.data.collator import JointCollator
     from rocketkd.data.dataset import GroupDataset
     from rocketkd.data.formats import load_retrieval_data
-    from rocketkd.encode import resolve_autocast
-    from rocketkd.joint import JointModel
     from rocketkd.models import CrossEncoderRanker, resolve_model_path
-    from rocketkd.train import (
+    from rocketkd.search.encode import resolve_autocast
+    from rocketkd.training.collator import JointCollator
+    from rocketkd.training.joint import JointModel
+    from rocketkd.training.train import (
         _check_gradients,
         _param_groups,
         _step_loss,

@@ -388,8 +388,8 @@ def test_index_model_path_missing(capsys, tiny_data, tmp_path, corpus_cache):
 @pytest.fixture
 def index_folder(tiny_bert, tiny_data, tmp_path) -> Path:
     from rocketkd.data.formats import Corpus
-    from rocketkd.index import DenseIndex
     from rocketkd.models import DualEncoder
+    from rocketkd.search.index import DenseIndex
 
     corpus = Corpus.from_beir(tiny_data / "corpus.jsonl")
     index = DenseIndex.build(DualEncoder.from_pretrained(tiny_bert), corpus, show_progress=False)
@@ -416,7 +416,7 @@ def test_search_unknown_split(capsys, index_folder, tiny_data, tmp_path):
 def test_search_bm25_weight_rescores_the_top_k_and_rejects_weights_over_one(capsys, index_folder, tiny_data,
                                                                           tmp_path):
     from rocketkd.data.formats import Corpus, read_trec_run
-    from rocketkd.metrics import rank_scores
+    from rocketkd.evaluation.metrics import rank_scores
     from rocketkd.teachers import BM25Scorer, candidates_from_run, scores_on_candidates
 
     dense, lexical = tmp_path / "dense.run", tmp_path / "lexical.run"
@@ -479,7 +479,7 @@ def test_evaluate_qrels_without_relevant(capsys, tmp_path):
 
 def test_evaluate_json_matches_python_api(capsys, tmp_path):
     from rocketkd.data.formats import load_qrels, read_trec_run
-    from rocketkd.metrics import evaluate_run
+    from rocketkd.evaluation.metrics import evaluate_run
 
     run = tmp_path / "test.run"
     _write_run(run)

@@ -172,12 +172,12 @@ def test_random_copy_loads_in_rocketkd_and_sentence_transformers(tmp_path):
 
 def test_average_checkpoints_is_the_mean_of_the_retriever_weights(tiny_bert, tiny_data, tmp_path):
     """scripts/average_checkpoints.py: one checkpoint reproduces the trained retriever; two give their mean."""
+    import average_checkpoints  # scripts/ is on sys.path (above)
     import torch
 
     from rocketkd.config import load_config
-    from rocketkd.train import load_retriever, train
-
-    import average_checkpoints  # scripts/ is on sys.path (above)
+    from rocketkd.models.loading import load_retriever
+    from rocketkd.pipeline import run_train as train
 
     run = tmp_path / "run"
     cfg = load_config(REPO / "configs" / "tiny.yaml", [

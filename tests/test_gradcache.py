@@ -15,15 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import rocketkd.gradcache as gradcache
+import rocketkd.training.gradcache as gradcache
 from rocketkd.config import load_config
-from rocketkd.data.collator import JointCollator
 from rocketkd.data.dataset import GroupDataset, label_lists
 from rocketkd.data.formats import load_retrieval_data
-from rocketkd.gradcache import chunked_backward, plan_chunks
-from rocketkd.joint import JointModel, JointScores
 from rocketkd.models import CrossEncoderRanker, DualEncoder
-from rocketkd.train import _step_loss, make_accelerator, train
+from rocketkd.pipeline import run_train as train
+from rocketkd.training.collator import JointCollator
+from rocketkd.training.gradcache import chunked_backward, plan_chunks
+from rocketkd.training.joint import JointModel, JointScores
+from rocketkd.training.train import _step_loss, make_accelerator
 
 ROOT = Path(__file__).resolve().parents[1]
 B, G = 3, 4
@@ -233,7 +234,7 @@ def test_without_rng_replay_the_gradients_would_be_wrong(tiny_bert, tiny_data, m
 
 
 def test_non_finite_loss_raises_the_plain_error_before_touching_gradients(tiny_bert, tiny_data, monkeypatch):
-    import rocketkd.train as train_mod
+    import rocketkd.training.train as train_mod
     from rocketkd.errors import TrainingError
 
     real = train_mod.compute_objective

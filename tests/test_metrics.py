@@ -1,4 +1,4 @@
-"""rocketkd.metrics against pytrec_eval (trec_eval) on seeded random runs, plus hand-worked cases.
+"""rocketkd.evaluation.metrics against pytrec_eval (trec_eval) on seeded random runs, plus hand-worked cases.
 
 Facts about pytrec_eval these tests rely on (checked with pytrec-eval-terrier):
 * ties in score are broken by docno descending (strcmp), so among tied passages "9" ranks above "10";
@@ -21,7 +21,7 @@ import pytest
 import pytrec_eval
 
 from rocketkd.errors import ConfigError
-from rocketkd.metrics import (
+from rocketkd.evaluation.metrics import (
     DEFAULT_METRICS,
     EvalResult,
     average_precision,

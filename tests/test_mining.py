@@ -7,8 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from rocketkd.errors import ConfigError
-from rocketkd.mining import (
+from rocketkd.candidates.mining import (
     build_list,
     denoise,
     drop_positives,
@@ -18,6 +17,7 @@ from rocketkd.mining import (
     sample_negatives,
     sigmoid,
 )
+from rocketkd.errors import ConfigError
 
 # ------------------------------------------------------------------------------------------------ pure pieces
 
@@ -187,8 +187,8 @@ class FakeReranker:
 
 
 def test_mine_bm25_first_round(tiny_data, tmp_path):
+    from rocketkd.candidates.mining import mine
     from rocketkd.data.formats import read_candidates, read_provenance
-    from rocketkd.mining import mine
 
     # a judgement of training query q0 in another split (dev, grade 1): it must never be a negative of q0
     with open(tiny_data / "qrels" / "dev.tsv", "a") as f:
@@ -226,8 +226,8 @@ def test_mine_bm25_first_round(tiny_data, tmp_path):
 
 
 def test_mine_tops_up_short_lists(tiny_data, tmp_path):
+    from rocketkd.candidates.mining import mine
     from rocketkd.data.formats import read_candidates
-    from rocketkd.mining import mine
 
     cfg = _cfg(tiny_data, tmp_path, depth=3, sampled_negatives=1)
     data = _load(cfg)
@@ -241,8 +241,8 @@ def test_mine_tops_up_short_lists(tiny_data, tmp_path):
 
 
 def test_mine_dense_with_tiny_cross_encoder(tiny_data, tiny_bert, tmp_path):
+    from rocketkd.candidates.mining import mine
     from rocketkd.data.formats import read_candidates, read_provenance
-    from rocketkd.mining import mine
     from rocketkd.models import CrossEncoderRanker
 
     cfg = _cfg(tiny_data, tmp_path, depth=20, false_negative_rank=0)
@@ -278,8 +278,8 @@ def test_mine_dense_with_tiny_cross_encoder(tiny_data, tiny_bert, tmp_path):
 
 
 def test_mine_base_encoder_first_round(tiny_data, tiny_bert, tmp_path):
+    from rocketkd.candidates.mining import mine
     from rocketkd.data.formats import read_candidates
-    from rocketkd.mining import mine
 
     cfg = _cfg(tiny_data, tmp_path, first_round="base", depth=10)
     cfg.model.retriever = str(tiny_bert)
@@ -290,8 +290,8 @@ def test_mine_base_encoder_first_round(tiny_data, tiny_bert, tmp_path):
 
 
 def test_mine_drops_a_false_negative_the_reranker_is_sure_of(tiny_data, tmp_path):
+    from rocketkd.candidates.mining import mine
     from rocketkd.data.formats import read_candidates
-    from rocketkd.mining import mine
 
     cfg = _cfg(tiny_data, tmp_path, sampled_negatives=0)
     data = _load(cfg)
@@ -332,8 +332,8 @@ def test_mine_drops_a_false_negative_the_reranker_is_sure_of(tiny_data, tmp_path
 def test_mine_teacher_labels_unlabeled_queries(tiny_data, tmp_path):
     import json
 
+    from rocketkd.candidates.mining import mine
     from rocketkd.data.formats import read_candidates
-    from rocketkd.mining import mine
 
     with open(tiny_data / "queries_unlabeled.jsonl", "w") as f:
         f.write(json.dumps({"_id": "u0", "text": "flutter wing"}) + "\n")

@@ -143,7 +143,7 @@ _HELPERS_SCRIPT = textwrap.dedent(
     # encode_corpus into a memory-mapped file: each process encodes half, the main process alone writes the file
     from pathlib import Path
     from rocketkd.data.formats import Corpus
-    from rocketkd.encode import encode_corpus
+    from rocketkd.search.encode import encode_corpus
     from rocketkd.models import DualEncoder
 
     out = Path(sys.argv[1]).parent / "emb" / "passages.npy"

@@ -33,8 +33,9 @@ def test_pipeline_end_to_end_and_resume(tiny_bert, tiny_data, tmp_path, monkeypa
     assert sum(stages["hybrid"]["weights"].values()) == pytest.approx(1.0)
     # the offline teachers' sharpness is the warmed-up student's spread on the lists round 1 trains on
     from rocketkd.data.formats import load_retrieval_data, read_candidates
+    from rocketkd.models.loading import load_retriever
     from rocketkd.teachers import RetrieverScorer
-    from rocketkd.train import load_retriever, student_spread
+    from rocketkd.teachers.targets import student_spread
 
     data = load_retrieval_data(tiny_data)
     queries = {**data.unlabeled_queries, **data.queries}
@@ -46,7 +47,7 @@ def test_pipeline_end_to_end_and_resume(tiny_bert, tiny_data, tmp_path, monkeypa
     # An interruption after train-1: rerunning must redo only the final stages.
     del stages["final"], stages["hybrid"]
     (out / "stages.json").write_text(json.dumps(stages))
-    import rocketkd.train as train_mod
+    import rocketkd.pipeline as train_mod
 
     def no_training(*a, **k):
         raise AssertionError("a finished stage ran again")
@@ -90,8 +91,9 @@ def test_pipeline_keeps_start_retriever_and_best_of_round(tiny_bert, tiny_data, 
     run_pipeline(cfg)
     stages = json.loads((out / "stages.json").read_text())
     from rocketkd.data.formats import load_retrieval_data, read_candidates
+    from rocketkd.models.loading import load_retriever
     from rocketkd.teachers import RetrieverScorer
-    from rocketkd.train import load_retriever, student_spread
+    from rocketkd.teachers.targets import student_spread
 
     data = load_retrieval_data(tiny_data)
     queries = {**data.unlabeled_queries, **data.queries}

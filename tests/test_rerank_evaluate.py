@@ -10,11 +10,11 @@ import torch
 
 from rocketkd.data.formats import load_retrieval_data
 from rocketkd.errors import IndexError_
-from rocketkd.evaluate import evaluate_system, retrieve
-from rocketkd.index import DenseIndex
-from rocketkd.metrics import rank_scores
+from rocketkd.evaluation.evaluate import evaluate_system, retrieve
+from rocketkd.evaluation.metrics import rank_scores
 from rocketkd.models import CrossEncoderRanker, DualEncoder
-from rocketkd.rerank import (
+from rocketkd.search.index import DenseIndex
+from rocketkd.search.rerank import (
     DEFAULT_FUSION_GRID,
     choose_fusion_weight,
     choose_fusion_weights,

@@ -1,5 +1,5 @@
 """rocketkd.teachers: normalisation, the ensemble by hand, the held-out check, the scorers against their models,
-and (through rocketkd.objective) which module each teacher's gradient reaches."""
+and (through rocketkd.training.objective) which module each teacher's gradient reaches."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from rocketkd.config import TrainConfig
-from rocketkd.metrics import evaluate_run
-from rocketkd.objective import compute_objective, mix_teachers
+from rocketkd.evaluation.metrics import evaluate_run
 from rocketkd.teachers import (
     BM25Scorer,
     RerankerScorer,
@@ -28,6 +27,7 @@ from rocketkd.teachers import (
     rerank_ndcg,
     scores_on_candidates,
 )
+from rocketkd.training.objective import compute_objective, mix_teachers
 from rocketkd.types import CandidateList
 
 LOGGER = "rocketkd.teachers"
@@ -447,7 +447,7 @@ def test_candidates_from_run():
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Where the gradient of each term goes (rocketkd.objective, joint mode)
+# Where the gradient of each term goes (rocketkd.training.objective, joint mode)
 # ------------------------------------------------------------------------------------------------------------------
 
 

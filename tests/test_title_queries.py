@@ -1,4 +1,4 @@
-"""data.title_queries: passages' titles as self-supervised training queries (rocketkd.data.pseudo)."""
+"""data.title_queries: passages' titles as self-supervised training queries (rocketkd.candidates.title_queries)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def _by_hash(pids):
 
 
 def test_title_queries_take_titled_passages_in_hash_order(titled_data, tmp_path):
-    from rocketkd.data.pseudo import title_queries
+    from rocketkd.candidates.title_queries import title_queries
 
     data = _load(titled_data, tmp_path)
     every = title_queries(data.corpus, 100)
@@ -51,7 +51,7 @@ def test_title_queries_take_titled_passages_in_hash_order(titled_data, tmp_path)
 
 
 def test_add_title_queries_extends_the_train_split_only(titled_data, tmp_path):
-    from rocketkd.data.pseudo import add_title_queries
+    from rocketkd.candidates.title_queries import add_title_queries
 
     data = _load(titled_data, tmp_path)
     before = {split: {q: dict(p) for q, p in qrels.items()} for split, qrels in data.qrels.items()}
@@ -73,7 +73,7 @@ def test_add_title_queries_extends_the_train_split_only(titled_data, tmp_path):
 
 
 def test_title_query_id_clash_is_an_error(titled_data, tmp_path):
-    from rocketkd.data.pseudo import add_title_queries
+    from rocketkd.candidates.title_queries import add_title_queries
 
     with open(titled_data / "queries.jsonl", "a") as f:
         f.write(json.dumps({"_id": "title:" + _by_hash(TITLED)[0], "text": "a query with an unlucky id"}) + "\n")
@@ -94,9 +94,9 @@ def test_negative_title_queries_rejected():
 def test_mine_lists_title_queries_without_denoising_them(titled_data, tmp_path):
     import numpy as np
 
+    from rocketkd.candidates.mining import mine
     from rocketkd.config import Config
     from rocketkd.data.formats import read_candidates, read_provenance
-    from rocketkd.mining import mine
 
     class CountingReranker:
         def __init__(self):

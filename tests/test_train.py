@@ -15,14 +15,15 @@ import torch
 import torch.nn.functional as F
 
 from rocketkd.config import load_config
-from rocketkd.data.collator import JointCollator
 from rocketkd.data.dataset import GroupDataset, label_lists
 from rocketkd.data.formats import load_retrieval_data
 from rocketkd.errors import ConfigError, TrainingError
-from rocketkd.joint import JointModel
 from rocketkd.models import CrossEncoderRanker, DualEncoder
-from rocketkd.objective import compute_objective, mix_teachers
-from rocketkd.train import COMPLETE_MARKER, train
+from rocketkd.pipeline import run_train as train
+from rocketkd.training.collator import JointCollator
+from rocketkd.training.joint import JointModel
+from rocketkd.training.objective import compute_objective, mix_teachers
+from rocketkd.training.train import COMPLETE_MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,7 +120,7 @@ def test_list_length_larger_than_candidates_is_a_config_error(tiny_bert, tiny_da
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tiny_bert, tiny_data, tmp_path, monkeypatch):
-    import rocketkd.train as train_mod
+    import rocketkd.training.train as train_mod
 
     real = train_mod.compute_objective
     calls = {"n": 0}

@@ -9,15 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from rocketkd.bm25 import BM25Retriever
+from rocketkd.candidates.lists import build_lists
 from rocketkd.config import load_config
 from rocketkd.data.formats import load_retrieval_data, read_candidates
 from rocketkd.errors import ConfigError
-from rocketkd.index import DenseIndex, search_run
-from rocketkd.metrics import evaluate_run
+from rocketkd.evaluation.metrics import evaluate_run
 from rocketkd.models import DualEncoder
+from rocketkd.pipeline import run_train as train
+from rocketkd.search.bm25 import BM25Retriever
+from rocketkd.search.index import DenseIndex, search_run
 from rocketkd.teachers import BM25Scorer, RandomScorer, RetrieverScorer, check_ensemble, normalize
-from rocketkd.train import build_lists, dev_ndcg, student_spread, teacher_lists, train
+from rocketkd.teachers.targets import student_spread, teacher_lists
+from rocketkd.training.train import dev_ndcg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +71,7 @@ def test_mined_lists_hold_bm25_hard_negatives(tiny_bert, tiny_data, tmp_path):
 
 
 def test_mined_by_base_mines_a_lone_trains_lists_with_the_start_encoder(tiny_bert, tiny_data, tmp_path):
-    from rocketkd.mining import mine
+    from rocketkd.candidates.mining import mine
 
     data = load_retrieval_data(tiny_data)
     extra = ("candidates.source=mined", "mining.sampled_negatives=0", "mining.denoise=false")
@@ -138,7 +141,7 @@ def test_train_reports_dev_ndcg_before_and_after(tiny_bert, tiny_data, tmp_path)
 
 
 def test_teacher_check_and_dev_start_share_one_corpus_encoding(tiny_bert, tiny_data, tmp_path, monkeypatch):
-    import rocketkd.index as index_mod
+    import rocketkd.search.index as index_mod
 
     builds = []
     real = index_mod.DenseIndex.build.__func__

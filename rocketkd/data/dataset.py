@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..errors import ConfigError
-from ..types import CandidateList, Qrels
+from rocketkd.errors import ConfigError
+from rocketkd.types import CandidateList, Qrels
 
 logger = logging.getLogger(__name__)
 

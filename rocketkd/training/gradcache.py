@@ -8,7 +8,7 @@ embeddings and the B*G re-ranker logits. So :func:`chunked_backward`
 1. runs the encoders over the rows ``chunk_size`` at a time without keeping activations (``no_grad``; the first
    chunk alone keeps its graph, see below) and collects those tensors;
 2. makes them leaf tensors that require grad and computes the ordinary loss of the step from them (the same code as
-   the plain path: ``rocketkd.train._step_loss``, so in-batch/cross-device negatives, stored teacher scores, the
+   the plain path: ``rocketkd.training.train._step_loss``, so in-batch/cross-device negatives, stored teacher scores, the
    static teacher and the non-finite check are all the same), then backpropagates it to the leaves only;
 3. runs each chunk again with gradients and backpropagates the cached leaf gradients of its rows into the
    parameters (``torch.autograd.backward(outputs, grads)``), so parameter gradients accumulate chunk by chunk.
@@ -48,10 +48,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .joint import JointScores
-from .models import DualEncoder
-from .objective import LossParts
-from .types import JointBatch
+from rocketkd.models import DualEncoder
+from rocketkd.training.joint import JointScores
+from rocketkd.training.objective import LossParts
+from rocketkd.types import JointBatch
 
 Inputs = dict[str, torch.Tensor]
 
@@ -193,7 +193,7 @@ def chunked_backward(model, batch: JointBatch, cfg, teacher_model, accelerator, 
     as the plain backward's would; ``total`` is returned detached. A non-finite loss raises the plain step's
     ``TrainingError`` before any parameter gradient is touched. ``model`` is the (possibly DDP-wrapped) JointModel.
     """
-    from .train import _step_loss  # here, not at the top: train.py imports this module
+    from rocketkd.training.train import _step_loss  # here, not at the top: train.py imports this module
 
     size = int(chunk_size or cfg.train.chunk_size or 0)
     if size < 1:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import TrainConfig
-from .losses import get_distill_loss, listwise_ce
+from rocketkd.config import TrainConfig
+from rocketkd.losses import get_distill_loss, listwise_ce
 
 
 @dataclass

@@ -7,7 +7,6 @@ position) -> export both models in sentence-transformers formats. No argv parsin
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -21,15 +20,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .config import Config
-from .data.collator import JointCollator
-from .data.dataset import GroupDataset, label_lists
-from .distributed import local_device
-from .errors import ConfigError, TrainingError
-from .joint import JointModel
-from .models import CrossEncoderRanker, DualEncoder, resolve_model_path
-from .objective import compute_objective, in_batch_ce
-from .types import CandidateList
+from rocketkd.config import Config
+from rocketkd.data.dataset import GroupDataset
+from rocketkd.errors import TrainingError
+from rocketkd.models import DualEncoder
+from rocketkd.models.loading import load_reranker, load_retriever
+from rocketkd.training.collator import JointCollator
+from rocketkd.training.joint import JointModel
+from rocketkd.training.objective import compute_objective, in_batch_ce
+from rocketkd.types import CandidateList
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ def make_accelerator(**kwargs):
     """
     from accelerate import Accelerator
 
-    from .distributed import leave_at_exit
+    from rocketkd.distributed import leave_at_exit
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
     leave_at_exit()
@@ -65,239 +64,9 @@ def make_accelerator(**kwargs):
     return accelerator
 
 
-def load_retriever(cfg: Config, path: str | None, *, for_training: bool = False) -> DualEncoder:
-    """The retriever as ``cfg.model`` describes it (the one place its settings are read)."""
-    m = cfg.model
-    retriever = DualEncoder.from_pretrained(
-        resolve_model_path(path),
-        shared=m.shared_towers,
-        pooling=m.pooling,
-        similarity=m.similarity,
-        query_max_length=m.query_max_length,
-        passage_max_length=m.passage_max_length,
-        gradient_checkpointing=for_training and cfg.train.gradient_checkpointing,
-    )
-    if not for_training:  # a scorer: this process's GPU when there is one (training models: accelerate places them)
-        return retriever.to(local_device())
-    if for_training:
-        # The backbone's pooler (BERT's tanh layer over [CLS]) feeds no retriever score: freeze it so DDP does not
-        # wait for gradients that never come and the optimizer does not decay weights nobody uses.
-        for name, param in retriever.named_parameters():
-            if ".pooler." in f".{name}":
-                param.requires_grad_(False)
-    return retriever
-
-
-def load_reranker(cfg: Config, path: str | None, *, trainable: bool = True) -> CrossEncoderRanker:
-    """The re-ranker per ``cfg.model``: trainable (listwise-CE ready) or a frozen teacher in eval mode."""
-    reranker = CrossEncoderRanker.from_pretrained(
-        resolve_model_path(path),
-        max_length=cfg.model.reranker_max_length,
-        gradient_checkpointing=trainable and cfg.train.gradient_checkpointing,
-    )
-    if not trainable:
-        return reranker.eval().requires_grad_(False).to(local_device())
-    # A listwise softmax is shift-invariant, so the one-logit head's bias gets an exactly-zero gradient; Adam would
-    # turn its float noise into +-lr steps that differ between runs. Keep it fixed.
-    for name, param in reranker.named_parameters():
-        if name.endswith("bias") and tuple(param.shape) == (1,):
-            param.requires_grad_(False)
-    return reranker
-
-
 def needs_reranker(cfg: Config) -> bool:
     """Whether the run trains a re-ranker online (joint, warmup) — static uses a frozen one outside the optimizer."""
     return cfg.train.mode in ("joint", "warmup")
-
-
-def build_lists(cfg: Config, data, output_dir: str | Path | None = None) -> list[CandidateList]:
-    """Candidate lists from ``candidates.path`` (mined), else per ``candidates.source``.
-
-    ``sampled``: qrels positives + random corpus negatives (easy negatives, no model needed). ``mined``: the top
-    ``mining.depth`` of ``mining.first_round`` (BM25 or the base encoder) as ``rocketkd mine`` builds them, written
-    to ``<output_dir>/candidates.jsonl`` (reused when a run resumes).
-    """
-    from .data.formats import read_candidates
-
-    queries = {**getattr(data, "unlabeled_queries", {}), **data.queries}
-    if cfg.candidates.path:
-        return read_candidates(cfg.candidates.path, corpus=data.corpus, queries=queries)
-    split = cfg.data.train_split
-    if split not in data.qrels:
-        raise ConfigError(
-            f"config key 'data.train_split': no qrels split {split!r} (loaded: {', '.join(data.qrels) or 'none'})"
-        )
-    if cfg.candidates.source == "mined":
-        from .mining import mine
-
-        path = Path(output_dir or cfg.output_dir) / "candidates.jsonl"
-        if not path.exists():
-            mcfg = cfg
-            if cfg.candidates.mined_by and cfg.candidates.mined_by != cfg.mining.first_round:
-                mcfg = copy.deepcopy(cfg)
-                mcfg.mining.first_round = cfg.candidates.mined_by
-            logger.info("building candidate lists: top %d of %s per training query", cfg.mining.depth,
-                        mcfg.mining.first_round)
-            mine(mcfg, output=path, data=data)
-        _barrier()
-        return read_candidates(path, corpus=data.corpus, queries=queries)
-    qrels = data.qrels[split]
-    return label_lists(
-        qrels,
-        data.corpus.ids,
-        list_length=cfg.candidates.list_length,
-        seed=cfg.candidates.seed,
-        min_grade=cfg.data.min_positive_grade,
-    )
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def teacher_lists(cfg: Config, data, lists: list[CandidateList], output_dir: str | Path,
-                  retriever_path: str | None = None, reranker_path: str | None = None) -> list[CandidateList]:
-    """``lists`` with the ensemble of ``train.teachers`` attached as stored teacher log-probabilities.
-
-    The members score every list once before training (BM25; the base encoder; the start re-ranker, frozen),
-    each normalised per list (z-score; the re-ranker's logits kept at ``train.temperature``, as the online one is
-    used), then combined per ``train.teacher_combine`` with the configured weights (:mod:`rocketkd.teachers`).
-    Written to ``<output_dir>/teacher_lists.jsonl`` and reused on resume. Lists that already carry teacher scores
-    (e.g. the pipeline's checked ensemble) are returned unchanged.
-    """
-    from .data.formats import read_candidates, write_candidates
-    from .teachers import (
-        BM25Scorer,
-        RandomScorer,
-        RerankerScorer,
-        RetrieverScorer,
-        attach_teacher_scores,
-        ensemble_logprobs,
-    )
-
-    t = cfg.train
-    weights = {name: float(w) for name, w in t.teachers.items() if w > 0}
-    if not weights:
-        return lists
-    if lists and lists[0].teacher_scores is not None:
-        logger.info("the candidate lists carry teacher scores already: train.teachers is not applied")
-        return lists
-    if not (t.mode == "joint" or (t.mode == "static" and t.teacher == "stored")):
-        logger.warning("train.teachers is ignored in mode=%s (teacher=%s): only joint and static/stored distil "
-                       "from stored scores", t.mode, t.teacher)
-        return lists
-    if t.mode == "joint" and t.online_teacher_weight >= 1.0:
-        logger.warning("train.teachers is set but train.online_teacher_weight=1: the online re-ranker alone teaches")
-    path = Path(output_dir) / "teacher_lists.jsonl"
-    queries = {**getattr(data, "unlabeled_queries", {}), **data.queries}
-    if not path.exists():
-        if _is_main():
-            start = retriever_path or cfg.model.retriever
-            base = RetrieverScorer(load_retriever(cfg, cfg.model.retriever))
-            makers = {
-                "bm25": lambda: BM25Scorer(data.corpus),
-                "base": lambda: base,
-                "reranker": lambda: RerankerScorer(load_reranker(cfg, reranker_path or cfg.model.reranker,
-                                                                 trainable=False)),
-                "random": lambda: RandomScorer(t.seed),
-            }
-            scorers = {n: makers[n]() for n in weights}
-            same = resolve_model_path(start) == resolve_model_path(cfg.model.retriever)
-            student = base if same else RetrieverScorer(load_retriever(cfg, start))
-            logger.info("scoring %d lists with the offline teachers %s", len(lists), weights)
-            member_scores = {n: s.score(lists, queries, data.corpus) for n, s in scorers.items()}
-            scale = t.teacher_scale
-            if scale is None:
-                spread = member_scores["base"] if same and "base" in member_scores else student.score(
-                    lists, queries, data.corpus)
-                scale = student_spread(spread, cfg.model.score_scale)
-                logger.info("offline teachers at the start retriever's spread: z-scores x %.3f", scale)
-            temperatures = {n: t.temperature if n == "reranker" else 1.0 / scale for n in weights}
-            hows = {n: "none" if n == "reranker" else "zscore" for n in weights}
-            provenance = {"teachers": weights, "combine": t.teacher_combine, "scale": scale}
-            if t.check_teachers and cfg.data.dev_split in data.qrels:
-                choice = _check_on_dev(cfg, data, student, scorers, weights, temperatures, hows, Path(output_dir))
-                provenance["dev_check"] = {"student": choice.student_ndcg, "ensemble": choice.ensemble_ndcg,
-                                           "usable": choice.usable}
-                if not choice.usable:
-                    provenance["rejected"] = True
-            if provenance.get("rejected"):
-                out_lists = list(lists)  # no teacher scores: train() turns distillation off
-            else:
-                logprobs = ensemble_logprobs(
-                    [member_scores[n] for n in weights], list(weights.values()), combine=t.teacher_combine,
-                    temperatures=[temperatures[n] for n in weights], normalize_how=[hows[n] for n in weights],
-                )
-                out_lists = attach_teacher_scores(lists, logprobs)
-            write_candidates(path, out_lists, provenance=provenance)
-        _barrier()
-    return read_candidates(path, corpus=data.corpus, queries=queries)
-
-
-def _check_on_dev(cfg: Config, data, student, scorers: dict, weights: dict, temperatures: dict, hows: dict,
-                  out: Path):
-    """Measure the configured ensemble on the start retriever's dev candidates (:func:`check_ensemble`).
-
-    Main process only (the index is built in this process alone). Writes ``teacher_check.json`` beside the lists,
-    and with ``train.eval_dev`` the start retriever's dev nDCG@10 (``dev_start.json``, read by :func:`_dev_start`):
-    the same search answers both, so the corpus is encoded once, not twice, before training.
-    """
-    from .index import DenseIndex, search_run
-    from .io import write_json
-    from .metrics import evaluate_run
-    from .teachers import candidates_from_run, check_ensemble, scores_on_candidates
-
-    split = cfg.data.dev_split
-    dev = data.split_queries(split)
-    index = DenseIndex.build(student.model, data.corpus, batch_size=cfg.index.batch_size,
-                             autocast=cfg.index.autocast, show_progress=False, distributed=False)
-    run = search_run(index, dev, cfg.eval.rerank_depth, distributed=False)
-    candidates = candidates_from_run(run, cfg.eval.rerank_depth)
-    members = {n: scores_on_candidates(s, candidates, dev, data.corpus) for n, s in scorers.items()}
-    choice = check_ensemble(
-        candidates, run, members, weights, data.qrels[split], min_gain=cfg.pipeline.teacher_min_gain,
-        combine=cfg.train.teacher_combine, normalize_how=hows, temperatures=temperatures,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.train.eval_dev and not (out / "dev_start.json").exists():
-        start = float(evaluate_run(run, data.qrels[split], ["nDCG@10"]).mean["nDCG@10"])
-        logger.info("retriever dev nDCG@10 at the start: %.4f", start)
-        write_json(out / "dev_start.json", {"start": start})
-    write_json(out / "teacher_check.json", {
-        "split": split, "queries": len(dev), "depth": cfg.eval.rerank_depth,
-        "min_gain": cfg.pipeline.teacher_min_gain, "student_ndcg@10": choice.student_ndcg,
-        "ensemble_ndcg@10": choice.ensemble_ndcg, "usable": choice.usable, "weights": choice.weights,
-        "members": {r.name: {"nDCG@10": r.ndcg, "weight": r.weight} for r in choice.reports},
-    })
-    return choice
-
-
-def _teachers_rejected(cfg: Config, out: Path) -> bool:
-    """True when this run's ``train.teachers`` were checked on dev and got weight 0 (``teacher_lists`` meta)."""
-    from .data.formats import read_provenance
-
-    if not any(w > 0 for w in cfg.train.teachers.values()):
-        return False
-    provenance = read_provenance(Path(out) / "teacher_lists.jsonl") or {}
-    return bool(provenance.get("rejected"))
-
-
-def student_spread(scores: list, score_scale: float) -> float:
-    """Mean over lists of the standard deviation of ``score_scale * score``: how sharp the student's softmax is.
-
-    A z-scored teacher has spread 1 per list; the packaged MiniLM at scale 20 has ~2.7 on cranfield's BM25 lists.
-    Distilling toward the spread-1 teacher costs a KL of ~0.6 nats even where both rank alike, and the student can
-    only pay it by squeezing its embedding space (measured: dev nDCG@10 falls); at the student's own spread the
-    same teacher costs ~0.07 and only the ranking differences teach.
-    """
-    import numpy as np
-
-    spreads = [float(np.std(score_scale * np.asarray(s, dtype=np.float64))) for s in scores if len(s) > 1]
-    value = float(np.mean(spreads)) if spreads else 1.0
-    return value if value > 1e-6 else 1.0
 
 
 def _is_main() -> bool:
@@ -312,8 +81,8 @@ def dev_ndcg(retriever: DualEncoder, data, cfg: Config) -> float | None:
     Every process must call it (encoding is shared across processes); the main process gets the value, the others
     None.
     """
-    from .index import DenseIndex, search_run
-    from .metrics import evaluate_run
+    from rocketkd.evaluation.metrics import evaluate_run
+    from rocketkd.search.index import DenseIndex, search_run
 
     split = cfg.data.dev_split
     if split not in data.qrels:
@@ -414,20 +183,18 @@ class _StopFlag:
 
 def train(
     cfg: Config,
+    lists: list[CandidateList],
     *,
+    data,
     output_dir: str | Path | None = None,
     resume: bool = False,
-    data=None,
-    lists: list[CandidateList] | None = None,
     retriever_path: str | None = None,
     reranker_path: str | None = None,
 ) -> TrainResult:
-    """Train per ``cfg.train.mode`` and save ``retriever/`` (+ ``reranker/``) under the output folder."""
+    """Train on ready candidate ``lists`` per ``cfg.train.mode``; save ``retriever/`` (+ ``reranker/``) under the
+    output folder. Lists, and any teacher scores they carry, are built before (``rocketkd.pipeline.run_train``)."""
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
-
-    from .data.formats import load_retrieval_data
-    from .data.pseudo import apply_data_config
 
     t = cfg.train
     out = Path(output_dir or cfg.output_dir)
@@ -436,24 +203,9 @@ def train(
     set_seed(t.seed)
     is_main = accelerator.is_main_process
 
-    if resume and (out / "retriever" / COMPLETE_MARKER).exists():
+    if resume and finished(out):
         logger.info("%s already holds a finished run; nothing to resume", out)
-        return _result(out, cfg, json.loads((out / "train_state.json").read_text()))
-
-    if data is None:
-        data = load_retrieval_data(cfg.data.path, cache_dir=cfg.data.cache_dir)
-    apply_data_config(cfg, data)
-    if lists is None:
-        lists = build_lists(cfg, data, out)
-    lists = teacher_lists(cfg, data, lists, out, retriever_path, reranker_path)
-    if _teachers_rejected(cfg, out):
-        # A teacher no better than the student on dev would only pull the retriever away from its start (issue
-        # 11); the online re-ranker is no fallback (a new head is a random teacher), so nothing distils.
-        logger.warning("train.teachers did not beat the start retriever on %s (see %s): the retriever is not "
-                       "distilled (distill_weight 0)", cfg.data.dev_split, out / "teacher_check.json")
-        cfg = copy.deepcopy(cfg)
-        cfg.train.distill_weight = 0.0
-        t = cfg.train
+        return load_result(out)
     dataset = GroupDataset(lists, cfg.candidates.list_length, seed=t.seed)
 
     m = cfg.model
@@ -536,7 +288,7 @@ def train(
             for batch in epoch_loader:
                 with accelerator.accumulate(model):
                     if t.chunk_size:  # cached score gradients: forwards in chunks, backward done inside
-                        from .gradcache import chunked_backward
+                        from rocketkd.training.gradcache import chunked_backward
 
                         parts = chunked_backward(model, batch, cfg, teacher_model, accelerator, step)
                     else:
@@ -595,7 +347,7 @@ def train(
         (out / "retriever" / COMPLETE_MARKER).touch()
         if unwrapped.reranker is not None:
             unwrapped.reranker.save(out / "reranker")
-        from .io import atomic_write
+        from rocketkd.io import atomic_write
 
         with atomic_write(out / "train_log.jsonl") as f:
             f.writelines(json.dumps(h) + "\n" for h in history)
@@ -605,7 +357,7 @@ def train(
             json.dump(state, f)
         logger.info("trained %d steps in %.1fs; models saved under %s", step, time.time() - start, out)
     accelerator.wait_for_everyone()
-    return _result(out, cfg, {"step": step, "history": history, "has_reranker": needs_reranker(cfg), "dev_ndcg@10": dev})
+    return _result(out, {"step": step, "history": history, "has_reranker": needs_reranker(cfg), "dev_ndcg@10": dev})
 
 
 class _BestRetriever:
@@ -625,7 +377,7 @@ class _BestRetriever:
 
     def offer(self, retriever: DualEncoder, value: float, step: int, *, save: bool = True) -> None:
         """Record ``value`` at ``step``; if it is the best so far (ties keep the earlier one), keep the weights."""
-        from .io import atomic_write, write_json
+        from rocketkd.io import atomic_write, write_json
 
         self.curve[str(step)] = value
         improved = self.value is None or value > self.value
@@ -645,7 +397,17 @@ class _BestRetriever:
         return {"best": self.value, "best_step": float(self.step)}
 
 
-def _result(out: Path, cfg: Config, state: dict) -> TrainResult:
+def finished(out: Path) -> bool:
+    """Whether ``out`` holds a finished training run."""
+    return (Path(out) / "retriever" / COMPLETE_MARKER).exists()
+
+
+def load_result(out: Path) -> TrainResult:
+    """The result of the finished run in ``out``."""
+    return _result(Path(out), json.loads((Path(out) / "train_state.json").read_text()))
+
+
+def _result(out: Path, state: dict) -> TrainResult:
     return TrainResult(
         output_dir=out,
         retriever_dir=out / "retriever",
@@ -666,7 +428,7 @@ def _dev_start(retriever: DualEncoder, data, cfg: Config, out: Path) -> dict[str
         if cfg.data.dev_split not in data.qrels:
             logger.info("no %r qrels: the retriever is not evaluated on dev", cfg.data.dev_split)
         return {}
-    from .io import write_json
+    from rocketkd.io import write_json
 
     logger.info("retriever dev nDCG@10 at the start: %.4f", value)
     out.mkdir(parents=True, exist_ok=True)

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 
 from rocketkd.distributed import gather_objects, local_device, shard_rows, world
-from rocketkd.encode import encode_corpus, encode_queries
 from rocketkd.errors import DataFormatError, IndexError_
 from rocketkd.io import atomic_dir, atomic_write, read_json, write_json
+from rocketkd.search.encode import encode_corpus, encode_queries
 
 if TYPE_CHECKING:
     from rocketkd.data.formats import Corpus
@@ -294,7 +294,7 @@ class DenseIndex:
         while the index is filled (large corpora).
 
         Under several processes (``distributed``, default: when a process group of several processes is
-        initialised, see :func:`~rocketkd.encode.encode_corpus`) every process encodes its share of the corpus and
+        initialised, see :func:`~rocketkd.search.encode.encode_corpus`) every process encodes its share of the corpus and
         the main process alone gathers the vectors (in row order) and builds the index. **The other processes
         return None**: build nothing, save nothing. Every process must call it.
         """

@@ -1,7 +1,7 @@
 """The joint model: retriever and re-ranker in one module, so one DDP/FSDP wrapper and one optimizer cover both.
 
 ``forward(batch)`` returns the score matrices of the group layout; the losses are computed outside from them
-(``rocketkd.objective``), which keeps the loss math free of the models.
+(``rocketkd.training.objective``), which keeps the loss math free of the models.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .models import CrossEncoderRanker, DualEncoder
-from .types import JointBatch, check_group_layout
+from rocketkd.models import CrossEncoderRanker, DualEncoder
+from rocketkd.types import JointBatch, check_group_layout
 
 
 @dataclass

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rocketkd.encode import resolve_autocast
-from rocketkd.metrics import evaluate_run, parse_metric, rank_scores
+from rocketkd.evaluation.metrics import evaluate_run, parse_metric, rank_scores
+from rocketkd.search.encode import resolve_autocast
 
 if TYPE_CHECKING:
     from rocketkd.data.formats import Corpus
@@ -215,7 +215,7 @@ def choose_fusion_weights(
     ``runs[0]``, then ``runs[1]``, ...), so list the cheaper or trusted stage first. Only the queries of ``qrels``
     are fused and scored.
     """
-    from rocketkd.teachers import weight_grid
+    from rocketkd.teachers.core import weight_grid
 
     parse_metric(metric)
     if not runs:

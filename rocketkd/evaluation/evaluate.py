@@ -1,6 +1,6 @@
 """Evaluation of a retrieval system: retrieve the queries of a split, then score the run against its qrels.
 
-Metric definitions and which queries are averaged are those of :mod:`rocketkd.metrics` (trec_eval's numbers, every
+Metric definitions and which queries are averaged are those of :mod:`rocketkd.evaluation.metrics` (trec_eval's numbers, every
 judged query with a relevant passage averaged, missing queries counted as 0).
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from rocketkd.distributed import local_device
-from rocketkd.index import DenseIndex, search_run
-from rocketkd.metrics import DEFAULT_METRICS, EvalResult, evaluate_run
+from rocketkd.evaluation.metrics import DEFAULT_METRICS, EvalResult, evaluate_run
+from rocketkd.search.index import DenseIndex, search_run
 
 if TYPE_CHECKING:
     from rocketkd.data.formats import RetrievalData
@@ -68,5 +68,5 @@ def evaluate_system(
     *,
     relevance_threshold: int = 1,
 ) -> EvalResult:
-    """The metrics of ``run`` on ``qrels`` (:func:`rocketkd.metrics.evaluate_run`)."""
+    """The metrics of ``run`` on ``qrels`` (:func:`rocketkd.evaluation.metrics.evaluate_run`)."""
     return evaluate_run(run, qrels, metrics, relevance_threshold=relevance_threshold)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..types import JointBatch
+from rocketkd.types import JointBatch
 
 
 @dataclass

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import Config
-from .data.dataset import positives_of
-from .distributed import (
+from rocketkd.config import Config
+from rocketkd.data.dataset import positives_of
+from rocketkd.distributed import (
     broadcast_object,
     gather_objects,
     gather_rows,
@@ -38,8 +38,8 @@ from .distributed import (
     shard_rows,
     world,
 )
-from .errors import ConfigError
-from .types import CandidateList, Qrels, Run
+from rocketkd.errors import ConfigError
+from rocketkd.types import CandidateList, Qrels, Run
 
 logger = logging.getLogger(__name__)
 
@@ -325,19 +325,19 @@ def _describe(model: Any) -> str:
 def _first_stage(cfg: Config, data: Any, retriever: Any, show_progress: bool):
     """(search(queries, k) -> Run, source, description) for BM25, the base encoder or a trained retriever."""
     if retriever is None and cfg.mining.first_round == "bm25":
-        from .bm25 import BM25Retriever
+        from rocketkd.search.bm25 import BM25Retriever
 
         bm25 = BM25Retriever.build(data.corpus, show_progress=show_progress)
         return _sharded(bm25.search), "bm25", "bm25"
 
-    from .index import DenseIndex, search_run
-    from .models import resolve_model_path
+    from rocketkd.models import resolve_model_path
+    from rocketkd.search.index import DenseIndex, search_run
 
     m = cfg.model
     model = retriever
     if retriever is None or isinstance(retriever, (str, Path)):
         path = resolve_model_path(retriever if retriever is not None else m.retriever)
-        from .train import load_retriever
+        from rocketkd.models.loading import load_retriever
 
         model = load_retriever(cfg, path)
         description = path
@@ -354,7 +354,7 @@ def _first_stage(cfg: Config, data: Any, retriever: Any, show_progress: bool):
         if world()[1] == 1:
             return search_run(index, queries, k, batch_size=ix.batch_size, autocast=ix.autocast)
         # each process encodes its share of the queries; the main process searches them all against its index
-        from .encode import encode_queries
+        from rocketkd.search.encode import encode_queries
 
         qids = list(queries)
         share = shard_rows(len(qids), *world())
@@ -395,7 +395,7 @@ def _sharded(search: Any) -> Any:
 def _load_reranker(cfg: Config, reranker: Any) -> tuple[Any, str]:
     if reranker is None or hasattr(reranker, "predict"):
         return reranker, (None if reranker is None else _describe(reranker))
-    from .models import CrossEncoderRanker, resolve_model_path
+    from rocketkd.models import CrossEncoderRanker, resolve_model_path
 
     path = resolve_model_path(reranker)
     model = CrossEncoderRanker.from_pretrained(path, max_length=cfg.model.reranker_max_length).to(local_device())
@@ -418,8 +418,8 @@ def _score_pairs(
     contiguous shares, each process scores its share, and the main process gets every logit back by pair position
     and returns the dict; the others return None.
     """
-    from .encode import resolve_autocast
-    from .rerank import score_pairs
+    from rocketkd.search.encode import resolve_autocast
+    from rocketkd.search.rerank import score_pairs
 
     sharded = world()[1] > 1
     full = list(dict.fromkeys(plan)) if plan is not None and is_main() else None
@@ -467,9 +467,9 @@ def mine(
     across the processes and gathered on the main process by position, which alone builds and writes the lists;
     every process returns the main process's result. The lists equal those of one process.
     """
-    from .data.formats import load_retrieval_data, write_candidates
-    from .data.pseudo import apply_data_config, is_title_query
-    from .distributed import main_process_first
+    from rocketkd.candidates.title_queries import apply_data_config, is_title_query
+    from rocketkd.data.formats import load_retrieval_data, write_candidates
+    from rocketkd.distributed import main_process_first
 
     m = cfg.mining
     _check_mining_config(m)

@@ -27,7 +27,7 @@ candidates) before the softmax: the temperature is then in units of that list's 
 member, and an arithmetic mixture weighs members by the weights given, not by their accidental scale.
 
 The ensemble's output, per list, is log-probabilities (:func:`ensemble_logprobs`). They are what
-``CandidateList.teacher_scores`` holds; :func:`rocketkd.objective.mix_teachers` applies ``log_softmax`` to them
+``CandidateList.teacher_scores`` holds; :func:`rocketkd.training.objective.mix_teachers` applies ``log_softmax`` to them
 again, which leaves log-probabilities unchanged, and mixes in the online re-ranker.
 """
 
@@ -45,15 +45,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rocketkd.distributed import local_device
-from rocketkd.metrics import evaluate_run, rank_scores
+from rocketkd.evaluation.metrics import evaluate_run, rank_scores
 from rocketkd.types import CandidateList
 
 if TYPE_CHECKING:
     import torch
 
-    from rocketkd.bm25 import BM25Retriever
     from rocketkd.data.formats import Corpus
     from rocketkd.models import CrossEncoderRanker, DualEncoder
+    from rocketkd.search.bm25 import BM25Retriever
     from rocketkd.types import Qrels, Queries, Run
 
 __all__ = [
@@ -246,7 +246,7 @@ def _query_text(queries: Queries, qid: str) -> str:
 class BM25Scorer(Scorer):
     """BM25 score of every candidate, from the full score vector bm25s computes for the query.
 
-    The index is :class:`rocketkd.bm25.BM25Retriever` (bm25s, Lucene BM25, its tokenizer and stopwords), built
+    The index is :class:`rocketkd.search.bm25.BM25Retriever` (bm25s, Lucene BM25, its tokenizer and stopwords), built
     from ``corpus`` unless a built ``retriever`` is given. Each distinct query is scored once against the whole
     corpus (``get_scores``: one float per corpus row) and its candidates are read off by corpus row, so a candidate
     that shares no term with the query scores 0 instead of being missing, as it would be from a top-k search.
@@ -256,7 +256,7 @@ class BM25Scorer(Scorer):
 
     def __init__(self, corpus: Corpus, *, retriever: BM25Retriever | None = None, name: str | None = None) -> None:
         if retriever is None:
-            from rocketkd.bm25 import BM25Retriever
+            from rocketkd.search.bm25 import BM25Retriever
 
             retriever = BM25Retriever.build(corpus)
         if len(retriever) != len(corpus):
@@ -310,7 +310,7 @@ class RetrieverScorer(Scorer):
 
     Each distinct query of the groups is encoded once, and each distinct passage once, unless
     ``passage_embeddings`` (``(N, H)`` by corpus row, e.g. the memory-mapped output of
-    :func:`rocketkd.encode.encode_corpus` of the *same* model) is given, in which case passages are looked up.
+    :func:`rocketkd.search.encode.encode_corpus` of the *same* model) is given, in which case passages are looked up.
     Memory: ``4 * H`` bytes per distinct passage. A model given by path is loaded onto ``device`` (default: the GPU
     when there is one); a model object is used on its own device unless ``device`` is given.
     """
@@ -482,7 +482,7 @@ def scores_on_candidates(
 
 
 def rerank_ndcg(scores_per_query: Mapping[str, Mapping[str, float]], qrels: Qrels, k: int = 10) -> float:
-    """nDCG@k of the ranking the scores give each query's candidates (:func:`rocketkd.metrics.evaluate_run`).
+    """nDCG@k of the ranking the scores give each query's candidates (:func:`rocketkd.evaluation.metrics.evaluate_run`).
 
     evaluate_run's rules apply: the mean is over the qrels queries with a relevant passage, a query without scores
     counts 0, ties are broken by passage id descending. Pass the qrels of the queries that were scored.

@@ -12,7 +12,7 @@ def plot_run(out: Path, curves: dict[str, dict[int, float]]) -> Path:
     matplotlib.use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
 
-    from .io import atomic_write
+    from rocketkd.io import atomic_write
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for system, curve in curves.items():
