@@ -10,8 +10,10 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from rocketkd.config import describe
 from rocketkd.errors import RocketKDError
 
 EPILOG = """stages, in the order data flows:
@@ -119,13 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.stage:
         parser.print_help()
         return 0
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
     try:
-        return int(_run(args) or 0)
+        body = _stage_body(args.stage)  # before logging is set up: see there
+        logging.basicConfig(
+            level=logging.WARNING if args.quiet else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            datefmt="%H:%M:%S",
+        )
+        return int(body(args) or 0)
     except RocketKDError as e:
         print(f"rocketkd {args.stage}: error: {e}", file=sys.stderr)
         return 2
@@ -134,10 +137,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace) -> int:
+def _print_config(args: argparse.Namespace) -> int:
+    width = max(len(k) for k, _, _ in describe())
+    for key, default, help_ in describe():
+        print(f"{key:<{width}}  {default:<14} {help_}")
+    return 0
+
+
+def _stage_body(stage: str) -> Callable[[argparse.Namespace], int]:
+    """The function that runs ``stage``: ``rocketkd.commands.cmd_<stage>``, or :func:`_print_config`."""
+    if stage == "config":
+        return _print_config
+    # start-up time: commands imports torch, transformers and faiss (seconds), which `--help` and `config` do not
+    # need. Imported before logging is set up, so the libraries' import-time INFO lines (faiss's loader) stay out.
     from rocketkd import commands
 
-    return getattr(commands, f"cmd_{args.stage}")(args)
+    return getattr(commands, f"cmd_{stage}")
 
 
 if __name__ == "__main__":

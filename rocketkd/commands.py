@@ -1,4 +1,9 @@
-"""The body of each CLI stage: parse nothing, call the Python API, print what happened."""
+"""The body of each CLI stage (``cmd_<stage>``): parse nothing, call the Python API, print what happened.
+
+:mod:`rocketkd.cli` imports this module only once a stage runs, so ``rocketkd --help`` and ``rocketkd config``
+(printed by the CLI itself) stay fast while the imports below (torch, transformers, faiss) are paid by the stages
+that need them.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,17 @@ import argparse
 import json
 from pathlib import Path
 
-from rocketkd.config import describe, load_config
+from rocketkd.candidates.mining import mine
+from rocketkd.config import load_config
+from rocketkd.data import Corpus, load_qrels, load_queries, load_retrieval_data, read_trec_run, write_trec_run
+from rocketkd.distributed import barrier, init_if_launched, is_main, local_device, main_process_first
 from rocketkd.errors import ConfigError, DataFormatError
+from rocketkd.evaluation.metrics import DEFAULT_METRICS, evaluate_run, format_table, to_json
+from rocketkd.models import CrossEncoderRanker, DualEncoder, resolve_model_path
+from rocketkd.pipeline import run_pipeline, run_train
+from rocketkd.search.fusion import fuse_stages
+from rocketkd.search.index import DenseIndex, search_run
+from rocketkd.search.rerank import bm25_run, rerank_run
 
 
 def _load(args: argparse.Namespace):
@@ -17,16 +31,7 @@ def _load(args: argparse.Namespace):
     return cfg
 
 
-def cmd_config(args: argparse.Namespace) -> int:
-    width = max(len(k) for k, _, _ in describe())
-    for key, default, help_ in describe():
-        print(f"{key:<{width}}  {default:<14} {help_}")
-    return 0
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from rocketkd.pipeline import run_train
-
     cfg = _load(args)
     result = run_train(cfg, output_dir=cfg.output_dir, resume=args.resume)
     print(f"retriever: {result.retriever_dir}")
@@ -36,9 +41,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
-    from rocketkd.candidates.mining import mine
-    from rocketkd.distributed import init_if_launched, is_main
-
     init_if_launched()  # under torchrun / accelerate launch: retrieval and denoising shard across the processes
     cfg = load_config(args.config, args.overrides)
     output = args.output or Path(cfg.output_dir) / "candidates.jsonl"
@@ -48,9 +50,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
     return 0
 
 
-def _corpus_from(path: str):
-    from rocketkd.data.formats import Corpus, load_retrieval_data
-
+def _corpus_from(path: str) -> Corpus:
     p = Path(path)
     if p.is_dir():
         return load_retrieval_data(p).corpus
@@ -60,10 +60,6 @@ def _corpus_from(path: str):
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from rocketkd.distributed import barrier, init_if_launched, local_device, main_process_first
-    from rocketkd.models import DualEncoder, resolve_model_path
-    from rocketkd.search.index import DenseIndex
-
     # Under torchrun / accelerate launch every process encodes its share of the corpus; the main process gathers
     # the vectors in row order, builds and saves the index; the others wait for it, then exit.
     init_if_launched()
@@ -80,8 +76,6 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _queries_from(path: str, split: str | None) -> dict[str, str]:
-    from rocketkd.data.formats import load_queries, load_retrieval_data
-
     p = Path(path)
     if p.is_dir():
         data = load_retrieval_data(p)
@@ -95,10 +89,6 @@ def _queries_from(path: str, split: str | None) -> dict[str, str]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from rocketkd.data.formats import write_trec_run
-    from rocketkd.distributed import barrier, init_if_launched, is_main, local_device, main_process_first
-    from rocketkd.search.index import DenseIndex, search_run
-
     # Under torchrun / accelerate launch every process encodes and searches its share of the queries; the main
     # process merges the run (in query order), re-ranks and writes it; the others wait for it, then exit.
     init_if_launched()
@@ -129,22 +119,20 @@ def cmd_search(args: argparse.Namespace) -> int:
         if not corpus_path:
             raise ConfigError("re-ranking and printing hits need the passage texts: pass --corpus")
         corpus = _corpus_from(corpus_path)
-    reranked = None
+    # The pipeline's fusion (final and hybrid stages): the retriever's top --k re-scored by the re-ranker and/or
+    # BM25 (its lexical specialist), fused per query; the retriever keeps what is left of 1.
+    rescored, weights = [], [max(0.0, 1.0 - rerank_weight - bm25_weight)]
     if args.rerank:
-        from rocketkd.models import CrossEncoderRanker
-        from rocketkd.search.rerank import fuse_runs, rerank_run
-
-        reranked = rerank_run(CrossEncoderRanker.from_pretrained(args.rerank).to(local_device()), run, queries, corpus, depth=args.k)
-    if bm25_weight > 0:  # the pipeline's hybrid system: BM25 re-scores the retrieved passages as a third specialist
-        from rocketkd.search.rerank import bm25_run, fuse_many
-
-        lexical = bm25_run(run, queries, corpus, depth=args.k)
-        parts = [run, *([reranked] if reranked is not None else []), lexical]
-        weights = [max(0.0, 1.0 - rerank_weight - bm25_weight), *([rerank_weight] if reranked is not None else []),
-                   bm25_weight]
-        run = fuse_many(parts, weights)
-    elif reranked is not None:
-        run = fuse_runs(run, reranked, args.fusion_weight) if args.fusion_weight < 1 else reranked
+        ranker = CrossEncoderRanker.from_pretrained(args.rerank).to(local_device())
+        rescored.append(rerank_run(ranker, run, queries, corpus, depth=args.k))
+        weights.append(rerank_weight)
+    if bm25_weight > 0:  # builds a BM25 index of the corpus
+        rescored.append(bm25_run(run, queries, corpus, depth=args.k))
+        weights.append(bm25_weight)
+    if args.rerank and bm25_weight == 0 and rerank_weight >= 1:
+        run = rescored[0]  # the re-ranker alone: its own scores, not z-scored
+    elif rescored:
+        run = fuse_stages(run, rescored, weights)
     if args.query is not None:
         hits = sorted(run["query"].items(), key=lambda kv: -kv[1])
         for rank, (pid, score) in enumerate(hits[: min(args.k, 10)], 1):
@@ -157,9 +145,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from rocketkd.data.formats import load_qrels, read_trec_run
-    from rocketkd.evaluation.metrics import DEFAULT_METRICS, evaluate_run, format_table, to_json
-
     run = read_trec_run(args.run)
     qrels = load_qrels(args.qrels)
     if not qrels:
@@ -179,8 +164,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from rocketkd.pipeline import run_pipeline
-
     cfg = _load(args)
     results = run_pipeline(cfg)
     print(json.dumps(results.get("systems", results), indent=2))

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from rocketkd.errors import ConfigError
+from rocketkd.io import atomic_write
 
 
 def _f(default: Any, help: str, **kw) -> Any:  # noqa: A002 - "help" mirrors argparse
@@ -51,6 +52,13 @@ class ModelConfig:
     query_max_length: int = _f(64, "maximum query tokens")
     passage_max_length: int = _f(256, "maximum passage tokens")
     reranker_max_length: int = _f(320, "maximum tokens of a (query, passage) pair")
+    reranker_prior: bool = _f(
+        False,
+        "the re-ranker scores a list as prior + cross-encoder: the prior is the lists' stored teacher scores (the "
+        "label-free BM25 + base-encoder ensemble, checked on held-out queries), the cross-encoder's new head starts "
+        "at zero, so at step 0 the re-ranker is the prior and label training adds what cross-attention sees "
+        "(rocketkd.teachers.prior)",
+    )
 
 
 @dataclass
@@ -211,6 +219,11 @@ class PipelineConfig:
         "systems evaluated on the test split: bm25, base (zero-shot encoder), retriever, reranked (retriever + "
         "re-ranker, fused), hybrid (the retriever's top-k re-scored by retriever + re-ranker + BM25, weights on dev)",
     )
+    prior_alpha: float = _f(
+        0.05,
+        "model.reranker_prior: the fitted prior replaces the student's own encoder only when, cross-fitted over two "
+        "folds of the held-out queries, it beats the student in a paired randomization test at this level",
+    )
     plot: bool = _f(True, "write recall@k and loss curves as PNG next to results.json")
 
 
@@ -230,8 +243,6 @@ class Config:
         return dataclasses.asdict(self)
 
     def dump(self, path: str | Path) -> None:
-        from rocketkd.io import atomic_write
-
         with atomic_write(path) as f:
             yaml.safe_dump(self.to_dict(), f, sort_keys=False)
 
@@ -414,6 +425,8 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError("config key 'candidates.list_length': needs at least 2 (a positive and a negative)")
     if cfg.train.batch_size < 1:
         raise ConfigError("config key 'train.batch_size': must be at least 1")
+    if not 0.0 < cfg.pipeline.prior_alpha <= 1.0:
+        raise ConfigError(f"config key 'pipeline.prior_alpha': must lie in (0, 1], got {cfg.pipeline.prior_alpha}")
     if cfg.model.pooling not in (None, "mean", "cls"):
         raise ConfigError(f"config key 'model.pooling': {cfg.model.pooling!r} is not one of mean, cls")
     if cfg.model.similarity not in (None, "dot", "cosine"):

@@ -20,6 +20,7 @@ corpus-sized gather never pickles the whole matrix at once.
 
 from __future__ import annotations
 
+import atexit
 import datetime as _dt
 import math
 import os
@@ -83,6 +84,7 @@ def init_if_launched() -> tuple[int, int]:
     Idempotent. Returns :func:`world`.
     """
     if not _initialised() and _launched_world_size() > 1:
+        # start-up time: only a launched multi-process run needs accelerate
         from accelerate import PartialState
 
         PartialState(cpu=not torch.cuda.is_available())
@@ -99,8 +101,6 @@ def leave_at_exit() -> None:
     """
     if _group_cache.get("atexit") or not _initialised():
         return
-    import atexit
-
     def leave() -> None:
         if _initialised():
             _group_cache.clear()

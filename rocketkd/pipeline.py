@@ -17,23 +17,33 @@ after an interruption skips what is done and continues with the first unfinished
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from pathlib import Path
 
 from rocketkd.candidates.lists import build_lists
-from rocketkd.candidates.title_queries import apply_data_config
+from rocketkd.candidates.mining import mine
+from rocketkd.candidates.title_queries import apply_data_config, is_title_query
 from rocketkd.config import Config
-from rocketkd.data.formats import load_retrieval_data
-from rocketkd.distributed import local_device
-from rocketkd.io import atomic_write, read_json, write_json
-from rocketkd.teachers.targets import teacher_lists, teachers_rejected
-from rocketkd.training.train import TrainResult, finished, load_result, train
+from rocketkd.data.formats import (
+    load_retrieval_data,
+    read_candidates,
+    read_trec_run,
+    write_candidates,
+    write_trec_run,
+)
+from rocketkd.evaluation.report import evaluate_systems, write_results
+from rocketkd.io import read_json, write_json
+from rocketkd.models import resolve_model_path
+from rocketkd.models.loading import load_reranker, load_retriever
+from rocketkd.search.bm25 import BM25Retriever
+from rocketkd.search.fusion import choose_fusion_weight, choose_fusion_weights, fuse_stages, head_of_run
+from rocketkd.search.index import DenseIndex, search_run
+from rocketkd.search.rerank import bm25_run, rerank_run
+from rocketkd.teachers.targets import HeldOut, build_targets, teacher_lists, teachers_rejected
+from rocketkd.training import TrainResult, finished, load_result, train
 
 logger = logging.getLogger(__name__)
-
-REPORT_METRICS = ["MRR@10", "nDCG@10", "R@10", "R@100"]
 
 
 class StageLog:
@@ -57,26 +67,15 @@ class StageLog:
         return result
 
 
-def all_queries(data) -> dict[str, str]:
-    """Judged and unlabeled queries: teacher-labelled lists may name the latter."""
-    return {**data.unlabeled_queries, **data.queries}
-
-
 def _run_path(out: Path, system: str, split: str) -> Path:
     return out / "runs" / f"{system}.{split}.trec"
 
 
 def _stage_baselines(cfg: Config, data, out: Path) -> dict:
-    from rocketkd.data.formats import write_trec_run
-    from rocketkd.models import DualEncoder, resolve_model_path
-    from rocketkd.search.bm25 import BM25Retriever
-    from rocketkd.search.index import DenseIndex, search_run
-
     k = cfg.eval.k
     splits = [cfg.data.dev_split, cfg.data.test_split]
     bm25 = BM25Retriever.build(data.corpus)
-    base = DualEncoder.from_pretrained(resolve_model_path(cfg.model.retriever), query_max_length=cfg.model.query_max_length,
-                                       passage_max_length=cfg.model.passage_max_length).to(local_device())
+    base = load_retriever(cfg, cfg.model.retriever)  # model.pooling/similarity/shared_towers honoured, as everywhere
     index = DenseIndex.build(base, data.corpus, batch_size=cfg.index.batch_size, autocast=cfg.index.autocast)
     for split in splits:
         queries = data.split_queries(split)
@@ -99,75 +98,30 @@ def _train_cfg(cfg: Config, **train_overrides) -> Config:
 
 
 def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, reranker: str, lists_path: Path) -> dict:
-    """Measure each teacher on held-out queries (dev, or more: :func:`_check_queries`) against the student, fit the
-    ensemble, write the lists the round trains on."""
-    from rocketkd.data.formats import read_candidates, write_candidates
-    from rocketkd.models import resolve_model_path
-    from rocketkd.models.loading import load_retriever
-    from rocketkd.search.index import DenseIndex, search_run
-    from rocketkd.teachers import (
-        BM25Scorer,
-        RandomScorer,
-        RerankerScorer,
-        RetrieverScorer,
-        attach_teacher_scores,
-        candidates_from_run,
-        check_teachers,
-        ensemble_logprobs,
-        scores_on_candidates,
-    )
-    from rocketkd.teachers.targets import student_spread
-
-    held_out, check_qrels = _check_queries(cfg, data, student_is_start=r == 1 and retriever == resolve_model_path(
+    """Measure each teacher of ``pipeline.teacher_members`` on held-out queries (dev, or more:
+    :func:`_check_queries`) beside the round's student, fit the ensemble's weights there, and write the lists the
+    round trains on (:func:`rocketkd.teachers.targets.build_targets`). The re-ranker is weighed beside the others
+    but teaches online in the joint step (``online_teacher_weight``); the other members' ensemble is stored."""
+    queries, qrels = _check_queries(cfg, data, student_is_start=r == 1 and retriever == resolve_model_path(
         cfg.model.retriever))
-    student_index = DenseIndex.build(retriever, data.corpus, batch_size=cfg.index.batch_size, autocast=cfg.index.autocast)
-    student_run = search_run(student_index, held_out, cfg.eval.rerank_depth)
-    candidates = candidates_from_run(student_run, cfg.eval.rerank_depth)
-    make = {
-        "reranker": lambda: RerankerScorer(reranker),
-        "bm25": lambda: BM25Scorer(data.corpus),
-        "base": lambda: RetrieverScorer(load_retriever(cfg, cfg.model.retriever)),
-        "random": lambda: RandomScorer(cfg.train.seed),
-    }
-    scorers = {name: make[name]() for name in cfg.pipeline.teacher_members}
-    members = {name: scores_on_candidates(s, candidates, held_out, data.corpus) for name, s in scorers.items()}
-    lists = read_candidates(lists_path, corpus=data.corpus, queries=all_queries(data))
-    # Offline members at the student's own sharpness on the lists it will train on (train.teacher_scale, see
-    # rocketkd.training.train.student_spread). Not on its dev top-k: those candidates all score near the top, so their
-    # spread is ~4x smaller (cranfield: 0.63 against 2.69) and the teachers would be that much too flat.
-    scale = cfg.train.teacher_scale or student_spread(
-        RetrieverScorer(load_retriever(cfg, retriever)).score(lists, all_queries(data), data.corpus),
-        cfg.model.score_scale)
-    temperatures = {n: cfg.train.temperature if n == "reranker" else 1.0 / scale for n in scorers}
-    # The re-ranker is checked as training will use it: raw logits at train.temperature (mix_teachers); the
-    # offline members (BM25, cosine) live on other scales and are z-scored per list.
-    choice = check_teachers(
-        candidates, student_run, members, check_qrels,
-        min_gain=cfg.pipeline.teacher_min_gain,
-        normalize_how={n: "none" if n == "reranker" else "zscore" for n in scorers},
-        temperatures=temperatures,
-        combine=cfg.train.teacher_combine,
-        zero_bad=cfg.pipeline.zero_bad_teachers,
-    )
-    static = {n: w for n, w in choice.weights.items() if n != "reranker" and w > 0}
+    lists = read_candidates(lists_path, corpus=data.corpus, queries=data.all_queries())
+    # encoder=retriever: the held-out search encodes with the folder's own settings, as this stage always has (HeldOut)
+    targets = build_targets(cfg, data, lists, cfg.pipeline.teacher_members, held_out=HeldOut(queries, qrels, retriever),
+                            online=("reranker",), student=retriever, reranker=reranker)
+    choice, static = targets.choice, targets.stored
     online_weight = choice.weights.get("reranker", 0.0)
     mode = "joint"
     if not choice.usable:
         mode = "contrastive"
         logger.warning("round %d: no teacher beats the student on held-out queries; training on labels only", r)
-    elif static:
-        member_scores = [scorers[n].score(lists, all_queries(data), data.corpus) for n in static]
-        logprobs = ensemble_logprobs(member_scores, list(static.values()), combine=cfg.train.teacher_combine,
-                                     temperatures=[temperatures[n] for n in static])
-        lists = attach_teacher_scores(lists, logprobs)
     path = out / f"round{r}" / "teacher_lists.jsonl"
-    write_candidates(path, lists, provenance={"round": r, "weights": choice.weights})
+    write_candidates(path, targets.lists, provenance={"round": r, "weights": choice.weights})
     report = {
-        "check_queries": len(held_out),
+        "check_queries": len(queries),
         "student_ndcg@10": choice.student_ndcg,
         "ensemble_ndcg@10": choice.ensemble_ndcg,
         "weights": choice.weights,
-        "teacher_scale": scale,
+        "teacher_scale": targets.scale,
         "members": {t.name: {"nDCG@10": t.ndcg, "weight": t.weight, "helps": t.helps} for t in choice.reports},
         "mode": mode,
         "online_teacher_weight": online_weight / max(1e-9, online_weight + sum(static.values())) if static else 1.0,
@@ -179,8 +133,6 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
 def _check_queries(cfg: Config, data, *, student_is_start: bool) -> tuple[dict[str, str], dict]:
     """The held-out queries the teachers are checked on, and their qrels: dev, plus the train queries where
     ``pipeline.check_on_train`` asks and nothing checked has learned their labels (see its help)."""
-    from rocketkd.candidates.title_queries import is_title_query
-
     queries = data.split_queries(cfg.data.dev_split)
     qrels = dict(data.qrels[cfg.data.dev_split])
     if not cfg.pipeline.check_on_train:
@@ -234,11 +186,6 @@ def run_train(
 
 
 def run_pipeline(cfg: Config) -> dict:
-    from rocketkd.candidates.mining import mine
-    from rocketkd.candidates.title_queries import apply_data_config
-    from rocketkd.data.formats import load_retrieval_data, read_candidates
-    from rocketkd.models import resolve_model_path
-
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg.dump(out / "config.yaml")
@@ -255,7 +202,7 @@ def run_pipeline(cfg: Config) -> dict:
             wcfg = _train_cfg(cfg, mode="warmup", max_steps=p.warmup_steps or cfg.train.max_steps)
             if not p.warmup_retriever:  # its retriever is dropped: measuring it on dev would be wasted work
                 wcfg.train.eval_dev = False
-            lists = read_candidates(out / "round0" / "candidates.jsonl", corpus=data.corpus, queries=all_queries(data))
+            lists = read_candidates(out / "round0" / "candidates.jsonl", corpus=data.corpus, queries=data.all_queries())
             res = train(wcfg, lists, data=data, output_dir=out / "warmup", resume=True)
             return {"retriever": str(res.retriever_dir), "reranker": str(res.reranker_dir), "steps": res.steps}
 
@@ -280,7 +227,7 @@ def run_pipeline(cfg: Config) -> dict:
             jcfg = _train_cfg(cfg, mode=t["mode"], online_teacher_weight=t["online_teacher_weight"],
                               teacher=t.get("teacher", cfg.train.teacher),
                               max_steps=p.round_steps or cfg.train.max_steps)
-            lists = read_candidates(t["lists"], corpus=data.corpus, queries=all_queries(data))
+            lists = read_candidates(t["lists"], corpus=data.corpus, queries=data.all_queries())
             res = train(jcfg, lists, data=data, output_dir=out / f"round{r}", resume=True,
                         retriever_path=retriever, reranker_path=reranker)
             return {"retriever": str(res.retriever_dir), "reranker": str(res.reranker_dir or reranker), "steps": res.steps}
@@ -299,15 +246,13 @@ def _mined(result) -> dict:
 
 
 def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str) -> dict:
-    from rocketkd.data.formats import read_trec_run, write_trec_run
-    from rocketkd.models import CrossEncoderRanker
-    from rocketkd.search.index import DenseIndex, search_run
-    from rocketkd.search.rerank import choose_fusion_weight, fuse_runs, rerank_run
-
+    """The final retriever's index and runs (``retriever``), the re-ranker's scores of their top
+    ``eval.rerank_depth`` (``reranker-raw``, kept for the hybrid stage), and the two fused (``reranked``,
+    :func:`rocketkd.search.fusion.fuse_stages`) with a weight fitted on dev (``eval.fuse_rerank``; else 1)."""
     index = DenseIndex.build(retriever, data.corpus, factory=cfg.index.factory, batch_size=cfg.index.batch_size,
                              autocast=cfg.index.autocast)
     index.save(out / "index")
-    ranker = CrossEncoderRanker.from_pretrained(reranker, max_length=cfg.model.reranker_max_length).to(local_device())
+    ranker = load_reranker(cfg, reranker, trainable=False)
     dev, test = cfg.data.dev_split, cfg.data.test_split
     reranked = {}
     for split in (dev, test):
@@ -321,24 +266,20 @@ def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str) ->
         weight, _ = choose_fusion_weight(read_trec_run(_run_path(out, "retriever", dev)), reranked[dev], data.qrels[dev])
     for split in (dev, test):
         first = read_trec_run(_run_path(out, "retriever", split))
-        write_trec_run(_run_path(out, "reranked", split), _keep_tail(fuse_runs(first, reranked[split], weight), first))
+        write_trec_run(_run_path(out, "reranked", split), fuse_stages(first, [reranked[split]], [1.0 - weight, weight]))
     return {"index": str(out / "index"), "retriever": retriever, "reranker": reranker, "fusion_weight": weight}
 
 
 def _stage_hybrid(cfg: Config, data, out: Path, reranker: str) -> dict:
     """The retriever's top ``eval.rerank_depth`` re-scored by three specialists -- the retriever itself, the
-    re-ranker and BM25 -- fused per query (:func:`rocketkd.search.rerank.fuse_many`), weights fitted on dev.
+    re-ranker and BM25 -- fused per query (:func:`rocketkd.search.fusion.fuse_stages`), weights fitted on dev.
 
     On small data the lexical specialist is what a learned re-ranker is not (issue 11: a fused zero-shot bi-encoder
     and BM25 beat a trained MiniLM cross-encoder on cranfield); ``reranked`` keeps the two-stage system alone.
     """
-    from rocketkd.data.formats import read_trec_run, write_trec_run
-    from rocketkd.models import CrossEncoderRanker
-    from rocketkd.search.rerank import bm25_run, choose_fusion_weights, fuse_many, rerank_run
-    from rocketkd.teachers import BM25Scorer, candidates_from_run
-
     dev, test = cfg.data.dev_split, cfg.data.test_split
-    bm25 = BM25Scorer(data.corpus)
+    depth = cfg.eval.rerank_depth
+    bm25 = BM25Retriever.build(data.corpus)
     ranker = None
     parts: dict[str, list] = {}
     for split in (dev, test):
@@ -348,53 +289,26 @@ def _stage_hybrid(cfg: Config, data, out: Path, reranker: str) -> dict:
         if raw_path.exists():
             raw = read_trec_run(raw_path)
         else:  # a run finished before the final stage kept the re-ranker's own scores
-            ranker = ranker or CrossEncoderRanker.from_pretrained(
-                reranker, max_length=cfg.model.reranker_max_length).to(local_device())
-            raw = rerank_run(ranker, first, queries, data.corpus, depth=cfg.eval.rerank_depth)
+            ranker = ranker or load_reranker(cfg, reranker, trainable=False)
+            raw = rerank_run(ranker, first, queries, data.corpus, depth=depth)
             write_trec_run(raw_path, raw)
-        lexical = bm25_run(first, queries, data.corpus, depth=cfg.eval.rerank_depth, bm25=bm25)
-        head = {q: {p: first[q][p] for p in pids}
-                for q, pids in candidates_from_run(first, cfg.eval.rerank_depth).items()}
-        parts[split] = [head, raw, lexical, first]
-    weights, dev_value = choose_fusion_weights(parts[dev][:3], data.qrels[dev])
+        lexical = bm25_run(first, queries, data.corpus, depth=depth, bm25=bm25)
+        parts[split] = [first, raw, lexical]
+    first, raw, lexical = parts[dev]
+    weights, dev_value = choose_fusion_weights([head_of_run(first, depth), raw, lexical], data.qrels[dev])
     for split in (dev, test):
-        head, raw, lexical, first = parts[split]
-        write_trec_run(_run_path(out, "hybrid", split), _keep_tail(fuse_many([head, raw, lexical], weights), first))
+        first, raw, lexical = parts[split]
+        write_trec_run(_run_path(out, "hybrid", split), fuse_stages(first, [raw, lexical], weights, depth=depth))
     named = dict(zip(("retriever", "reranker", "bm25"), weights))
     logger.info("hybrid re-ranking weights (fitted on %s, nDCG@10 %.4f): %s", dev, dev_value, named)
     return {"weights": named, "dev_ndcg@10": dev_value}
 
 
-def _keep_tail(head: dict, first: dict) -> dict:
-    """Re-ranked top passages, then the first stage's remaining ranks below them in their own order.
-
-    Re-ranking only reorders the top ``rerank_depth``; dropping the rest would make Recall@100 of the re-ranked
-    system meaningless.
-    """
-    merged = {}
-    for qid, ranked in first.items():
-        top = head.get(qid, {})
-        floor = min(top.values(), default=0.0)
-        tail = sorted((p for p in ranked if p not in top), key=lambda p: -ranked[p])
-        merged[qid] = {**top, **{p: floor - 1.0 - i for i, p in enumerate(tail)}}
-    return merged
-
-
 def _write_results(cfg: Config, data, out: Path, stages: StageLog) -> dict:
-    from rocketkd.data.formats import read_trec_run
-    from rocketkd.evaluation.metrics import evaluate_run
-
+    """Every system's test-split metrics, the stages' records, into results.json/.md (+ curves.png)."""
     test = cfg.data.test_split
-    qrels = data.qrels[test]
-    systems, curves = {}, {}
-    for system in cfg.pipeline.systems:
-        path = _run_path(out, system, test)
-        if not path.exists():
-            continue
-        run = read_trec_run(path)
-        res = evaluate_run(run, qrels, REPORT_METRICS + [f"R@{k}" for k in (1, 5, 20, 50)])
-        systems[system] = {m: res.mean[m] for m in REPORT_METRICS}
-        curves[system] = {k: res.mean[f"R@{k}"] for k in (1, 5, 10, 20, 50, 100)}
+    run_files = {system: _run_path(out, system, test) for system in cfg.pipeline.systems}
+    systems, curves = evaluate_systems(run_files, data.qrels[test])
     teachers = {name: v for name, v in stages.done.items() if name.startswith("teachers-")}
     results = {
         "dataset": cfg.data.path,
@@ -406,25 +320,5 @@ def _write_results(cfg: Config, data, out: Path, stages: StageLog) -> dict:
         "hybrid_weights": stages.done.get("hybrid", {}).get("weights"),
         "stages": {k: v.get("seconds") for k, v in stages.done.items()},
     }
-    write_json(out / "results.json", results)
-    with atomic_write(out / "results.md") as f:
-        f.write(f"# {cfg.data.path} — {test} split ({results['num_queries']} queries)\n\n")
-        f.write("| system | " + " | ".join(REPORT_METRICS) + " |\n|---|" + "---|" * len(REPORT_METRICS) + "\n")
-        for name, m in systems.items():
-            f.write(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in REPORT_METRICS) + " |\n")
-    print(f"\n{cfg.data.path}, {test} split ({results['num_queries']} queries):")
-    for name, m in systems.items():
-        print(f"  {name:<10}" + "  ".join(f"{k}={m[k]:.3f}" for k in REPORT_METRICS))
-    if cfg.pipeline.plot:
-        try:
-            from rocketkd.evaluation.plots import plot_run
-
-            plot_run(out, curves)
-        except ImportError as e:  # matplotlib is a dependency; keep results even if a user removed it
-            logger.warning("no plot: %s", e)
-    logger.info("results written to %s", out / "results.json")
+    write_results(out, results, curves, plot=cfg.pipeline.plot)
     return results
-
-
-def load_results(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())

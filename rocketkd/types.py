@@ -1,4 +1,4 @@
-"""Shared data types: the corpus, queries, qrels, runs, candidate lists and the joint batch.
+"""Shared data types: corpus, queries, qrels, runs, candidate lists (training batches: training/batch.py).
 
 Group layout, defined once here and asserted wherever a (B, G) score matrix is built: a batch holds B query
 lists of G passages each, flattened row-major (query b's passages at rows b*G .. b*G+G-1), with the positive at
@@ -7,8 +7,7 @@ column 0 (``POSITIVE_COLUMN``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 import torch
 
@@ -69,41 +68,3 @@ class CandidateList:
         if self.source:
             d["source"] = self.source
         return d
-
-
-def _move(value, device):
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, Mapping):
-        return {k: _move(v, device) for k, v in value.items()}
-    return value
-
-
-@dataclass
-class JointBatch:
-    """What the collator hands the joint step: B lists of G candidates in the group layout.
-
-    query_inputs:   tokenised queries, one row per list (each query encoded once, not once per candidate)  (B, Lq)
-    passage_inputs: tokenised passages, B*G rows in the group layout                                      (B*G, Lp)
-    pair_inputs:    tokenised (query, passage) pairs for the cross-encoder, same row order as passages   (B*G, Lx)
-    teacher_scores: stored teacher scores for static distillation, or None                                (B, G)
-    """
-
-    query_inputs: dict[str, torch.Tensor]
-    passage_inputs: dict[str, torch.Tensor]
-    pair_inputs: dict[str, torch.Tensor] | None
-    group_size: int
-    qids: list[str] = field(default_factory=list)
-    pids: list[list[str]] = field(default_factory=list)
-    teacher_scores: torch.Tensor | None = None
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.query_inputs["input_ids"].shape[0])
-
-    def to(self, device: torch.device | str) -> JointBatch:
-        moved = {f.name: _move(getattr(self, f.name), device) for f in fields(self)}
-        return JointBatch(**moved)
-
-    def __iter__(self) -> Iterator:  # pragma: no cover - guard against tuple-style unpacking
-        raise TypeError("JointBatch is not a tuple: use its named fields")

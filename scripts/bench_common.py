@@ -204,7 +204,7 @@ def make_accelerator_on(device: Any, **kwargs: Any):
         from accelerate import Accelerator
 
         return Accelerator(cpu=True, **kwargs)
-    from rocketkd.training.train import make_accelerator
+    from rocketkd.training import make_accelerator
 
     return make_accelerator(**kwargs)
 

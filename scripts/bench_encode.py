@@ -170,7 +170,7 @@ def mem_child(args) -> None:
     """One fresh process: load model + memory-mapped corpus, then measure encode_corpus alone."""
     import gc
 
-    from rocketkd.data.formats import Corpus
+    from rocketkd.data.corpus import Corpus
     from rocketkd.models import DualEncoder, resolve_model_path
     from rocketkd.search.encode import CHUNK_BATCHES, encode_corpus
 
@@ -210,7 +210,7 @@ def mem_child(args) -> None:
 
 
 def memory_bench(args, real_texts, work: Path) -> dict:
-    from rocketkd.data.formats import Corpus
+    from rocketkd.data.corpus import Corpus
 
     out: dict = {"scales": {}, "layers_kept": None, "malloc_fix": bool(args.mem_malloc_fix)}
     for scale in (1, args.mem_scale):

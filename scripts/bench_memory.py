@@ -71,10 +71,7 @@ def child(args) -> dict:
 
     from rocketkd.config import load_config
     from rocketkd.models import CrossEncoderRanker, DualEncoder, resolve_model_path
-    from rocketkd.training.gradcache import chunked_backward
-    from rocketkd.training.joint import JointModel
-    from rocketkd.training.train import _step_loss
-    from rocketkd.types import JointBatch
+    from rocketkd.training import JointBatch, JointModel, chunked_backward, step_loss
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -105,7 +102,7 @@ def child(args) -> dict:
         if args.chunk:
             parts = chunked_backward(model, batch, cfg, None, accelerator, 0, chunk_size=args.chunk)
         else:
-            parts = _step_loss(model, batch, cfg, None, accelerator, 0)
+            parts = step_loss(model, batch, cfg, None, accelerator, 0)
             accelerator.backward(parts.total)
         model.zero_grad(set_to_none=False)  # keep the gradient buffers: they are part of every step's memory
         return float(parts.total)

@@ -41,12 +41,13 @@ def main() -> None:
 
     from rocketkd.config import load_config
     from rocketkd.data.formats import load_retrieval_data
-    from rocketkd.evaluation.evaluate import retrieve
     from rocketkd.evaluation.metrics import evaluate_run
     from rocketkd.models import CrossEncoderRanker
     from rocketkd.models.loading import load_retriever
     from rocketkd.pipeline import run_train
-    from rocketkd.search.rerank import choose_fusion_weight, fuse_runs, rerank_run
+    from rocketkd.search.fusion import choose_fusion_weight, fuse_runs
+    from rocketkd.search.index import retrieve
+    from rocketkd.search.rerank import rerank_run
 
     settings = [_parse(s) for s in (args.settings or DEFAULT_SETTINGS)]
     base_cfg = load_config(args.config, args.overrides)

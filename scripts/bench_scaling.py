@@ -102,7 +102,7 @@ def build_model(folder: Path, seed: int) -> dict:
     from transformers import BertConfig, BertModel
 
     from rocketkd.models import resolve_model_path
-    from rocketkd.models.dual_encoder import load_tokenizer
+    from rocketkd.models._hf import load_tokenizer
 
     tokenizer = load_tokenizer(resolve_model_path(None))
     config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=512, **MODEL_CONFIG)
@@ -161,7 +161,7 @@ def write_queries(work: Path, words: list[str], args) -> Path:
 
 
 def child(args) -> dict:
-    from rocketkd.data.formats import Corpus
+    from rocketkd.data.corpus import Corpus
     from rocketkd.models import DualEncoder
     from rocketkd.search.encode import encode_corpus
     from rocketkd.search.index import DenseIndex, search_run

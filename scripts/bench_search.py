@@ -22,7 +22,7 @@ B, ...) and summarised by medians:
 
 Devices (``--device``, default cpu): rocketkd's index searches with the ``faiss`` backend on cpu and with the
 ``torch`` backend on cuda (``DenseIndex(backend="torch")``: exact chunked matmul + top-k on the GPU,
-:func:`rocketkd.search.index.torch_topk_search`; the corpus is copied to the GPU by the first, untimed, search); the peer of
+:func:`rocketkd.search.topk.torch_topk_search`; the corpus is copied to the GPU by the first, untimed, search); the peer of
 the vector searches stays raw faiss-cpu ``IndexFlatIP`` (the faiss here has no GPU support) on the same vectors.
 Whether the two agree is reported exactly (``same_results``: same ids in the same order) and as the mean top-k id
 overlap (``topk_id_agreement``) and top-1 agreement, since GPU float rounding can reorder near-tied scores. On cuda
@@ -83,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=("auto", "faiss", "torch"),
         default="auto",
         help="rocketkd's DenseIndex backend: auto (default) = torch (exact top-k on the GPU) on cuda, faiss on cpu; "
-        "torch on cpu runs rocketkd.search.index.torch_topk_search on the CPU",
+        "torch on cpu runs rocketkd.search.topk.torch_topk_search on the CPU",
     )
     bc.add_peer_autocast_arg(p, "SentenceTransformer.encode / CrossEncoder.predict")
     p.add_argument(

@@ -7,10 +7,10 @@ max lengths from model.query_max_length / passage_max_length / reranker_max_leng
 the retriever and the re-ranker (the re-ranker's new head is created once and saved, and both sides load that same
 folder).
 
-* **rocketkd** -- the body of ``rocketkd.training.train.train``'s loop with its own pieces: ``JointCollator`` batches from a
-  DataLoader over ``GroupDataset``, ``JointModel`` (retriever + re-ranker) -> ``_step_loss`` (compute_objective:
+* **rocketkd** -- the body of ``rocketkd.training.train``'s loop with its own public pieces: ``JointCollator`` batches from a
+  DataLoader over ``GroupDataset``, ``JointModel`` (retriever + re-ranker) -> ``step_loss`` (compute_objective:
   re-ranker listwise CE + KL distillation of the retriever + 0.2 x in-batch CE, as the config) ->
-  ``accelerator.backward`` -> ``_check_gradients`` (clip at 1.0) -> AdamW step (``_param_groups``) -> zero_grad ->
+  ``accelerator.backward`` -> ``check_gradients`` (clip at 1.0) -> AdamW step (``param_groups``) -> zero_grad ->
   linear schedule step -> ``.item()`` of the logged losses. ``rocketkd`` runs with the config's precision (bf16:
   the model prepared by ``make_accelerator(mixed_precision="bf16")``, i.e. bf16 autocast of the forward, as
   train() does); ``rocketkd_fp32`` runs the same step on an unprepared copy (no autocast). Like train(), the step
@@ -91,7 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--rocketkd-train-mode",
         action="store_true",
-        help="put rocketkd's models in train mode (dropout on) before timing; rocketkd.training.train.train() leaves "
+        help="put rocketkd's models in train mode (dropout on) before timing; rocketkd.training.train() leaves "
         "the backbones in the eval mode from_pretrained gives them (dropout off)",
     )
     p.add_argument(
@@ -150,21 +150,14 @@ def main(argv=None) -> dict:
     except ImportError:  # sentence-transformers < 6
         from sentence_transformers.losses import DistillKLDivLoss
 
+    from rocketkd.candidates.lists import build_lists
     from rocketkd.config import load_config
-    from rocketkd.data.dataset import GroupDataset
     from rocketkd.data.formats import load_retrieval_data
     from rocketkd.models import CrossEncoderRanker, resolve_model_path
+    from rocketkd.models.loading import load_reranker, load_retriever
     from rocketkd.search.encode import resolve_autocast
-    from rocketkd.training.collator import JointCollator
-    from rocketkd.training.joint import JointModel
-    from rocketkd.training.train import (
-        _check_gradients,
-        _param_groups,
-        _step_loss,
-        build_lists,
-        load_reranker,
-        load_retriever,
-    )
+    from rocketkd.training import JointCollator, JointModel, check_gradients, param_groups, step_loss
+    from rocketkd.training.dataset import GroupDataset
 
     overrides = []
     if args.data:
@@ -189,7 +182,7 @@ def main(argv=None) -> dict:
     work = bc.work_dir("rocketkd-bench-train-")
     m = base_cfg.model
     data = load_retrieval_data(base_cfg.data.path, cache_dir=work / "cache")
-    queries = {**getattr(data, "unlabeled_queries", {}), **data.queries}
+    queries = data.all_queries()
     model_path = resolve_model_path(args.model or m.retriever)
     ce_dir = work / "reranker"
     CrossEncoderRanker.from_pretrained(
@@ -241,7 +234,7 @@ def main(argv=None) -> dict:
             model = JointModel(retriever, reranker, score_scale=m.score_scale)
             if not prepare:
                 model.to(device)  # prepare() places the bf16 model; the fp32 copy is placed by hand
-            optimizer = torch.optim.AdamW(_param_groups(model, cfg))
+            optimizer = torch.optim.AdamW(param_groups(model, cfg))
             if args.rocketkd_train_mode:
                 model.train()
             if prepare:
@@ -255,9 +248,9 @@ def main(argv=None) -> dict:
                 if on_gpu:
                     batch = batch.to(device)  # what the prepared DataLoader of train() does
                 with accelerator.accumulate(model):
-                    parts = _step_loss(model, batch, cfg, None, accelerator, state["step"])
+                    parts = step_loss(model, batch, cfg, None, accelerator, state["step"])
                     accelerator.backward(parts.total)
-                    _check_gradients(model, accelerator, state["step"], parts, t.max_grad_norm)
+                    check_gradients(model, accelerator, state["step"], parts, t.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 scheduler.step()

@@ -4,7 +4,8 @@ index folder), with no traceback and no partial output: the output path does not
 sibling of it is left behind (nor in the corpus cache).
 
 Each case runs ``rocketkd.cli.main`` in-process (captured with ``capsys``); almost all fail while the inputs are
-read, before any model is loaded. The defects are written into a private copy of the tiny collection.
+read, before any model is loaded. The defects are written into a private copy of the tiny collection; most are one
+row of a table (``DATA_DEFECTS``: a defect, the stage that meets it and what its error line must name).
 
 A training query without a positive: ``mine`` and ``label_lists`` (``train`` without ``candidates.path``) skip it
 and log how many they skipped; a training split where *no* query has a positive is an error.
@@ -19,16 +20,28 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from rocketkd.cli import main
+from rocketkd.data import Corpus, load_qrels, load_retrieval_data, read_trec_run, write_trec_run
 from rocketkd.errors import ConfigError
+from rocketkd.evaluation.metrics import evaluate_run, rank_scores
+from rocketkd.models import DualEncoder
+from rocketkd.search.bm25 import BM25Retriever
+from rocketkd.search.fusion import candidates_from_run
+from rocketkd.search.index import DenseIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "tiny.yaml"
+TINY_DATA_QRELS = ROOT / "tests" / "resources" / "tiny" / "qrels" / "test.tsv"
 STAGES = ("train", "mine", "index", "search", "evaluate", "pipeline", "config")
+
+# A defect edits the private copy of the collection (tiny_data; tmp_path for files of its own) and returns the
+# config overrides that point the stage at it and the strings the error line must contain.
+Defect = Callable[[Path, Path], tuple[list[str], list[str]]]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -92,146 +105,93 @@ def mine_args(data: Path, out: Path, *overrides: str) -> list[str]:
     return ["mine", "--config", TINY_CONFIG, *[x for s in sets for x in ("--set", s)], "--output", out]
 
 
+def _edit_json_line(path: Path, index: int, edit: Callable[[dict], None]) -> list[str]:
+    """Apply ``edit`` to the JSON object on line ``index + 1``; returns the file's lines."""
+    lines = lines_of(path)
+    obj = json.loads(lines[index])
+    edit(obj)
+    lines[index] = json.dumps(obj)
+    write_lines(path, lines)
+    return lines
+
+
+def _set(*overrides: str, needles: tuple[str, ...]) -> Defect:
+    """A defect that is config overrides alone."""
+    return lambda data, tmp: (list(overrides), list(needles))
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# corpus.jsonl
+# defects of corpus.jsonl
 
 
-def test_corpus_invalid_json_line(capsys, tiny_data, tiny_bert, tmp_path, corpus_cache):
-    corpus = tiny_data / "corpus.jsonl"
+def _corpus_invalid_json_line(data: Path, tmp: Path) -> tuple[list[str], list[str]]:
+    corpus = data / "corpus.jsonl"
     lines = lines_of(corpus)
     lines[4] = lines[4][:-1]  # drop the closing brace of line 5
     write_lines(corpus, lines)
-    out = tmp_path / "run"
-    result = cli(capsys, *train_args(tiny_data, tiny_bert, out))
-    assert_one_error(result, "train", f"{corpus}:5:", "invalid JSON")
-    assert_no_output(out, corpus_cache)
+    return [], [f"{corpus}:5:", "invalid JSON"]
 
 
-def test_corpus_invalid_json_line_subprocess(tiny_data, tiny_bert, tmp_path, corpus_cache):
-    """The same through a real process: nothing else (log lines, library warnings) reaches stderr with -q."""
-    corpus = tiny_data / "corpus.jsonl"
-    lines = lines_of(corpus)
-    lines[4] = lines[4][:-1]
-    write_lines(corpus, lines)
-    out = tmp_path / "run"
-    env = {**os.environ, "ROCKETKD_CACHE_DIR": str(corpus_cache), "HF_HUB_OFFLINE": "1"}
-    argv = [sys.executable, "-m", "rocketkd.cli", "-q", *map(str, train_args(tiny_data, tiny_bert, out))]
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
-    assert_one_error((proc.returncode, proc.stdout, proc.stderr), "train", f"{corpus}:5:", "invalid JSON")
-    assert proc.stdout == ""
-    assert_no_output(out, corpus_cache)
+def _corpus_missing_id(data: Path, tmp: Path) -> tuple[list[str], list[str]]:
+    corpus = data / "corpus.jsonl"
+    _edit_json_line(corpus, 2, lambda obj: obj.pop("_id"))
+    return [], [f"{corpus}:3:", "missing field '_id'"]
 
 
-def test_corpus_missing_id(capsys, tiny_data, tmp_path, corpus_cache):
-    corpus = tiny_data / "corpus.jsonl"
-    lines = lines_of(corpus)
-    obj = json.loads(lines[2])
-    del obj["_id"]
-    lines[2] = json.dumps(obj)
-    write_lines(corpus, lines)
-    out = tmp_path / "mined" / "candidates.jsonl"
-    result = cli(capsys, *mine_args(tiny_data, out))
-    assert_one_error(result, "mine", f"{corpus}:3:", "missing field '_id'")
-    assert_no_output(out, corpus_cache)
+def _corpus_missing_text(data: Path, tmp: Path) -> tuple[list[str], list[str]]:
+    corpus = data / "corpus.jsonl"
+    lines = _edit_json_line(corpus, len(lines_of(corpus)) - 1, lambda obj: obj.pop("text"))
+    return [], [f"{corpus}:{len(lines)}:", "missing field 'text'"]
 
 
-def test_corpus_missing_text(capsys, tiny_data, tiny_bert, tmp_path, corpus_cache):
-    corpus = tiny_data / "corpus.jsonl"
-    lines = lines_of(corpus)
-    obj = json.loads(lines[-1])
-    del obj["text"]
-    lines[-1] = json.dumps(obj)
-    write_lines(corpus, lines)
-    out = tmp_path / "run"
-    result = cli(capsys, *train_args(tiny_data, tiny_bert, out))
-    assert_one_error(result, "train", f"{corpus}:{len(lines)}:", "missing field 'text'")
-    assert_no_output(out, corpus_cache)
+def _corpus_duplicate_id(data: Path, tmp: Path) -> tuple[list[str], list[str]]:
+    corpus = data / "corpus.jsonl"
+    _edit_json_line(corpus, 9, lambda obj: obj.update(_id="d3"))  # line 10 repeats the id of line 4
+    return [], [f"{corpus}:10:", "duplicate passage id 'd3'", "line 4"]
 
 
-def test_corpus_duplicate_id(capsys, tiny_data, tmp_path, corpus_cache):
-    corpus = tiny_data / "corpus.jsonl"
-    lines = lines_of(corpus)
-    obj = json.loads(lines[9])
-    obj["_id"] = "d3"  # line 10 repeats the id of line 4
-    lines[9] = json.dumps(obj)
-    write_lines(corpus, lines)
-    out = tmp_path / "mined" / "candidates.jsonl"
-    result = cli(capsys, *mine_args(tiny_data, out))
-    assert_one_error(result, "mine", f"{corpus}:10:", "duplicate passage id 'd3'", "line 4")
-    assert_no_output(out, corpus_cache)
-    assert not list(corpus_cache.glob("*.arrow")), "a cache entry of a corpus with duplicate ids was kept"
-
-
-def test_corpus_empty_file(capsys, tiny_bert, tmp_path, corpus_cache):
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_bytes(b"")
-    out = tmp_path / "index"
-    result = cli(capsys, "index", "--model", tiny_bert, "--corpus", corpus, "--output", out)
-    assert_one_error(result, "index", str(corpus), "empty file")
-    assert_no_output(out, corpus_cache)
-
-
-def test_corpus_latin1_bytes(capsys, tiny_data, tiny_bert, tmp_path, corpus_cache):
-    corpus = tiny_data / "corpus.jsonl"
+def _corpus_latin1_bytes(data: Path, tmp: Path) -> tuple[list[str], list[str]]:
+    corpus = data / "corpus.jsonl"
     raw = corpus.read_bytes().split(b"\n")
     raw[6] = json.dumps({"_id": "d6", "title": "aile", "text": "caf\u00e9 r\u00e9sultats"}, ensure_ascii=False).encode(
         "latin-1"
     )
     corpus.write_bytes(b"\n".join(raw))
-    out = tmp_path / "run"
-    result = cli(capsys, *train_args(tiny_data, tiny_bert, out))
-    assert_one_error(result, "train", f"{corpus}:7:", "not valid UTF-8")
-    assert_no_output(out, corpus_cache)
+    return [], [f"{corpus}:7:", "not valid UTF-8"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# queries and qrels
+# defects of queries and qrels
 
 
-def test_query_empty_text(capsys, tiny_data, tiny_bert, tmp_path, corpus_cache):
-    queries = tiny_data / "queries.jsonl"
+def _query_empty_text(data: Path, tmp: Path) -> tuple[list[str], list[str]]:
+    queries = data / "queries.jsonl"
     lines = lines_of(queries)
     lines[1] = json.dumps({"_id": "q1", "text": "   "})
     write_lines(queries, lines)
-    out = tmp_path / "run"
-    result = cli(capsys, *train_args(tiny_data, tiny_bert, out))
-    assert_one_error(result, "train", f"{queries}:2:", "query 'q1' has empty text")
-    assert_no_output(out, corpus_cache)
+    return [], [f"{queries}:2:", "query 'q1' has empty text"]
 
 
-def test_qrels_unknown_query(capsys, tiny_data, tmp_path, corpus_cache):
-    qrels = tiny_data / "qrels" / "train.tsv"
+def _qrels_unknown_query(data: Path, tmp: Path) -> tuple[list[str], list[str]]:
+    qrels = data / "qrels" / "train.tsv"
     write_lines(qrels, [*lines_of(qrels), "q99\td5\t1"])
-    out = tmp_path / "mined" / "candidates.jsonl"
-    result = cli(capsys, *mine_args(tiny_data, out))
-    assert_one_error(result, "mine", f"{qrels}:{len(lines_of(qrels))}:", "query id 'q99'")
-    assert_no_output(out, corpus_cache)
+    return [], [f"{qrels}:{len(lines_of(qrels))}:", "query id 'q99'"]
 
 
-def test_qrels_unknown_passage(capsys, tiny_data, tiny_bert, tmp_path, corpus_cache):
-    qrels = tiny_data / "qrels" / "dev.tsv"
+def _qrels_unknown_passage(data: Path, tmp: Path) -> tuple[list[str], list[str]]:
+    qrels = data / "qrels" / "dev.tsv"
     lines = lines_of(qrels)
     lines[3] = lines[3].split("\t")[0] + "\td999\t1"
     write_lines(qrels, lines)
-    out = tmp_path / "run"
-    result = cli(capsys, *train_args(tiny_data, tiny_bert, out))
-    assert_one_error(result, "train", f"{qrels}:4:", "passage id 'd999' is not in the corpus")
-    assert_no_output(out, corpus_cache)
+    return [], [f"{qrels}:4:", "passage id 'd999' is not in the corpus"]
 
 
-def test_qrels_non_integer_score(capsys, tiny_data, tmp_path, corpus_cache):
-    qrels = tiny_data / "qrels" / "train.tsv"
+def _qrels_non_integer_score(data: Path, tmp: Path) -> tuple[list[str], list[str]]:
+    qrels = data / "qrels" / "train.tsv"
     lines = lines_of(qrels)
     lines[5] = "q1\td4\t0.5"
     write_lines(qrels, lines)
-    out = tmp_path / "mined" / "candidates.jsonl"
-    result = cli(capsys, *mine_args(tiny_data, out))
-    assert_one_error(result, "mine", f"{qrels}:6:", "must be an integer", "'0.5'")
-    assert_no_output(out, corpus_cache)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# training queries without a positive: skipped with a count in the log; none at all is an error
+    return [], [f"{qrels}:6:", "must be an integer", "'0.5'"]
 
 
 def _zero_grades(qrels: Path, qids: set[str] | None) -> None:
@@ -241,6 +201,123 @@ def _zero_grades(qrels: Path, qids: set[str] | None) -> None:
         qid, pid, _ = line.split("\t")
         out.append(f"{qid}\t{pid}\t0" if qids is None or qid in qids else line)
     write_lines(qrels, out)
+
+
+def _no_positive_at_all(*needles: str) -> Defect:
+    def defect(data: Path, tmp: Path) -> tuple[list[str], list[str]]:
+        _zero_grades(data / "qrels" / "train.tsv", None)
+        return [], list(needles)
+
+    return defect
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# defects of candidate lists (train with candidates.path)
+
+
+def _candidates(*rows: dict, needles: tuple[str, ...]) -> Defect:
+    """A candidate file of these rows; ``{cands}`` in a needle is its path."""
+
+    def defect(data: Path, tmp: Path) -> tuple[list[str], list[str]]:
+        cands = tmp / "candidates.jsonl"
+        write_lines(cands, [json.dumps(row) for row in rows])
+        return [f"candidates.path={cands}"], [n.format(cands=cands) for n in needles]
+
+    return defect
+
+
+DATA_DEFECTS = [
+    pytest.param("train", _corpus_invalid_json_line, id="corpus-invalid-json-line"),
+    pytest.param("mine", _corpus_missing_id, id="corpus-missing-id"),
+    pytest.param("train", _corpus_missing_text, id="corpus-missing-text"),
+    pytest.param("train", _corpus_latin1_bytes, id="corpus-latin1-bytes"),
+    pytest.param("train", _query_empty_text, id="query-empty-text"),
+    pytest.param("mine", _qrels_unknown_query, id="qrels-unknown-query"),
+    pytest.param("train", _qrels_unknown_passage, id="qrels-unknown-passage"),
+    pytest.param("mine", _qrels_non_integer_score, id="qrels-non-integer-score"),
+    pytest.param("mine", _no_positive_at_all("split 'train'", "data.min_positive_grade"),
+                 id="mine-training-split-without-any-positive"),
+    pytest.param("train", _no_positive_at_all("has a positive of grade >= 1", "data.train_split",
+                                              "data.min_positive_grade"),
+                 id="train-training-split-without-any-positive"),
+    pytest.param("train", _candidates({"qid": "q0", "pids": ["d0", "d40", "d41", "d42"]},
+                                      {"qid": "q1", "pids": ["d3", "d43", "d3", "d44"]},
+                                      needles=("{cands}:2:", "positive 'd3' is also listed as a negative")),
+                 id="candidates-positive-also-negative"),
+    # would otherwise be a KeyError in the collator, after the output folder was made
+    pytest.param("train", _candidates({"qid": "q0", "pids": ["d0", "d40", "d41", "d42"]},
+                                      {"qid": "q77", "pids": ["d3", "d43", "d45", "d44"]},
+                                      needles=("{cands}:2:", "'q77'")),
+                 id="candidates-unknown-query"),
+    pytest.param("train", _candidates({"qid": "q0", "pids": ["d0", "d40", "d41"]},
+                                      needles=("candidates.list_length=4", "'q0' has 3")),
+                 id="train-list-length-above-mined-lists"),
+    pytest.param("train", _set("data.train_split=nosuch", needles=("'data.train_split'", "'nosuch'")),
+                 id="train-unknown-train-split"),
+    pytest.param("mine", _set("data.train_split=nosuch", needles=("'data.train_split'", "'nosuch'")),
+                 id="mine-unknown-train-split"),
+    pytest.param("train", _set("candidates.list_length=100", needles=("candidates.list_length=100",)),
+                 id="train-list-length-above-candidates"),
+    pytest.param("mine", _set("candidates.list_length=100", needles=("'candidates.list_length': 100",
+                                                                     "only 60 passages")),
+                 id="mine-list-length-above-corpus"),
+    pytest.param("train", _set("train.batch_size=abc", needles=("'train.batch_size'", "expected an integer", "'abc'")),
+                 id="config-wrong-type"),
+    pytest.param("train", _set("model.retriever=./no/such/model", needles=("./no/such/model", "no such model folder")),
+                 id="model-path-missing"),
+]
+
+
+def _run_stage(capsys, stage: str, data: Path, model: Path, out: Path, overrides: list[str]):
+    args = train_args(data, model, out, *overrides) if stage == "train" else mine_args(data, out, *overrides)
+    return cli(capsys, *args)
+
+
+def _output_of(stage: str, tmp: Path) -> Path:
+    return tmp / "run" if stage == "train" else tmp / "mined" / "candidates.jsonl"
+
+
+@pytest.mark.parametrize("stage, defect", DATA_DEFECTS)
+def test_bad_data_is_one_error_line_and_no_output(capsys, tiny_data, tiny_bert, tmp_path, corpus_cache, stage,
+                                                  defect):
+    overrides, needles = defect(tiny_data, tmp_path)
+    out = _output_of(stage, tmp_path)
+    assert_one_error(_run_stage(capsys, stage, tiny_data, tiny_bert, out, overrides), stage, *needles)
+    assert_no_output(out, corpus_cache)
+
+
+def test_corpus_invalid_json_line_subprocess(tiny_data, tiny_bert, tmp_path, corpus_cache):
+    """The same through a real process: nothing else (log lines, library warnings) reaches stderr with -q."""
+    _, needles = _corpus_invalid_json_line(tiny_data, tmp_path)
+    out = tmp_path / "run"
+    env = {**os.environ, "ROCKETKD_CACHE_DIR": str(corpus_cache), "HF_HUB_OFFLINE": "1"}
+    argv = [sys.executable, "-m", "rocketkd.cli", "-q", *map(str, train_args(tiny_data, tiny_bert, out))]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert_one_error((proc.returncode, proc.stdout, proc.stderr), "train", *needles)
+    assert proc.stdout == ""
+    assert_no_output(out, corpus_cache)
+
+
+def test_corpus_duplicate_id(capsys, tiny_data, tiny_bert, tmp_path, corpus_cache):
+    """Also: the corpus cache keeps no entry of a corpus with duplicate ids."""
+    _, needles = _corpus_duplicate_id(tiny_data, tmp_path)
+    out = _output_of("mine", tmp_path)
+    assert_one_error(_run_stage(capsys, "mine", tiny_data, tiny_bert, out, []), "mine", *needles)
+    assert_no_output(out, corpus_cache)
+    assert not list(corpus_cache.glob("*.arrow")), "a cache entry of a corpus with duplicate ids was kept"
+
+
+def test_config_unknown_key(capsys, tiny_data, tiny_bert, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(TINY_CONFIG.read_text().replace("  depth: 10", "  depht: 10"))
+    out = tmp_path / "run"
+    result = cli(capsys, "train", "--config", config, "--set", f"data.path={tiny_data}", "--output", out)
+    assert_one_error(result, "train", "unknown config key 'mining.depht'")
+    assert_no_output(out)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# training queries without a positive: skipped with a count in the log (none at all: DATA_DEFECTS)
 
 
 def test_mine_skips_training_query_without_positive(capsys, caplog, tiny_data, tmp_path):
@@ -255,7 +332,7 @@ def test_mine_skips_training_query_without_positive(capsys, caplog, tiny_data, t
 
 
 def test_label_lists_skips_training_query_without_positive(caplog):
-    from rocketkd.data.dataset import label_lists
+    from rocketkd.candidates.negatives import label_lists
 
     qrels = {"q1": {"d1": 1}, "q2": {"d2": 0}, "q3": {"d3": 2}}
     with caplog.at_level(logging.INFO, logger="rocketkd"):
@@ -264,120 +341,27 @@ def test_label_lists_skips_training_query_without_positive(caplog):
     assert "1 of 3 queries" in caplog.text and "no positive" in caplog.text, caplog.text
 
 
-def test_mine_training_split_without_any_positive(capsys, tiny_data, tmp_path, corpus_cache):
-    _zero_grades(tiny_data / "qrels" / "train.tsv", None)
-    out = tmp_path / "mined" / "candidates.jsonl"
-    result = cli(capsys, *mine_args(tiny_data, out))
-    assert_one_error(result, "mine", "split 'train'", "data.min_positive_grade")
-    assert_no_output(out, corpus_cache)
-
-
-def test_train_training_split_without_any_positive(capsys, tiny_data, tiny_bert, tmp_path, corpus_cache):
-    _zero_grades(tiny_data / "qrels" / "train.tsv", None)
-    out = tmp_path / "run"
-    result = cli(capsys, *train_args(tiny_data, tiny_bert, out))
-    assert_one_error(result, "train", "has a positive of grade >= 1", "data.train_split",
-                     "data.min_positive_grade")
-    assert_no_output(out, corpus_cache)
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# candidate lists
+# index: corpus files and model paths
 
 
-def test_candidates_positive_also_negative(capsys, tiny_data, tiny_bert, tmp_path, corpus_cache):
-    cands = tmp_path / "candidates.jsonl"
-    write_lines(cands, [
-        json.dumps({"qid": "q0", "pids": ["d0", "d40", "d41", "d42"]}),
-        json.dumps({"qid": "q1", "pids": ["d3", "d43", "d3", "d44"]}),
-    ])
-    out = tmp_path / "run"
-    result = cli(capsys, *train_args(tiny_data, tiny_bert, out, f"candidates.path={cands}"))
-    assert_one_error(result, "train", f"{cands}:2:", "positive 'd3' is also listed as a negative")
-    assert_no_output(out, corpus_cache)
+def _empty_corpus(data: Path, model: Path, tmp: Path) -> tuple[Path | str, Path, list[str]]:
+    corpus = tmp / "corpus.jsonl"
+    corpus.write_bytes(b"")
+    return model, corpus, [str(corpus), "empty file"]
 
 
-def test_candidates_unknown_query(capsys, tiny_data, tiny_bert, tmp_path, corpus_cache):
-    # would otherwise be a KeyError in the collator, after the output folder was made
-    cands = tmp_path / "candidates.jsonl"
-    write_lines(cands, [
-        json.dumps({"qid": "q0", "pids": ["d0", "d40", "d41", "d42"]}),
-        json.dumps({"qid": "q77", "pids": ["d3", "d43", "d45", "d44"]}),
-    ])
-    out = tmp_path / "run"
-    result = cli(capsys, *train_args(tiny_data, tiny_bert, out, f"candidates.path={cands}"))
-    assert_one_error(result, "train", f"{cands}:2:", "'q77'")
-    assert_no_output(out, corpus_cache)
+def _missing_model(data: Path, model: Path, tmp: Path) -> tuple[Path | str, Path, list[str]]:
+    return "./no/such/model", data, ["./no/such/model", "no such model folder"]
 
 
-def test_train_unknown_train_split(capsys, tiny_data, tiny_bert, tmp_path, corpus_cache):
-    out = tmp_path / "run"
-    result = cli(capsys, *train_args(tiny_data, tiny_bert, out, "data.train_split=nosuch"))
-    assert_one_error(result, "train", "'data.train_split'", "'nosuch'")
-    assert_no_output(out, corpus_cache)
-
-
-def test_mine_unknown_train_split(capsys, tiny_data, tmp_path, corpus_cache):
-    out = tmp_path / "mined" / "candidates.jsonl"
-    result = cli(capsys, *mine_args(tiny_data, out, "data.train_split=nosuch"))
-    assert_one_error(result, "mine", "'data.train_split'", "'nosuch'")
-    assert_no_output(out, corpus_cache)
-
-
-def test_train_list_length_above_candidates(capsys, tiny_data, tiny_bert, tmp_path, corpus_cache):
-    out = tmp_path / "run"
-    result = cli(capsys, *train_args(tiny_data, tiny_bert, out, "candidates.list_length=100"))
-    assert_one_error(result, "train", "candidates.list_length=100")
-    assert_no_output(out, corpus_cache)
-
-
-def test_mine_list_length_above_corpus(capsys, tiny_data, tmp_path, corpus_cache):
-    out = tmp_path / "mined" / "candidates.jsonl"
-    result = cli(capsys, *mine_args(tiny_data, out, "candidates.list_length=100"))
-    assert_one_error(result, "mine", "'candidates.list_length': 100", "only 60 passages")
-    assert_no_output(out, corpus_cache)
-
-
-def test_train_list_length_above_mined_lists(capsys, tiny_data, tiny_bert, tmp_path, corpus_cache):
-    cands = tmp_path / "candidates.jsonl"
-    write_lines(cands, [json.dumps({"qid": "q0", "pids": ["d0", "d40", "d41"]})])
-    out = tmp_path / "run"
-    result = cli(capsys, *train_args(tiny_data, tiny_bert, out, f"candidates.path={cands}"))
-    assert_one_error(result, "train", "candidates.list_length=4", "'q0' has 3")
-    assert_no_output(out, corpus_cache)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# config and model paths
-
-
-def test_config_unknown_key(capsys, tiny_data, tiny_bert, tmp_path):
-    config = tmp_path / "bad.yaml"
-    config.write_text(TINY_CONFIG.read_text().replace("  depth: 10", "  depht: 10"))
-    out = tmp_path / "run"
-    result = cli(capsys, "train", "--config", config, "--set", f"data.path={tiny_data}", "--output", out)
-    assert_one_error(result, "train", "unknown config key 'mining.depht'")
-    assert_no_output(out)
-
-
-def test_config_wrong_type(capsys, tiny_data, tiny_bert, tmp_path):
-    out = tmp_path / "run"
-    result = cli(capsys, *train_args(tiny_data, tiny_bert, out, "train.batch_size=abc"))
-    assert_one_error(result, "train", "'train.batch_size'", "expected an integer", "'abc'")
-    assert_no_output(out)
-
-
-def test_model_path_missing(capsys, tiny_data, tiny_bert, tmp_path, corpus_cache):
-    out = tmp_path / "run"
-    result = cli(capsys, *train_args(tiny_data, tiny_bert, out, "model.retriever=./no/such/model"))
-    assert_one_error(result, "train", "./no/such/model", "no such model folder")
-    assert_no_output(out, corpus_cache)
-
-
-def test_index_model_path_missing(capsys, tiny_data, tmp_path, corpus_cache):
+@pytest.mark.parametrize("defect", [pytest.param(_empty_corpus, id="corpus-empty-file"),
+                                    pytest.param(_missing_model, id="model-path-missing")])
+def test_index_bad_input(capsys, tiny_data, tiny_bert, tmp_path, corpus_cache, defect):
+    model, corpus, needles = defect(tiny_data, tiny_bert, tmp_path)
     out = tmp_path / "index"
-    result = cli(capsys, "index", "--model", "./no/such/model", "--corpus", tiny_data, "--output", out)
-    assert_one_error(result, "index", "./no/such/model", "no such model folder")
+    result = cli(capsys, "index", "--model", model, "--corpus", corpus, "--output", out)
+    assert_one_error(result, "index", *needles)
     assert_no_output(out, corpus_cache)
 
 
@@ -387,48 +371,35 @@ def test_index_model_path_missing(capsys, tiny_data, tmp_path, corpus_cache):
 
 @pytest.fixture
 def index_folder(tiny_bert, tiny_data, tmp_path) -> Path:
-    from rocketkd.data.formats import Corpus
-    from rocketkd.models import DualEncoder
-    from rocketkd.search.index import DenseIndex
-
     corpus = Corpus.from_beir(tiny_data / "corpus.jsonl")
     index = DenseIndex.build(DualEncoder.from_pretrained(tiny_bert), corpus, show_progress=False)
     return index.save(tmp_path / "index")
 
 
-@pytest.mark.parametrize("missing", ["ids.txt", "index.faiss", "meta.json"])
-def test_search_index_missing_file(capsys, index_folder, tiny_data, tmp_path, missing):
-    (index_folder / missing).unlink()
+@pytest.mark.parametrize("missing, split, needles", [
+    *[pytest.param(name, "test", ("{index}", f"{name} is missing"), id=f"index-missing-{name}")
+      for name in ("ids.txt", "index.faiss", "meta.json")],
+    pytest.param(None, "valid", ("'valid'", "--split"), id="unknown-split"),
+])
+def test_search_bad_input(capsys, index_folder, tiny_data, tmp_path, missing, split, needles):
+    if missing:
+        (index_folder / missing).unlink()
     out = tmp_path / "runs" / "test.run"
-    result = cli(capsys, "search", "--index", index_folder, "--queries", tiny_data, "--split", "test", "--output", out)
-    assert_one_error(result, "search", str(index_folder), f"{missing} is missing")
-    assert_no_output(out)
-
-
-def test_search_unknown_split(capsys, index_folder, tiny_data, tmp_path):
-    out = tmp_path / "runs" / "test.run"
-    result = cli(capsys, "search", "--index", index_folder, "--queries", tiny_data, "--split", "valid",
-                 "--output", out)
-    assert_one_error(result, "search", "'valid'", "--split")
+    result = cli(capsys, "search", "--index", index_folder, "--queries", tiny_data, "--split", split, "--output", out)
+    assert_one_error(result, "search", *(n.format(index=index_folder) for n in needles))
     assert_no_output(out)
 
 
 def test_search_bm25_weight_rescores_the_top_k_and_rejects_weights_over_one(capsys, index_folder, tiny_data,
                                                                           tmp_path):
-    from rocketkd.data.formats import Corpus, read_trec_run
-    from rocketkd.evaluation.metrics import rank_scores
-    from rocketkd.teachers import BM25Scorer, candidates_from_run, scores_on_candidates
-
     dense, lexical = tmp_path / "dense.run", tmp_path / "lexical.run"
     base = ["search", "--index", index_folder, "--queries", tiny_data, "--split", "test", "--k", 10]
     assert cli(capsys, *base, "--output", dense)[0] == 0
     assert cli(capsys, *base, "--output", lexical, "--bm25-weight", 1)[0] == 0
     first, fused = read_trec_run(dense), read_trec_run(lexical)
     corpus = Corpus.from_beir(tiny_data / "corpus.jsonl")
-    from rocketkd.data.formats import load_retrieval_data
-
     queries = load_retrieval_data(tiny_data).split_queries("test")
-    bm25 = scores_on_candidates(BM25Scorer(corpus), candidates_from_run(first, 10), queries, corpus)
+    bm25 = BM25Retriever.build(corpus).score_candidates(candidates_from_run(first, 10), queries, corpus)
     for qid in first:  # the same ten passages, in BM25's order (weight 1: BM25 alone re-scores them)
         assert set(fused[qid]) == set(first[qid])
         assert [bm25[qid][p] for p in rank_scores(fused[qid], qid)] == sorted(bm25[qid].values(), reverse=True)
@@ -439,8 +410,6 @@ def test_search_bm25_weight_rescores_the_top_k_and_rejects_weights_over_one(caps
 
 
 def _write_run(path: Path) -> None:
-    from rocketkd.data.formats import load_qrels, write_trec_run
-
     qrels = load_qrels(TINY_DATA_QRELS)
     run = {}
     for i, (qid, judged) in enumerate(qrels.items()):
@@ -449,27 +418,29 @@ def _write_run(path: Path) -> None:
     write_trec_run(path, run)
 
 
-TINY_DATA_QRELS = ROOT / "tests" / "resources" / "tiny" / "qrels" / "test.tsv"
-
-
-def test_evaluate_run_malformed_line(capsys, tmp_path):
-    run = tmp_path / "test.run"
+def _run_with_short_line(tmp: Path) -> tuple[Path, Path, list[str]]:
+    run = tmp / "test.run"
     _write_run(run)
     lines = lines_of(run)
     lines[6] = " ".join(lines[6].split()[:5])  # a line with 5 columns
     write_lines(run, lines)
-    code, out, err = result = cli(capsys, "evaluate", "--run", run, "--qrels", TINY_DATA_QRELS)
-    assert_one_error(result, "evaluate", f"{run}:7:", "expected 6 columns")
-    assert out == ""
+    return run, TINY_DATA_QRELS, [f"{run}:7:", "expected 6 columns"]
 
 
-def test_evaluate_qrels_without_relevant(capsys, tmp_path):
-    run = tmp_path / "test.run"
+def _qrels_without_relevant(tmp: Path) -> tuple[Path, Path, list[str]]:
+    run = tmp / "test.run"
     _write_run(run)
-    qrels = tmp_path / "qrels.tsv"
+    qrels = tmp / "qrels.tsv"
     write_lines(qrels, ["query-id\tcorpus-id\tscore", "q16\td48\t0", "q17\td51\t0"])
+    return run, qrels, [str(qrels), "no query"]
+
+
+@pytest.mark.parametrize("defect", [pytest.param(_run_with_short_line, id="run-malformed-line"),
+                                    pytest.param(_qrels_without_relevant, id="qrels-without-relevant")])
+def test_evaluate_bad_input(capsys, tmp_path, defect):
+    run, qrels, needles = defect(tmp_path)
     code, out, err = result = cli(capsys, "evaluate", "--run", run, "--qrels", qrels)
-    assert_one_error(result, "evaluate", str(qrels), "no query")
+    assert_one_error(result, "evaluate", *needles)
     assert out == ""
 
 
@@ -478,9 +449,6 @@ def test_evaluate_qrels_without_relevant(capsys, tmp_path):
 
 
 def test_evaluate_json_matches_python_api(capsys, tmp_path):
-    from rocketkd.data.formats import load_qrels, read_trec_run
-    from rocketkd.evaluation.metrics import evaluate_run
-
     run = tmp_path / "test.run"
     _write_run(run)
     code, out, err = cli(capsys, "evaluate", "--run", run, "--qrels", TINY_DATA_QRELS, "--json")
@@ -521,7 +489,6 @@ def test_help(capsys, stage):
 def test_no_stage_prints_help(capsys):
     assert main([]) == 0
     assert "usage: rocketkd" in capsys.readouterr().out
-
 
 
 def test_yaml_no_is_a_precision_not_false():

@@ -1,4 +1,4 @@
-"""rocketkd.io and rocketkd.data.formats: round trips, title joining, and one DataFormatError per malformed input,
+"""rocketkd.io, rocketkd.data.corpus and rocketkd.data.formats: round trips, title joining, and one DataFormatError per malformed input,
 naming the file and the 1-based line."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import rocketkd.data.corpus as corpus_module
 import rocketkd.io
 from rocketkd.data import (
     Corpus,
     EmptyPassageWarning,
-    formats,
     load_qrels,
     load_queries,
     load_retrieval_data,
@@ -197,7 +197,7 @@ def test_corpus_cache_is_reused_and_outside_the_data_folder(tiny_data, tmp_path,
         raise AssertionError("parsed again despite a cache")
 
     with monkeypatch.context() as patch:
-        patch.setattr(formats, "_parse_beir_corpus", no_parse)
+        patch.setattr(corpus_module, "_parse_beir_corpus", no_parse)
         second = Corpus.from_beir(tiny_data / "corpus.jsonl", cache_dir=cache)
     assert second.fingerprint() == first.fingerprint() and second.texts(range(60)) == first.texts(range(60))
     # changed contents -> a new cache entry and a new corpus fingerprint
@@ -584,6 +584,9 @@ def test_load_retrieval_data_msmarco(tmp_path):
     assert data.qrels == {"dev": {"200": {"2": 1}}, "train": {"100": {"0": 1, "3": 1}, "101": {"5": 1}}}
     assert data.split_queries("dev") == {"200": "dev query"}
     assert data.unlabeled_queries == {"300": "no labels"}
+    assert data.all_queries() == {"300": "no labels", "200": "dev query", "100": "first query", "101": "second query"}
+    data.unlabeled_queries["100"] = "an unlabeled copy"  # a judged query's own text wins
+    assert data.all_queries()["100"] == "first query" and len(data.all_queries()) == 4
     (folder / "queries.dev.tsv").unlink()
     with raises_at(folder / "queries.dev.tsv", None, "no such file"):
         load_retrieval_data(folder, cache_dir=tmp_path / "c")

@@ -1,6 +1,6 @@
 """Cached score gradients (``train.chunk_size``): the same loss and parameter gradients as the plain joint step.
 
-With dropout off the chunked step is compared with the plain step itself (``_step_loss`` + backward on the whole
+With dropout off the chunked step is compared with the plain step itself (``step_loss`` + backward on the whole
 batch). With dropout on the two cannot agree (a dropout mask is drawn per forward call, for that call's shape), so
 the chunked step is compared with the full-graph step over the same forward calls: this checks that the second
 pass replays each chunk's random state and that the cached gradients are exact.
@@ -16,15 +16,15 @@ import pytest
 import torch
 
 import rocketkd.training.gradcache as gradcache
+import rocketkd.training.step as step_mod
+from rocketkd.candidates.negatives import label_lists
 from rocketkd.config import load_config
-from rocketkd.data.dataset import GroupDataset, label_lists
 from rocketkd.data.formats import load_retrieval_data
 from rocketkd.models import CrossEncoderRanker, DualEncoder
 from rocketkd.pipeline import run_train as train
-from rocketkd.training.collator import JointCollator
+from rocketkd.training import JointCollator, JointModel, JointScores, make_accelerator, step_loss
+from rocketkd.training.dataset import GroupDataset
 from rocketkd.training.gradcache import chunked_backward, plan_chunks
-from rocketkd.training.joint import JointModel, JointScores
-from rocketkd.training.train import _step_loss, make_accelerator
 
 ROOT = Path(__file__).resolve().parents[1]
 B, G = 3, 4
@@ -99,7 +99,7 @@ def _assert_same_grads(a, b, atol=1e-5, rtol=1e-4):
 
 
 def _plain(model, batch, cfg, teacher, acc):
-    parts = _step_loss(model, batch, cfg, teacher, acc, 0)
+    parts = step_loss(model, batch, cfg, teacher, acc, 0)
     acc.backward(parts.total)
     return parts
 
@@ -118,7 +118,7 @@ def _same_calls_full_graph(model, batch, cfg, teacher, acc, chunk_size):
     q, p = torch.cat(qs), torch.cat(ps)
     r = torch.cat(rs).view(batch.batch_size, batch.group_size) if rs else None
     scores = JointScores((model.score_scale * DualEncoder.score_groups(q, p)).float(), r, q, p)
-    parts = _step_loss(lambda _b: scores, batch, cfg, teacher, acc, 0)
+    parts = step_loss(lambda _b: scores, batch, cfg, teacher, acc, 0)
     acc.backward(parts.total)
     return parts
 
@@ -234,17 +234,16 @@ def test_without_rng_replay_the_gradients_would_be_wrong(tiny_bert, tiny_data, m
 
 
 def test_non_finite_loss_raises_the_plain_error_before_touching_gradients(tiny_bert, tiny_data, monkeypatch):
-    import rocketkd.training.train as train_mod
     from rocketkd.errors import TrainingError
 
-    real = train_mod.compute_objective
+    real = step_mod.compute_objective
 
     def poisoned(*args, **kwargs):
         parts = real(*args, **kwargs)
         parts.total = parts.total * float("nan")
         return parts
 
-    monkeypatch.setattr(train_mod, "compute_objective", poisoned)
+    monkeypatch.setattr(step_mod, "compute_objective", poisoned)
     model, teacher, cfg, (batch,) = _setup(tiny_bert, tiny_data)
     with pytest.raises(TrainingError, match=r"non-finite loss at step 5 \(reranker_ce="):
         chunked_backward(model, batch, cfg, teacher, make_accelerator(), 4, chunk_size=2)

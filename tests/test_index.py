@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from rocketkd.data.formats import Corpus, load_retrieval_data
+from rocketkd.data import Corpus, load_retrieval_data
 from rocketkd.errors import ConfigError, IndexError_
 from rocketkd.models import DualEncoder
 from rocketkd.search import encode as encode_mod
 from rocketkd.search.bm25 import BM25Retriever
 from rocketkd.search.encode import encode_corpus, encode_queries, resolve_autocast
-from rocketkd.search.index import DenseIndex, search_run, torch_topk_search
+from rocketkd.search.index import DenseIndex, search_run
+from rocketkd.search.topk import torch_topk_search
 
 
 @pytest.fixture

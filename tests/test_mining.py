@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
 import pytest
+import torch
 
-from rocketkd.candidates.mining import (
+from rocketkd.candidates.mining import mine
+from rocketkd.candidates.negatives import (
     build_list,
     denoise,
     drop_positives,
+    label_lists,
     label_unlabeled,
     pseudo_positives,
     ranked,
     sample_negatives,
     sigmoid,
 )
+from rocketkd.config import Config
+from rocketkd.data.formats import load_retrieval_data, read_candidates, read_provenance
 from rocketkd.errors import ConfigError
+from rocketkd.models import CrossEncoderRanker
 
 # ------------------------------------------------------------------------------------------------ pure pieces
 
@@ -137,12 +144,45 @@ def test_label_unlabeled():
     assert all(cl.source == "teacher" for cl in lists)
 
 
+def _label_lists_before(qrels, corpus_ids, *, list_length, seed=13, min_grade=1, pool_size=None):
+    """label_lists as written before it drew through sample_negatives (its own rejection loop), for comparison."""
+    rng = random.Random(seed)
+    pool = pool_size or 4 * (list_length - 1)
+    lists = []
+    for qid in sorted(qrels):
+        judged = qrels[qid]
+        positives = sorted((p for p, g in judged.items() if g >= min_grade), key=lambda p: (-judged[p], p))
+        relevant = set(positives)
+        for pos in positives:
+            negatives, seen, attempts = [], set(), 0
+            while len(negatives) < pool and attempts < 50 * pool:
+                attempts += 1
+                pid = corpus_ids[rng.randrange(len(corpus_ids))]
+                if pid in relevant or pid in seen:
+                    continue
+                seen.add(pid)
+                negatives.append(pid)
+            lists.append((qid, [pos, *negatives]))
+    return lists
+
+
+@pytest.mark.parametrize(("n_passages", "list_length", "pool_size"), [(60, 8, None), (200, 4, 5), (6, 4, None)])
+def test_label_lists_draws_as_before(n_passages, list_length, pool_size):
+    """The same lists for a seed as its former own sampling loop, also when the corpus runs out (6 passages, 12
+    wanted: the draw budget ends before any fill-up)."""
+    corpus = [f"d{i}" for i in range(n_passages)]
+    qrels = {"q1": {"d1": 2, "d2": 1, "d3": 0}, "q0": {"d0": 1}, "q2": {"d4": 0}}
+    for seed in (0, 13, 99):
+        got = label_lists(qrels, corpus, list_length=list_length, seed=seed, pool_size=pool_size)
+        want = _label_lists_before(qrels, corpus, list_length=list_length, seed=seed, pool_size=pool_size)
+        assert [(cl.qid, cl.pids) for cl in got] == want
+        assert all(cl.source == "sampled" for cl in got)
+
+
 # ---------------------------------------------------------------------------------------------- mine end to end
 
 
 def _cfg(tiny_data, tmp_path, **mining):
-    from rocketkd.config import Config
-
     cfg = Config()
     cfg.data.path = str(tiny_data)
     cfg.data.cache_dir = str(tmp_path / "cache")
@@ -155,8 +195,6 @@ def _cfg(tiny_data, tmp_path, **mining):
 
 
 def _load(cfg):
-    from rocketkd.data.formats import load_retrieval_data
-
     return load_retrieval_data(cfg.data.path, cache_dir=cfg.data.cache_dir)
 
 
@@ -187,9 +225,6 @@ class FakeReranker:
 
 
 def test_mine_bm25_first_round(tiny_data, tmp_path):
-    from rocketkd.candidates.mining import mine
-    from rocketkd.data.formats import read_candidates, read_provenance
-
     # a judgement of training query q0 in another split (dev, grade 1): it must never be a negative of q0
     with open(tiny_data / "qrels" / "dev.tsv", "a") as f:
         f.write("q0\td59\t1\n")
@@ -226,9 +261,6 @@ def test_mine_bm25_first_round(tiny_data, tmp_path):
 
 
 def test_mine_tops_up_short_lists(tiny_data, tmp_path):
-    from rocketkd.candidates.mining import mine
-    from rocketkd.data.formats import read_candidates
-
     cfg = _cfg(tiny_data, tmp_path, depth=3, sampled_negatives=1)
     data = _load(cfg)
     out = tmp_path / "c.jsonl"
@@ -241,13 +273,15 @@ def test_mine_tops_up_short_lists(tiny_data, tmp_path):
 
 
 def test_mine_dense_with_tiny_cross_encoder(tiny_data, tiny_bert, tmp_path):
-    from rocketkd.candidates.mining import mine
-    from rocketkd.data.formats import read_candidates, read_provenance
-    from rocketkd.models import CrossEncoderRanker
-
-    cfg = _cfg(tiny_data, tmp_path, depth=20, false_negative_rank=0)
+    # the rank rule alone (margin 0): drop every candidate the re-ranker puts above the list's positive
+    cfg = _cfg(tiny_data, tmp_path, depth=20, false_negative_rank=0, false_negative_threshold=None)
     data = _load(cfg)
+    torch.manual_seed(0)  # the one-logit head is new: seeded, so the test does not depend on the tests run before it
     reranker = CrossEncoderRanker.from_pretrained(tiny_bert)
+    # A new head on a random tiny BERT scores all pairs within ~1e-4 of each other, no further apart than the float
+    # noise of other batchings; scaled up, the order is the same and the gaps stand far above that noise.
+    with torch.no_grad():
+        reranker.model.classifier.weight.mul_(1e5)
     out = tmp_path / "dense.jsonl"
     result = mine(cfg, output=out, data=data, retriever=str(tiny_bert), reranker=reranker, round_index=1,
                   show_progress=False)
@@ -259,28 +293,31 @@ def test_mine_dense_with_tiny_cross_encoder(tiny_data, tiny_bert, tmp_path):
     assert meta["round"] == 1 and meta["denoise"] is True and meta["retriever"] == str(tiny_bert)
     assert meta["false_negative_rank"] == 0 and meta["dropped_false_negatives"] == result.dropped_false_negatives
 
-    # the rank rule (margin 0) removes every negative the re-ranker puts above the list's positive
-    scores = {}
-    for cl in lists:
-        texts = [data.corpus.get_text(p) for p in cl.pids]
+    # The candidates before denoising: the same retrieval without a re-ranker. Its lists are [positive, *mined,
+    # *sampled] (depth 20 on 60 passages: no top-up), and sampled or top-up negatives are never mined candidates.
+    plain = read_candidates(mine(cfg, output=tmp_path / "plain.jsonl", data=data, retriever=str(tiny_bert),
+                                 show_progress=False).path)
+    assert [(cl.qid, cl.positive) for cl in plain] == [(cl.qid, cl.positive) for cl in lists]
+    # Denoising drops exactly the candidates the re-ranker puts above the list's positive, keeps the others in rank
+    # order, and dropped_false_negatives counts the distinct (query, passage) pairs dropped. Logits are recomputed
+    # here in other batches, so a candidate within `tol` of the positive may go either way.
+    tol = 1e-2
+    dropped: dict[str, set[str]] = {}
+    for cl, before in zip(lists, plain):
+        cands = before.pids[1 : len(before.pids) - cfg.mining.sampled_negatives]
+        texts = [data.corpus.get_text(p) for p in [cl.positive, *cands]]
         logits = reranker.predict([(data.queries[cl.qid], t) for t in texts])
-        scores[cl.qid, cl.positive] = logits
-    assert result.dropped_false_negatives > 0  # a random head puts some negatives above the positive
-    checked = 0
-    for cl in lists:
-        if len(cl.pids) <= cfg.candidates.list_length:
-            continue  # may hold top-up negatives, which are not denoised
-        logits = scores[cl.qid, cl.positive]
-        mined = logits[1 : len(cl.pids) - cfg.mining.sampled_negatives]  # the mined negatives come first
-        assert np.all(mined <= logits[0] + 1e-4), cl.qid
-        checked += 1
-    assert checked > 0
+        positive, scores = float(logits[0]), dict(zip(cands, logits[1:].tolist()))
+        kept = [p for p in cl.pids[1:] if p in scores]
+        gone = set(cands) - set(kept)
+        assert kept == [p for p in cands if p not in gone], cl.qid  # rank order kept
+        assert all(scores[p] <= positive + tol for p in kept), cl.qid
+        assert all(scores[p] > positive - tol for p in gone), cl.qid
+        dropped.setdefault(cl.qid, set()).update(gone)
+    assert result.dropped_false_negatives == sum(len(g) for g in dropped.values()) > 0
 
 
 def test_mine_base_encoder_first_round(tiny_data, tiny_bert, tmp_path):
-    from rocketkd.candidates.mining import mine
-    from rocketkd.data.formats import read_candidates
-
     cfg = _cfg(tiny_data, tmp_path, first_round="base", depth=10)
     cfg.model.retriever = str(tiny_bert)
     data = _load(cfg)
@@ -290,9 +327,6 @@ def test_mine_base_encoder_first_round(tiny_data, tiny_bert, tmp_path):
 
 
 def test_mine_drops_a_false_negative_the_reranker_is_sure_of(tiny_data, tmp_path):
-    from rocketkd.candidates.mining import mine
-    from rocketkd.data.formats import read_candidates
-
     cfg = _cfg(tiny_data, tmp_path, sampled_negatives=0)
     data = _load(cfg)
     plain = mine(cfg, output=tmp_path / "plain.jsonl", data=data, show_progress=False)
@@ -330,11 +364,6 @@ def test_mine_drops_a_false_negative_the_reranker_is_sure_of(tiny_data, tmp_path
 
 
 def test_mine_teacher_labels_unlabeled_queries(tiny_data, tmp_path):
-    import json
-
-    from rocketkd.candidates.mining import mine
-    from rocketkd.data.formats import read_candidates
-
     with open(tiny_data / "queries_unlabeled.jsonl", "w") as f:
         f.write(json.dumps({"_id": "u0", "text": "flutter wing"}) + "\n")
         f.write(json.dumps({"_id": "u1", "text": "heat nozzle"}) + "\n")  # the teacher finds nothing: no list

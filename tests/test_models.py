@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModel, AutoModelForSequenceClassification
 
+from rocketkd.config import Config, load_config
 from rocketkd.errors import ModelLoadError
 from rocketkd.models import (
     DEFAULT_MODEL,
     CrossEncoderRanker,
     DualEncoder,
     cls_pool,
+    load_reranker,
+    load_retriever,
     mean_pool,
     resolve_model_path,
 )
@@ -125,10 +131,30 @@ def test_encode_restores_input_order_and_mode(tiny_bert):
 
 
 def test_gradient_checkpointing_backward(tiny_bert):
+    """Checkpointing is on in both towers and really happens: every transformer layer's forward runs a second time
+    in the backward (the recomputation), and the gradients still reach both towers."""
     model = DualEncoder.from_pretrained(str(tiny_bert), shared=False, gradient_checkpointing=True)
     model.train()
-    q, p = model(model.tokenize_queries(TEXTS[:2]), model.tokenize_passages(TEXTS[:4]))
-    model.score_groups(q, p).logsumexp(dim=-1).sum().backward()
+    layers = [layer for tower in (model.query_encoder, model.passage_encoder) for layer in tower.encoder.layer]
+    assert layers and all(layer.gradient_checkpointing for layer in layers)
+    calls = {id(layer): 0 for layer in layers}
+
+    def count(layer):
+        def hook(module, args, output):
+            calls[id(layer)] += 1
+
+        return hook
+
+    # a submodule inside each checkpointed layer: its hook fires in the forward and again in the recomputation
+    hooks = [layer.intermediate.register_forward_hook(count(layer)) for layer in layers]
+    try:
+        q, p = model(model.tokenize_queries(TEXTS[:2]), model.tokenize_passages(TEXTS[:4]))
+        assert set(calls.values()) == {1}  # one forward per layer
+        model.score_groups(q, p).logsumexp(dim=-1).sum().backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    assert set(calls.values()) == {2}, "checkpointing is on but no layer was recomputed in the backward"
     assert model.query_encoder.embeddings.word_embeddings.weight.grad is not None
     assert model.passage_encoder.embeddings.word_embeddings.weight.grad is not None
 
@@ -140,7 +166,7 @@ def test_gradient_checkpointing_backward(tiny_bert):
 
 @pytest.mark.parametrize(("pooling", "similarity"), [("mean", "dot"), ("cls", "cosine")])
 def test_save_loads_in_sentence_transformers(tiny_bert, tmp_path, pooling, similarity):
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # slow import: only the round trips need it
 
     model = DualEncoder.from_pretrained(
         str(tiny_bert), pooling=pooling, similarity=similarity, passage_max_length=16
@@ -166,7 +192,7 @@ def test_save_loads_in_sentence_transformers(tiny_bert, tmp_path, pooling, simil
 
 
 def test_separate_towers_save_and_reload(tiny_bert, tmp_path):
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # slow import: only the round trips need it
 
     model = DualEncoder.from_pretrained(str(tiny_bert), shared=False, query_max_length=10)
     assert model.query_encoder is not model.passage_encoder
@@ -212,7 +238,7 @@ def test_save_replaces_atomically(tiny_bert, tmp_path, monkeypatch):
 
 
 def test_packaged_minilm_matches_sentence_transformers():
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # slow import: only the round trips need it
 
     path = resolve_model_path(None)
     model = DualEncoder.from_pretrained(None)
@@ -233,8 +259,7 @@ def test_packaged_minilm_matches_sentence_transformers():
 
 
 def test_cross_encoder_new_head_round_trips(tiny_bert, tmp_path, caplog):
-    from sentence_transformers import CrossEncoder
-    from transformers import AutoModelForSequenceClassification
+    from sentence_transformers import CrossEncoder  # slow import: only the round trips need it
 
     with caplog.at_level(logging.WARNING, logger="rocketkd"):
         ranker = CrossEncoderRanker.from_pretrained(str(tiny_bert), max_length=24)
@@ -269,7 +294,7 @@ def test_cross_encoder_new_head_round_trips(tiny_bert, tmp_path, caplog):
 
 
 def test_cross_encoder_loads_a_sentence_transformers_cross_encoder(tiny_bert, tmp_path, caplog):
-    from sentence_transformers import CrossEncoder
+    from sentence_transformers import CrossEncoder  # slow import: only the round trips need it
 
     st = CrossEncoder(str(tiny_bert), device="cpu", max_length=32)
     st.save(str(tmp_path / "st-ce"))
@@ -278,6 +303,55 @@ def test_cross_encoder_loads_a_sentence_transformers_cross_encoder(tiny_bert, tm
     assert "head is new" not in caplog.text
     expected = st.predict(PAIRS, activation_fn=torch.nn.Identity(), convert_to_numpy=True)
     np.testing.assert_allclose(ranker.predict(PAIRS), expected, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Loading from config (models/loading.py)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_load_retriever_takes_cfg_model_keys_else_the_folders(tiny_bert, tmp_path):
+    saved = DualEncoder.from_pretrained(str(tiny_bert), pooling="cls", similarity="cosine").save(tmp_path / "r")
+    cfg = Config()
+    cfg.model.query_max_length, cfg.model.passage_max_length = 12, 20
+    # model.pooling / model.similarity empty: the folder's own settings, as from_pretrained reads them
+    loaded = load_retriever(cfg, str(saved))
+    direct = DualEncoder.from_pretrained(str(saved), query_max_length=12, passage_max_length=20)
+    assert loaded.settings() == direct.settings()
+    assert (loaded.pooling, loaded.similarity, loaded.shared, loaded.query_max_length) == ("cls", "cosine", True, 12)
+    assert loaded.fingerprint() == direct.fingerprint()
+    np.testing.assert_array_equal(loaded.encode(TEXTS), direct.encode(TEXTS))
+    assert all(p.requires_grad for p in loaded.parameters())
+    # keys that are set win over the folder
+    cfg.model.pooling, cfg.model.similarity, cfg.model.shared_towers = "mean", "dot", False
+    told = load_retriever(cfg, str(saved), for_training=True)
+    assert (told.pooling, told.similarity, told.shared) == ("mean", "dot", False)
+    frozen = [name for name, p in told.named_parameters() if not p.requires_grad]
+    assert frozen and all(".pooler." in f".{name}" for name in frozen)  # training: only the unused pooler frozen
+
+
+def test_load_retriever_with_the_demo_config_is_the_packaged_model_as_is():
+    """The pipeline's baselines built the base encoder with the two lengths only; load_retriever gives the same
+    model for configs/demo.yaml (its model.pooling/similarity are empty: the folder's)."""
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml", [])
+    before = DualEncoder.from_pretrained(
+        resolve_model_path(cfg.model.retriever), query_max_length=cfg.model.query_max_length,
+        passage_max_length=cfg.model.passage_max_length,
+    )
+    now = load_retriever(cfg, cfg.model.retriever)
+    assert now.settings() == before.settings() and now.fingerprint() == before.fingerprint()
+    np.testing.assert_array_equal(now.encode(TEXTS[:3], side="query"), before.encode(TEXTS[:3], side="query"))
+
+
+def test_load_reranker_trainable_or_frozen(tiny_bert):
+    cfg = Config()
+    cfg.model.reranker_max_length = 24
+    frozen = load_reranker(cfg, str(tiny_bert), trainable=False)
+    assert frozen.max_length == 24 and not frozen.training
+    assert not any(p.requires_grad for p in frozen.parameters())
+    trainable = load_reranker(cfg, str(tiny_bert))
+    fixed = [name for name, p in trainable.named_parameters() if not p.requires_grad]
+    assert fixed == ["model.classifier.bias"]  # shift-invariant listwise loss: the head's bias stays put
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -328,9 +402,6 @@ def test_fingerprint_tracks_weights_and_settings(tiny_bert):
 
 def _mean_pooling_bi_encoder(tiny_bert: Path, dst: Path) -> Path:
     """The tiny model saved as sentence-transformers saves a mean-pooling bi-encoder (like all-MiniLM-L6-v2)."""
-    import json
-    import shutil
-
     shutil.copytree(tiny_bert, dst)
     (dst / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -343,8 +414,6 @@ def _mean_pooling_bi_encoder(tiny_bert: Path, dst: Path) -> Path:
 
 
 def test_new_head_on_a_mean_pooling_bi_encoder_gets_an_identity_pooler(tiny_bert, tmp_path):
-    from transformers import AutoModel
-
     folder = _mean_pooling_bi_encoder(tiny_bert, tmp_path / "st")
     # shrink the pooler the way all-MiniLM-L6-v2's is (gain ~0.18): the head would see near-constant inputs
     model = AutoModel.from_pretrained(folder)
@@ -369,8 +438,6 @@ def test_new_head_on_a_mean_pooling_bi_encoder_gets_an_identity_pooler(tiny_bert
 
 
 def test_plain_encoder_folder_keeps_its_pooler(tiny_bert):
-    from transformers import AutoModel
-
     expected = AutoModel.from_pretrained(tiny_bert).pooler.dense.weight
     ranker = CrossEncoderRanker.from_pretrained(str(tiny_bert))  # BERT-style: its pooler was pre-trained (NSP)
     torch.testing.assert_close(ranker.model.base_model.pooler.dense.weight, expected)

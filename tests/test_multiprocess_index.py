@@ -142,7 +142,7 @@ _HELPERS_SCRIPT = textwrap.dedent(
         pass
     # encode_corpus into a memory-mapped file: each process encodes half, the main process alone writes the file
     from pathlib import Path
-    from rocketkd.data.formats import Corpus
+    from rocketkd.data.corpus import Corpus
     from rocketkd.search.encode import encode_corpus
     from rocketkd.models import DualEncoder
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from rocketkd.config import load_config
-from rocketkd.pipeline import REPORT_METRICS, run_pipeline
+from rocketkd.evaluation.report import REPORT_METRICS
+from rocketkd.pipeline import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,7 @@ def test_pipeline_end_to_end_and_resume(tiny_bert, tiny_data, tmp_path, monkeypa
     from rocketkd.teachers.targets import student_spread
 
     data = load_retrieval_data(tiny_data)
-    queries = {**data.unlabeled_queries, **data.queries}
+    queries = data.all_queries()
     lists = read_candidates(out / "round1" / "candidates.jsonl", corpus=data.corpus, queries=queries)
     student = RetrieverScorer(load_retriever(cfg, stages["warmup"]["retriever"])).score(lists, queries, data.corpus)
     assert stages["teachers-1"]["teacher_scale"] == pytest.approx(student_spread(student, cfg.model.score_scale),
@@ -96,7 +97,7 @@ def test_pipeline_keeps_start_retriever_and_best_of_round(tiny_bert, tiny_data, 
     from rocketkd.teachers.targets import student_spread
 
     data = load_retrieval_data(tiny_data)
-    queries = {**data.unlabeled_queries, **data.queries}
+    queries = data.all_queries()
     lists = read_candidates(out / "round1" / "candidates.jsonl", corpus=data.corpus, queries=queries)
     start = RetrieverScorer(load_retriever(cfg, tiny_bert)).score(lists, queries, data.corpus)
     warmed = RetrieverScorer(load_retriever(cfg, stages["warmup"]["retriever"])).score(lists, queries, data.corpus)

@@ -1,4 +1,5 @@
-"""Re-ranking with the cross-encoder, fusing two stages by hand-worked numbers, choosing the weight, retrieve+evaluate."""
+"""Re-ranking with the cross-encoder and BM25, fusing stages by hand-worked numbers, choosing the weights,
+retrieve+evaluate."""
 
 from __future__ import annotations
 
@@ -10,18 +11,23 @@ import torch
 
 from rocketkd.data.formats import load_retrieval_data
 from rocketkd.errors import IndexError_
-from rocketkd.evaluation.evaluate import evaluate_system, retrieve
-from rocketkd.evaluation.metrics import rank_scores
+from rocketkd.evaluation.metrics import evaluate_run, rank_scores
 from rocketkd.models import CrossEncoderRanker, DualEncoder
-from rocketkd.search.index import DenseIndex
-from rocketkd.search.rerank import (
+from rocketkd.search.bm25 import BM25Retriever
+from rocketkd.search.fusion import (
     DEFAULT_FUSION_GRID,
+    candidates_from_run,
     choose_fusion_weight,
     choose_fusion_weights,
     fuse_many,
     fuse_runs,
-    rerank_run,
+    fuse_stages,
+    head_of_run,
+    keep_tail,
+    weight_grid,
 )
+from rocketkd.search.index import DenseIndex, retrieve
+from rocketkd.search.rerank import bm25_run, rerank_run
 
 
 class KeywordRanker:
@@ -76,6 +82,22 @@ def test_rerank_with_the_tiny_cross_encoder_matches_predict(data, tiny_bert):
     assert rank_scores(out["q0"]) == [pids[i] for i in np.argsort(-direct, kind="stable")]
 
 
+def test_bm25_run_scores_the_top_depth_by_corpus_row(data):
+    bm25 = BM25Retriever.build(data.corpus)
+    queries = {"a": "flow wing", "b": "about heat", "empty": "flow"}
+    run = {"a": {"d12": 5.0, "d3": 4.0, "d1": 3.0, "d0": 2.0}, "b": {"d5": 1.0, "d0": 9.0}, "empty": {}}
+    out = bm25_run(run, queries, data.corpus, depth=3, bm25=bm25)
+    assert list(out) == ["a", "b"]  # a query with an empty ranking is left out
+    assert list(out["a"]) == ["d12", "d3", "d1"] and list(out["b"]) == ["d0", "d5"]  # top 3 in rank order
+    for qid, scores in out.items():
+        full = bm25.scores(queries[qid])
+        for pid, score in scores.items():  # every candidate gets its score, 0 when no term is shared
+            assert score == float(full[data.corpus.row_of(pid)])
+    assert bm25_run(run, queries, data.corpus, depth=3) == out  # built from the corpus when not given
+    with pytest.raises(KeyError, match="'b'"):
+        bm25_run(run, {"a": "flow wing"}, data.corpus, depth=3, bm25=bm25)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # fusion
 
@@ -106,6 +128,38 @@ def test_fuse_three_passages_by_hand():
     assert fused == {"q": {"a": 0.0}, "x": {"p": 0.0, "r": 0.0}}
     with pytest.raises(ValueError, match="weight"):
         fuse_runs(first, second, 1.5)
+
+
+def test_cutting_a_run_and_keeping_the_tail():
+    first = {"q": {"a": 1.0, "b": 3.0, "c": 2.0, "d": 3.0}, "e": {}}
+    assert candidates_from_run(first, 3) == {"q": ["d", "b", "c"], "e": []}  # ties: passage id descending
+    assert head_of_run(first, 2) == {"q": {"d": 3.0, "b": 3.0}, "e": {}}
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        candidates_from_run(first, 0)
+    # the re-ranked head first, then the rest of the first stage in its own order, each 1 below the last
+    merged = keep_tail({"q": {"c": 0.5, "a": -0.5}}, first)
+    assert merged == {"q": {"c": 0.5, "a": -0.5, "b": -1.5, "d": -2.5}, "e": {}}
+    assert rank_scores(merged["q"]) == ["c", "a", "b", "d"]
+
+
+def test_fuse_stages_is_fuse_many_of_the_head_then_the_tail():
+    first = {"q": {"a": 3.0, "b": 2.0, "c": 1.0, "x": 0.5}}
+    reranked = {"q": {"a": 0.0, "b": 10.0, "c": 5.0}}
+    lexical = {"q": {"a": 4.0, "b": 4.0, "c": 7.0}}
+    fused = fuse_stages(first, [reranked, lexical], [0.5, 0.3, 0.2], depth=3)
+    head = fuse_many([head_of_run(first, 3), reranked, lexical], [0.5, 0.3, 0.2])
+    assert fused == keep_tail(head, first)
+    assert rank_scores(fused["q"])[-1] == "x" and set(fused["q"]) == set(first["q"])
+    # two stages: fuse_runs of the whole first stage (passages only it scored go below the fused head)
+    assert fuse_stages(first, [reranked], [0.75, 0.25]) == keep_tail(fuse_runs(first, reranked, 0.25), first)
+
+
+def test_weight_grid_is_the_simplex_at_the_step():
+    assert weight_grid(2, 0.5) == [(0.0, 1.0), (0.5, 0.5), (1.0, 0.0)]
+    grid = weight_grid(3, 0.1)
+    assert len(grid) == 66 and all(sum(w) == pytest.approx(1.0) for w in grid) and len(set(grid)) == 66
+    with pytest.raises(ValueError, match="grid_step must divide 1"):
+        weight_grid(2, 0.3)
 
 
 def test_choose_fusion_weight_prefers_the_better_run_and_the_smaller_weight_on_ties():
@@ -173,7 +227,7 @@ def test_retrieve_and_evaluate_cover_every_test_query(data, tiny_bert):
     run = retrieve(model, data, "test", k=10, batch_size=32, autocast="no")
     assert set(run) == set(data.qrels["test"])
     assert all(len(scores) == 10 for scores in run.values())
-    result = evaluate_system(run, data.qrels["test"], ["MRR@10", "nDCG@10", "R@10"])
+    result = evaluate_run(run, data.qrels["test"], ["MRR@10", "nDCG@10", "R@10"])
     assert result.num_queries == 4 and result.missing_from_run == []
     assert list(result.mean) == ["MRR@10", "nDCG@10", "R@10"]
     assert all(0.0 <= v <= 1.0 for v in result.mean.values())

@@ -13,14 +13,16 @@ import torch.nn.functional as F
 
 from rocketkd.config import TrainConfig
 from rocketkd.evaluation.metrics import evaluate_run
+from rocketkd.search.fusion import candidates_from_run
 from rocketkd.teachers import (
     BM25Scorer,
+    RandomScorer,
     RerankerScorer,
     RetrieverScorer,
+    Scorer,
     StoredScorer,
     apply_ensemble,
     attach_teacher_scores,
-    candidates_from_run,
     check_teachers,
     ensemble_logprobs,
     normalize,
@@ -380,10 +382,11 @@ def test_retriever_scorer_equals_dot_products_and_encodes_once(tiny, tiny_bert):
             assert np.allclose(scores, p @ q, atol=1e-5)
             if similarity == "cosine":
                 assert np.all(np.abs(scores) <= 1 + 1e-5)
-    # a path loads the model itself (onto the GPU when there is one): same weights, same scores
-    from_path = RetrieverScorer(str(tiny_bert), device="cpu").score(lists, queries, corpus)
+    # a scorer is given a model (never a path: models are made from config by rocketkd.models.loading); device=
+    # encodes elsewhere than the model sits, with the same scores
     dot_model = DualEncoder.from_pretrained(str(tiny_bert))
-    for a, b in zip(from_path, RetrieverScorer(dot_model).score(lists, queries, corpus)):
+    on_cpu = RetrieverScorer(dot_model, device="cpu").score(lists, queries, corpus)
+    for a, b in zip(on_cpu, RetrieverScorer(dot_model).score(lists, queries, corpus)):
         assert np.allclose(a, b, atol=1e-5)
     # precomputed passage embeddings (by corpus row) give the same scores
     embeddings = model.encode(corpus.texts(range(len(corpus))), side="passage")
@@ -439,11 +442,23 @@ def test_stored_scorer_and_attach(tiny):
         apply_ensemble(lists, {"bm25": bm25}, {"bm25": 0.0}, queries, corpus)
 
 
-def test_candidates_from_run():
-    run = {"a": {"x": 1.0, "y": 3.0, "z": 2.0, "w": 2.0}, "b": {}}
-    assert candidates_from_run(run, 3) == {"a": ["y", "z", "w"], "b": []}
-    with pytest.raises(ValueError):
-        candidates_from_run(run, 0)
+def test_apply_ensemble_takes_scores_given_instead_of_scoring_again(tiny):
+    corpus, queries = tiny.corpus, tiny.queries
+    lists = _tiny_lists()
+
+    class Refuses(Scorer):
+        def score_groups(self, groups, queries, corpus):
+            raise AssertionError("scored again")
+
+    bm25 = BM25Scorer(corpus).score(lists, queries, corpus)
+    noise = RandomScorer(1).score(lists, queries, corpus)
+    taught = apply_ensemble(lists, {"bm25": Refuses(), "random": RandomScorer(1)}, {"bm25": 0.75, "random": 0.25},
+                            queries, corpus, temperatures={"random": 0.5}, scored={"bm25": bm25})
+    expected = ensemble_logprobs([bm25, noise], [0.75, 0.25], temperatures=[1.0, 0.5])
+    for cl, lp in zip(taught, expected):
+        assert cl.teacher_scores == pytest.approx(lp.tolist(), abs=1e-12)
+    with pytest.raises(ValueError, match="no scorer for teacher"):
+        apply_ensemble(lists, {}, {"bm25": 1.0}, queries, corpus)
 
 
 # ------------------------------------------------------------------------------------------------------------------

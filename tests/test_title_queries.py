@@ -5,8 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pytest
 
+from rocketkd.candidates.mining import mine
+from rocketkd.candidates.title_queries import add_title_queries, title_queries
+from rocketkd.config import Config, validate_config
+from rocketkd.data.formats import load_retrieval_data, read_candidates, read_provenance
 from rocketkd.errors import ConfigError
 
 TITLED = [f"d{i}" for i in range(10)]  # the passages given a title of >= 4 words below
@@ -28,8 +33,6 @@ def titled_data(tiny_data):
 
 
 def _load(path, tmp_path):
-    from rocketkd.data.formats import load_retrieval_data
-
     with pytest.warns(UserWarning):  # d10 is empty: the loader warns, as for Cranfield's two empty abstracts
         return load_retrieval_data(path, cache_dir=tmp_path / "cache")
 
@@ -39,8 +42,6 @@ def _by_hash(pids):
 
 
 def test_title_queries_take_titled_passages_in_hash_order(titled_data, tmp_path):
-    from rocketkd.candidates.title_queries import title_queries
-
     data = _load(titled_data, tmp_path)
     every = title_queries(data.corpus, 100)
     assert sorted(every) == sorted(f"title:{pid}" for pid in TITLED)  # not d10 (empty text), not 2-word titles
@@ -51,8 +52,6 @@ def test_title_queries_take_titled_passages_in_hash_order(titled_data, tmp_path)
 
 
 def test_add_title_queries_extends_the_train_split_only(titled_data, tmp_path):
-    from rocketkd.candidates.title_queries import add_title_queries
-
     data = _load(titled_data, tmp_path)
     before = {split: {q: dict(p) for q, p in qrels.items()} for split, qrels in data.qrels.items()}
     n_queries = len(data.queries)
@@ -73,8 +72,6 @@ def test_add_title_queries_extends_the_train_split_only(titled_data, tmp_path):
 
 
 def test_title_query_id_clash_is_an_error(titled_data, tmp_path):
-    from rocketkd.candidates.title_queries import add_title_queries
-
     with open(titled_data / "queries.jsonl", "a") as f:
         f.write(json.dumps({"_id": "title:" + _by_hash(TITLED)[0], "text": "a query with an unlucky id"}) + "\n")
     data = _load(titled_data, tmp_path)
@@ -83,8 +80,6 @@ def test_title_query_id_clash_is_an_error(titled_data, tmp_path):
 
 
 def test_negative_title_queries_rejected():
-    from rocketkd.config import Config, validate_config
-
     cfg = Config()
     cfg.data.title_queries = -1
     with pytest.raises(ConfigError, match="data.title_queries"):
@@ -92,12 +87,6 @@ def test_negative_title_queries_rejected():
 
 
 def test_mine_lists_title_queries_without_denoising_them(titled_data, tmp_path):
-    import numpy as np
-
-    from rocketkd.candidates.mining import mine
-    from rocketkd.config import Config
-    from rocketkd.data.formats import read_candidates, read_provenance
-
     class CountingReranker:
         def __init__(self):
             self.queries = []

@@ -14,16 +14,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import rocketkd.training.step as step_mod
+from rocketkd.candidates.negatives import label_lists
 from rocketkd.config import load_config
-from rocketkd.data.dataset import GroupDataset, label_lists
 from rocketkd.data.formats import load_retrieval_data
 from rocketkd.errors import ConfigError, TrainingError
 from rocketkd.models import CrossEncoderRanker, DualEncoder
 from rocketkd.pipeline import run_train as train
-from rocketkd.training.collator import JointCollator
-from rocketkd.training.joint import JointModel
+from rocketkd.training import COMPLETE_MARKER, JointCollator, JointModel
+from rocketkd.training.dataset import GroupDataset
 from rocketkd.training.objective import compute_objective, mix_teachers
-from rocketkd.training.train import COMPLETE_MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,9 +120,7 @@ def test_list_length_larger_than_candidates_is_a_config_error(tiny_bert, tiny_da
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tiny_bert, tiny_data, tmp_path, monkeypatch):
-    import rocketkd.training.train as train_mod
-
-    real = train_mod.compute_objective
+    real = step_mod.compute_objective
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -132,7 +130,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tiny_bert, tiny_data
             parts.total = parts.total * float("nan")
         return parts
 
-    monkeypatch.setattr(train_mod, "compute_objective", poisoned)
+    monkeypatch.setattr(step_mod, "compute_objective", poisoned)
     cfg = tiny_cfg(tiny_bert, tiny_data, tmp_path / "run", "train.save_every=2")
     with pytest.raises(TrainingError, match=r"non-finite loss at step 4 \(reranker_ce="):
         train(cfg)

@@ -18,9 +18,18 @@ from rocketkd.models import DualEncoder
 from rocketkd.pipeline import run_train as train
 from rocketkd.search.bm25 import BM25Retriever
 from rocketkd.search.index import DenseIndex, search_run
-from rocketkd.teachers import BM25Scorer, RandomScorer, RetrieverScorer, check_ensemble, normalize
+from rocketkd.teachers import (
+    BM25Scorer,
+    HeldOut,
+    RandomScorer,
+    RetrieverScorer,
+    build_targets,
+    check_ensemble,
+    ensemble_logprobs,
+    normalize,
+)
 from rocketkd.teachers.targets import student_spread, teacher_lists
-from rocketkd.training.train import dev_ndcg
+from rocketkd.training import dev_ndcg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -184,6 +193,28 @@ def test_teacher_scale_defaults_to_the_start_retrievers_spread(tiny_bert, tiny_d
         np.testing.assert_allclose(cl.teacher_scores, z - np.log(np.exp(z).sum()), atol=1e-5)
 
 
+def test_build_targets_weighs_online_members_but_stores_only_the_others(tiny_bert, tiny_data, tmp_path):
+    """The pipeline's use of the one target builder: weights fitted on held-out queries, an online member weighed
+    beside the others but never stored; the stored ensemble is the other members' at the given scale."""
+    cfg = tiny_cfg(tiny_bert, tiny_data, tmp_path / "run", "pipeline.zero_bad_teachers=false", "train.teacher_scale=2")
+    data = load_retrieval_data(tiny_data)
+    lists = build_lists(cfg, data)
+    with pytest.raises(ValueError, match="needs held-out queries"):
+        build_targets(cfg, data, lists, ["bm25"])
+    held_out = HeldOut(data.split_queries("dev"), data.qrels["dev"])
+    targets = build_targets(cfg, data, lists, ["bm25", "random"], held_out=held_out, online=("random",))
+    assert set(targets.choice.weights) == {"bm25", "random"} and targets.choice.weights["bm25"] > 0
+    assert targets.stored == {"bm25": targets.choice.weights["bm25"]}
+    assert targets.scale == 2 and targets.temperatures == {"bm25": 0.5, "random": 0.5}
+    assert set(targets.run) == set(held_out.queries)
+    raw = BM25Scorer(data.corpus).score(lists, data.all_queries(), data.corpus)
+    for cl, lp in zip(targets.lists, ensemble_logprobs([raw], [1.0], temperatures=[0.5])):
+        assert cl.teacher_scores == pytest.approx(lp.tolist(), abs=1e-12)
+    # configured weights without a check: stored as given
+    given = build_targets(cfg, data, lists, ["bm25", "random"], weights={"bm25": 0.25, "random": 0.75})
+    assert given.choice is None and given.run is None and given.stored == {"bm25": 0.25, "random": 0.75}
+
+
 # --- checked before it teaches (issue 11) ---------------------------------------------------------------------
 
 
@@ -293,7 +324,7 @@ def _cranfield_subset(dst: Path, *, train_queries: int = 8, extra_passages: int 
 
 
 @pytest.mark.skipif(not (ROOT / "data" / "cranfield" / "corpus.jsonl").exists(), reason="data/ not present")
-@pytest.mark.filterwarnings("ignore::rocketkd.data.formats.EmptyPassageWarning")  # cranfield's passage 995 is empty
+@pytest.mark.filterwarnings("ignore::rocketkd.data.corpus.EmptyPassageWarning")  # cranfield's passage 995 is empty
 def test_packaged_minilm_on_real_queries_rejects_a_random_teacher(tmp_path):
     """Issue 11 on real data and the real model: the packaged MiniLM re-ranks cranfield's 25 dev queries far better
     than noise, so a random teacher gets weight 0 and the retriever's dev nDCG@10 does not fall."""

@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 
 from rocketkd.candidates.mining import mine
+from rocketkd.candidates.negatives import label_lists
 from rocketkd.config import Config
-from rocketkd.data.dataset import label_lists
 from rocketkd.data.formats import read_candidates
 from rocketkd.distributed import barrier
 from rocketkd.errors import ConfigError
@@ -24,7 +24,7 @@ def build_lists(cfg: Config, data, output_dir: str | Path | None = None) -> list
     ``mining.depth`` of ``mining.first_round`` (BM25 or the base encoder) as ``rocketkd mine`` builds them, written
     to ``<output_dir>/candidates.jsonl`` (reused when a run resumes).
     """
-    queries = {**getattr(data, "unlabeled_queries", {}), **data.queries}
+    queries = data.all_queries()
     if cfg.candidates.path:
         return read_candidates(cfg.candidates.path, corpus=data.corpus, queries=queries)
     split = cfg.data.train_split

@@ -1,6 +1,7 @@
-"""Candidate mining: retrieve, drop judged positives, denoise with the re-ranker, augment, pseudo-label.
+"""Candidate mining, the driver: retrieve, drop judged positives, denoise with the re-ranker, augment, pseudo-label.
 
-RocketQA's recipe, one pure step per function so each can be tested by hand, then the driver ``mine``:
+RocketQA's recipe; the pure steps live in :mod:`rocketkd.candidates.negatives`, the model work (retrieval, re-ranker
+logits, shared out across processes) in :mod:`rocketkd.candidates.retrieve`:
 
 1. retrieve the top ``depth`` passages of every training query (BM25, the base encoder, or a trained retriever);
 2. skip the first ``skip_top`` ranks (near-duplicates of the positive) and drop every passage judged relevant to
@@ -19,237 +20,38 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rocketkd.config import Config
-from rocketkd.data.dataset import positives_of
-from rocketkd.distributed import (
-    broadcast_object,
-    gather_objects,
-    gather_rows,
-    is_main,
-    local_device,
-    scatter_objects,
-    shard_rows,
-    world,
+from rocketkd.candidates.negatives import (
+    build_list,
+    denoise,
+    drop_positives,
+    judged_relevant,
+    label_unlabeled,
+    positives_of,
+    pseudo_positives,
+    ranked,
+    sample_negatives,
+    sigmoid,
 )
+from rocketkd.candidates.retrieve import describe, first_stage, reranker_logits
+from rocketkd.candidates.title_queries import apply_data_config, is_title_query
+from rocketkd.config import Config
+from rocketkd.data.formats import load_retrieval_data, write_candidates
+from rocketkd.distributed import broadcast_object, is_main, main_process_first
 from rocketkd.errors import ConfigError
-from rocketkd.types import CandidateList, Qrels, Run
+from rocketkd.models import resolve_model_path
+from rocketkd.models.loading import load_reranker
+from rocketkd.types import CandidateList, Qrels
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "MiningResult",
-    "build_list",
-    "denoise",
-    "drop_positives",
-    "judged_relevant",
-    "label_unlabeled",
-    "mine",
-    "pseudo_positives",
-    "ranked",
-    "sample_negatives",
-    "sigmoid",
-]
-
-# (query, passage) pairs scored per ``predict`` call: big enough to keep the re-ranker busy, small enough that
-# the texts of one chunk fit comfortably in memory on MS MARCO.
-PAIRS_PER_CHUNK = 8192
-
-
-# --------------------------------------------------------------------------------------------------- pure pieces
-
-
-def sigmoid(logits: np.ndarray | Sequence[float]) -> np.ndarray:
-    """Logistic function, numerically stable for large |x| (the re-ranker's one-logit head -> probability)."""
-    x = np.asarray(logits, dtype=np.float64)
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
-def ranked(scores: Mapping[str, float]) -> list[str]:
-    """A run's passages best first; ties broken by passage id so the order never depends on dict order."""
-    return sorted(scores, key=lambda pid: (-float(scores[pid]), pid))
-
-
-def judged_relevant(qrels_by_split: Mapping[str, Qrels], qid: str) -> dict[str, int]:
-    """The query's judgements merged over every split (highest grade wins): what no negative may ever be."""
-    merged: dict[str, int] = {}
-    for qrels in qrels_by_split.values():
-        for pid, grade in qrels.get(qid, {}).items():
-            merged[pid] = max(int(grade), merged.get(pid, int(grade)))
-    return merged
-
-
-def drop_positives(ranked: Sequence[str], qrels_for_query: Mapping[str, int]) -> list[str]:
-    """``ranked`` without any passage judged relevant to the query (grade > 0, whatever ``min_positive_grade`` is).
-
-    Passages judged 0 (explicitly not relevant) stay: they are the safest negatives there are.
-    """
-    return [pid for pid in ranked if qrels_for_query.get(pid, 0) <= 0]
-
-
-def denoise(
-    candidates: Sequence[str],
-    scores: np.ndarray | Sequence[float],
-    *,
-    false_negative_threshold: float | None,
-    false_negative_rank: int | None = None,
-    positive_score: float | None = None,
-) -> tuple[list[str], list[str]]:
-    """Split mined negatives into (kept, dropped) by the re-ranker's logits ``scores`` (one per candidate).
-
-    Two rules; a candidate is dropped when either fires:
-
-    * threshold (RocketQA): ``sigmoid(logit) > false_negative_threshold``: the re-ranker is confident the passage
-      is relevant, so it is most likely an unlabeled positive. ``None`` switches the rule off.
-    * rank (optional): let r be the number of candidates the re-ranker scores strictly above the list's positive
-      (``positive_score``, a logit). The top ``max(0, r - false_negative_rank)`` candidates by score are dropped,
-      i.e. every negative ranked more than ``false_negative_rank`` places above the positive. ``0`` drops every
-      negative that outscores the positive.
-
-    Both lists keep the candidates' original (retrieval) order.
-    """
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if len(scores) != len(candidates):
-        raise ValueError(f"denoise: {len(candidates)} candidates but {len(scores)} scores")
-    drop = np.zeros(len(candidates), dtype=bool)
-    if false_negative_threshold is not None:
-        drop |= sigmoid(scores) > false_negative_threshold
-    if false_negative_rank is not None:
-        if positive_score is None:
-            raise ValueError("denoise: the rank rule (false_negative_rank) needs the positive's score")
-        if false_negative_rank < 0:
-            raise ValueError(f"denoise: false_negative_rank must be >= 0, got {false_negative_rank}")
-        above = int((scores > positive_score).sum())
-        n_drop = max(0, above - false_negative_rank)
-        order = np.argsort(-scores, kind="stable")  # ties keep retrieval order
-        drop[order[:n_drop]] = True
-    kept = [pid for pid, d in zip(candidates, drop) if not d]
-    dropped = [pid for pid, d in zip(candidates, drop) if d]
-    return kept, dropped
-
-
-def pseudo_positives(
-    candidates: Sequence[str], scores: np.ndarray | Sequence[float], threshold: float | None
-) -> list[str]:
-    """Candidates whose re-ranker probability is above ``threshold`` (``None``: none), in candidate order."""
-    if threshold is None:
-        return []
-    probs = sigmoid(scores).reshape(-1)
-    if len(probs) != len(candidates):
-        raise ValueError(f"pseudo_positives: {len(candidates)} candidates but {len(probs)} scores")
-    return [pid for pid, p in zip(candidates, probs) if p > threshold]
-
-
-def sample_negatives(
-    corpus_ids: Sequence[str], exclude: Iterable[str], n: int, rng: random.Random
-) -> list[str]:
-    """``n`` distinct passages drawn uniformly from ``corpus_ids``, none of them in ``exclude``.
-
-    Rejection sampling (cheap on a large corpus); when rejections pile up (a tiny corpus, a huge ``exclude``) it
-    falls back to sampling from the explicit remainder. Returns fewer than ``n`` only when fewer are left.
-    """
-    if n <= 0 or not corpus_ids:
-        return []
-    excluded = set(exclude)
-    chosen: list[str] = []
-    seen: set[str] = set()
-    attempts, max_attempts = 0, 20 * n + 100
-    while len(chosen) < n and attempts < max_attempts:
-        attempts += 1
-        pid = corpus_ids[rng.randrange(len(corpus_ids))]
-        if pid in excluded or pid in seen:
-            continue
-        seen.add(pid)
-        chosen.append(pid)
-    if len(chosen) < n:
-        rest = [pid for pid in dict.fromkeys(corpus_ids) if pid not in excluded and pid not in seen]
-        chosen += rng.sample(rest, min(n - len(chosen), len(rest)))
-    return chosen
-
-
-def build_list(
-    qid: str,
-    positive: str,
-    denoised_negatives: Sequence[str],
-    sampled_negatives: Sequence[str],
-    *,
-    list_length: int,
-    rng: random.Random,
-    corpus_ids: Sequence[str] = (),
-    exclude: Iterable[str] = (),
-    source: str = "",
-) -> tuple[CandidateList, int]:
-    """Hybrid augmentation: ``[positive, *denoised_negatives, *sampled_negatives]`` (duplicates removed, order kept).
-
-    The mined negatives keep their rank order; the sampled ones follow, undenoised. When fewer than
-    ``list_length - 1`` negatives remain, more are sampled from ``corpus_ids`` (never one in ``exclude``, which must
-    hold the query's judged positives, nor one already in the list). Returns the list and how many top-up
-    negatives it needed (0 for most lists). Raises ``ConfigError`` when the corpus cannot fill the list.
-    """
-    pids = [positive]
-    seen = {positive}
-    for pid in [*denoised_negatives, *sampled_negatives]:
-        if pid not in seen:
-            seen.add(pid)
-            pids.append(pid)
-    missing = list_length - len(pids)
-    topped = 0
-    if missing > 0:
-        extra = sample_negatives(corpus_ids, seen | set(exclude), missing, rng)
-        pids += extra
-        topped = len(extra)
-    if len(pids) < max(list_length, 2):
-        raise ConfigError(
-            f"candidates.list_length={list_length} but query {qid!r} can only get {len(pids)} candidates "
-            f"(corpus of {len(corpus_ids)} passages); lower candidates.list_length"
-        )
-    return CandidateList(qid=qid, pids=pids, source=source), topped
-
-
-def label_unlabeled(
-    queries: Mapping[str, str] | Iterable[str],
-    run: Run,
-    scores: Mapping[str, Mapping[str, float]],
-    pos_threshold: float,
-    neg_threshold: float,
-    *,
-    source: str = "teacher",
-) -> list[CandidateList]:
-    """Teacher labelling (RocketQA's data augmentation) of queries that have no judgements.
-
-    For each query (in id order) the retrieved candidates are taken in rank order; one with re-ranker probability
-    ``sigmoid(logit) > pos_threshold`` becomes the positive of its own list, those with probability
-    ``< neg_threshold`` are the negatives of every such list (candidates in between are left out: the teacher is
-    unsure). A query without a confident positive or without a confident negative gives no list. Candidates the
-    teacher did not score are ignored.
-
-    The lists hold only the teacher's own negatives and may be shorter than G: ``mine`` augments them with
-    ``build_list`` like every other list (sampled negatives, top-up).
-    """
-    if neg_threshold > pos_threshold:
-        raise ValueError(f"label_unlabeled: neg_threshold {neg_threshold} is above pos_threshold {pos_threshold}")
-    lists = []
-    for qid in sorted(queries):
-        q_scores = scores.get(qid, {})
-        order = [pid for pid in ranked(run.get(qid, {})) if pid in q_scores]
-        if not order:
-            continue
-        probs = sigmoid([q_scores[pid] for pid in order])
-        positives = [pid for pid, p in zip(order, probs) if p > pos_threshold]
-        negatives = [pid for pid, p in zip(order, probs) if p < neg_threshold]
-        if not positives or not negatives:
-            continue
-        lists += [CandidateList(qid=qid, pids=[pos, *negatives], source=source) for pos in positives]
-    return lists
-
-
-# -------------------------------------------------------------------------------------------------------- driver
+__all__ = ["MiningResult", "mine"]
 
 
 @dataclass
@@ -310,132 +112,12 @@ def _check_mining_config(m: Any) -> None:
         )
 
 
-def _describe(model: Any) -> str:
-    if isinstance(model, (str, Path)):
-        return str(model)
-    for attr in ("name_or_path", "path"):
-        value = getattr(model, attr, None)
-        if isinstance(value, (str, Path)) and str(value):
-            return str(value)
-    inner = getattr(model, "model", None)
-    value = getattr(getattr(inner, "config", None), "_name_or_path", None)
-    return str(value) if value else type(model).__name__
-
-
-def _first_stage(cfg: Config, data: Any, retriever: Any, show_progress: bool):
-    """(search(queries, k) -> Run, source, description) for BM25, the base encoder or a trained retriever."""
-    if retriever is None and cfg.mining.first_round == "bm25":
-        from rocketkd.search.bm25 import BM25Retriever
-
-        bm25 = BM25Retriever.build(data.corpus, show_progress=show_progress)
-        return _sharded(bm25.search), "bm25", "bm25"
-
-    from rocketkd.models import resolve_model_path
-    from rocketkd.search.index import DenseIndex, search_run
-
-    m = cfg.model
-    model = retriever
-    if retriever is None or isinstance(retriever, (str, Path)):
-        path = resolve_model_path(retriever if retriever is not None else m.retriever)
-        from rocketkd.models.loading import load_retriever
-
-        model = load_retriever(cfg, path)
-        description = path
-    else:
-        description = _describe(retriever)
-    ix = cfg.index
-    # several processes: each encodes its share of the corpus, the main process alone holds the index (None here)
-    index = DenseIndex.build(
-        model, data.corpus, factory=ix.factory, batch_size=ix.batch_size, autocast=ix.autocast,
-        train_sample=ix.train_sample, show_progress=show_progress,
-    )
-
-    def search(queries: Mapping[str, str], k: int) -> Run | None:
-        if world()[1] == 1:
-            return search_run(index, queries, k, batch_size=ix.batch_size, autocast=ix.autocast)
-        # each process encodes its share of the queries; the main process searches them all against its index
-        from rocketkd.search.encode import encode_queries
-
-        qids = list(queries)
-        share = shard_rows(len(qids), *world())
-        emb = encode_queries(
-            model, [queries[q] for q in qids[share.start : share.stop]], batch_size=ix.batch_size,
-            autocast=ix.autocast,
-        )
-        emb = gather_rows(emb, share, len(qids))
-        if index is None or emb is None:
-            return None
-        result = index.search(emb, k)
-        return {
-            qid: {pid: float(x) for pid, x in zip(pids, scores.tolist())}
-            for qid, pids, scores in zip(qids, result.ids, result.scores)
-        }
-
-    return search, "dense", description
-
-
-def _sharded(search: Any) -> Any:
-    """``search(queries, k) -> Run`` run by every process on its share of the queries, merged on the main process.
-
-    One process: ``search`` itself. Several: the main process gets the whole run (in query order), the others None.
-    """
-
-    def sharded(queries: Mapping[str, str], k: int) -> Run | None:
-        if world()[1] == 1:
-            return search(queries, k)
-        qids = list(queries)
-        share = shard_rows(len(qids), *world())
-        part = search({q: queries[q] for q in qids[share.start : share.stop]}, k)
-        hits = gather_objects([part.get(q, {}) for q in qids[share.start : share.stop]], share, len(qids))
-        return None if hits is None else dict(zip(qids, hits))
-
-    return sharded
-
-
-def _load_reranker(cfg: Config, reranker: Any) -> tuple[Any, str]:
+def _load_reranker(cfg: Config, reranker: Any) -> tuple[Any, str | None]:
+    """(the re-ranker, its description): one given as an object with ``predict`` is used as it is."""
     if reranker is None or hasattr(reranker, "predict"):
-        return reranker, (None if reranker is None else _describe(reranker))
-    from rocketkd.models import CrossEncoderRanker, resolve_model_path
-
+        return reranker, (None if reranker is None else describe(reranker))
     path = resolve_model_path(reranker)
-    model = CrossEncoderRanker.from_pretrained(path, max_length=cfg.model.reranker_max_length).to(local_device())
-    return model, path
-
-
-def _score_pairs(
-    reranker: Any,
-    plan: Sequence[tuple[str, str]] | None,
-    queries: Mapping[str, str],
-    corpus: Any,
-    *,
-    batch_size: int,
-    autocast: str,
-    show_progress: bool,
-) -> dict[str, dict[str, float]] | None:
-    """Re-ranker logits of (query id, passage id) pairs: one batched ``predict`` per chunk of pairs.
-
-    Several processes (every one calls it; only the main process's ``plan`` is read): the pairs are split into
-    contiguous shares, each process scores its share, and the main process gets every logit back by pair position
-    and returns the dict; the others return None.
-    """
-    from rocketkd.search.encode import resolve_autocast
-    from rocketkd.search.rerank import score_pairs
-
-    sharded = world()[1] > 1
-    full = list(dict.fromkeys(plan)) if plan is not None and is_main() else None
-    plan, share, n_total = scatter_objects(full) if sharded else (full, range(len(full)), len(full))
-    dtype = resolve_autocast(autocast, getattr(reranker, "device", "cpu"))
-    logits_all = score_pairs(reranker, plan, queries, corpus, batch_size=batch_size, autocast_dtype=dtype,
-                             desc="denoise", show_progress=show_progress, chunk=PAIRS_PER_CHUNK)
-    if sharded:
-        logits_all = gather_rows(logits_all, share, n_total)
-        if logits_all is None:  # not the main process: its logits are with the main process now
-            return None
-        plan = full
-    out: dict[str, dict[str, float]] = {}
-    for (qid, pid), score in zip(plan, logits_all.tolist()):
-        out.setdefault(qid, {})[pid] = score
-    return out
+    return load_reranker(cfg, path, trainable=False), path
 
 
 def mine(
@@ -467,10 +149,6 @@ def mine(
     across the processes and gathered on the main process by position, which alone builds and writes the lists;
     every process returns the main process's result. The lists equal those of one process.
     """
-    from rocketkd.candidates.title_queries import apply_data_config, is_title_query
-    from rocketkd.data.formats import load_retrieval_data, write_candidates
-    from rocketkd.distributed import main_process_first
-
     m = cfg.mining
     _check_mining_config(m)
     output = Path(output)
@@ -505,7 +183,7 @@ def mine(
                 if qid not in judged_anywhere and qid not in train_queries
             }
 
-    search, source, retriever_desc = _first_stage(cfg, data, retriever, show_progress)
+    search, source, retriever_desc = first_stage(cfg, data, retriever, show_progress)
     run = search({**train_queries, **unlabeled}, m.depth)
     if run is None:  # another process of a multi-process run: only the main process holds the run, and uses it
         run = {}
@@ -527,7 +205,7 @@ def mine(
                 plan += [(qid, pid) for pid in candidates[qid]]
         for qid in unlabeled:
             plan += [(qid, pid) for pid in ranked(run.get(qid, {}))]
-        scores = _score_pairs(
+        scores = reranker_logits(
             reranker_model, plan, {**train_queries, **unlabeled}, corpus,
             batch_size=cfg.index.batch_size, autocast=cfg.index.autocast, show_progress=show_progress,
         )

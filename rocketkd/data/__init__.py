@@ -1,8 +1,8 @@
-"""Data loading and validation: corpus, queries, qrels, runs and candidate lists (see ``formats``)."""
+"""Data loading and validation: the corpus (``corpus``: memory-mapped Arrow), queries, qrels, runs and candidate
+lists (``formats``), and the line-level checks they share (``lines``)."""
 
+from rocketkd.data.corpus import Corpus, EmptyPassageWarning
 from rocketkd.data.formats import (
-    Corpus,
-    EmptyPassageWarning,
     RetrievalData,
     load_qrels,
     load_queries,

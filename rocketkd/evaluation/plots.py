@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rocketkd.io import atomic_write
+
 
 def plot_run(out: Path, curves: dict[str, dict[int, float]]) -> Path:
+    """Draw ``out/curves.png``: recall@k per system (``curves``: system -> {k: R@k}) and the loss curves of every
+    ``out/*/train_log.jsonl``. Raises ImportError without matplotlib."""
+    # matplotlib on first use: start-up time (~1 s) of every importer of the report, and the caller may do without
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    from rocketkd.io import atomic_write
+    import matplotlib.pyplot as plt  # as above
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for system, curve in curves.items():

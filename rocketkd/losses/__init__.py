@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
+from rocketkd.losses.contrastive import in_batch_ce, in_batch_scores
 from rocketkd.losses.distances import (
     WASSERSTEIN_COSTS,
     listwise_js,
@@ -42,6 +43,8 @@ __all__ = [
     "centered_mse",
     "get_distill_loss",
     "hinton_loss",
+    "in_batch_ce",
+    "in_batch_scores",
     "listwise_ce",
     "listwise_js",
     "listwise_kl",

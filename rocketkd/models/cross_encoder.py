@@ -29,9 +29,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rocketkd.errors import ModelLoadError
-from rocketkd.models.dual_encoder import (
+from rocketkd.io import atomic_dir
+from rocketkd.models._hf import (
     ROCKETKD_JSON,
-    atomic_dir,
     autocast_context,
     enable_checkpointing,
     eval_mode,
@@ -93,6 +93,7 @@ class CrossEncoderRanker(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.new_head = False  # set by from_pretrained: the one-logit head was freshly initialised there
 
     @property
     def device(self) -> torch.device:
@@ -115,6 +116,7 @@ class CrossEncoderRanker(nn.Module):
         (warm-up) before it can teach. ``max_length`` None = ``rocketkd.json``, else the folder's
         ``max_seq_length``, else 256; capped at the model's positions. Weights load in float32.
         """
+        # start-up time: transformers takes seconds to import
         from transformers import AutoConfig, AutoModelForSequenceClassification
 
         root = resolve_model_path(path)
@@ -172,6 +174,7 @@ class CrossEncoderRanker(nn.Module):
 
         tokenizer = load_tokenizer(root, sub)
         ranker = cls(model, tokenizer, max_length=int(max_length))
+        ranker.new_head = bool(missing or not has_head)
         if gradient_checkpointing:
             ranker.gradient_checkpointing_enable()
         return ranker
@@ -268,7 +271,7 @@ class CrossEncoderRanker(nn.Module):
         max_length. Built beside ``path`` and renamed into place; an existing ``path`` is replaced only once the new
         folder is complete.
         """
-        import sentence_transformers
+        import sentence_transformers  # start-up time: only saving needs it
 
         with atomic_dir(path) as tmp:
             self.model.save_pretrained(tmp)

@@ -1,39 +1,61 @@
 """The one place a model is made from config: ``load_retriever`` and ``load_reranker`` read ``cfg.model`` (and the
-training switches that change how a model is built), so every stage builds the same model from the same keys."""
+training switches that change how a model is built), so every stage builds the same model from the same keys.
+
+Model settings left empty in the config (``model.pooling``, ``model.similarity``) are read from the model folder, as
+:meth:`DualEncoder.from_pretrained` documents.
+"""
 
 from __future__ import annotations
 
+import torch
+from torch import nn
+
 from rocketkd.config import Config
 from rocketkd.distributed import local_device
+from rocketkd.errors import ModelLoadError
+from rocketkd.models._hf import resolve_model_path
 from rocketkd.models.cross_encoder import CrossEncoderRanker
-from rocketkd.models.dual_encoder import DualEncoder, resolve_model_path
+from rocketkd.models.dual_encoder import DualEncoder
 
 
 def load_retriever(cfg: Config, path: str | None, *, for_training: bool = False) -> DualEncoder:
-    """The retriever as ``cfg.model`` describes it (the one place its settings are read)."""
-    m = cfg.model
+    """The retriever as ``cfg.model`` describes it, from ``path`` (None = the packaged MiniLM).
+
+    ``for_training=False``: a scorer, moved to this process's GPU when there is one. ``for_training=True``: left
+    where it is (accelerate places training models), with ``train.gradient_checkpointing`` honoured and the unused
+    pooler frozen.
+    """
     retriever = DualEncoder.from_pretrained(
         resolve_model_path(path),
-        shared=m.shared_towers,
-        pooling=m.pooling,
-        similarity=m.similarity,
-        query_max_length=m.query_max_length,
-        passage_max_length=m.passage_max_length,
+        **retriever_settings(cfg),
         gradient_checkpointing=for_training and cfg.train.gradient_checkpointing,
     )
-    if not for_training:  # a scorer: this process's GPU when there is one (training models: accelerate places them)
+    if not for_training:
         return retriever.to(local_device())
-    if for_training:
-        # The backbone's pooler (BERT's tanh layer over [CLS]) feeds no retriever score: freeze it so DDP does not
-        # wait for gradients that never come and the optimizer does not decay weights nobody uses.
-        for name, param in retriever.named_parameters():
-            if ".pooler." in f".{name}":
-                param.requires_grad_(False)
+    # The backbone's pooler (BERT's tanh layer over [CLS]) feeds no retriever score: freeze it so DDP does not wait
+    # for gradients that never come and the optimizer does not decay weights nobody uses.
+    for name, param in retriever.named_parameters():
+        if ".pooler." in f".{name}":
+            param.requires_grad_(False)
     return retriever
 
 
+def retriever_settings(cfg: Config) -> dict:
+    """The ``cfg.model`` keys a retriever is built with: saved beside anything that must rebuild the same encoder
+    without the config (a re-ranker's prior, :func:`load_retriever_with`)."""
+    m = cfg.model
+    return {"shared": m.shared_towers, "pooling": m.pooling, "similarity": m.similarity,
+            "query_max_length": m.query_max_length, "passage_max_length": m.passage_max_length}
+
+
+def load_retriever_with(path: str | None, settings: dict) -> DualEncoder:
+    """A scoring retriever from ``path`` with saved :func:`retriever_settings` (no config at hand)."""
+    return DualEncoder.from_pretrained(resolve_model_path(path), **settings).to(local_device())
+
+
 def load_reranker(cfg: Config, path: str | None, *, trainable: bool = True) -> CrossEncoderRanker:
-    """The re-ranker per ``cfg.model``: trainable (listwise-CE ready) or a frozen teacher in eval mode."""
+    """The re-ranker per ``cfg.model``: trainable (listwise-CE ready) or a frozen teacher in eval mode on this
+    process's device."""
     reranker = CrossEncoderRanker.from_pretrained(
         resolve_model_path(path),
         max_length=cfg.model.reranker_max_length,
@@ -41,9 +63,24 @@ def load_reranker(cfg: Config, path: str | None, *, trainable: bool = True) -> C
     )
     if not trainable:
         return reranker.eval().requires_grad_(False).to(local_device())
+    if cfg.model.reranker_prior and reranker.new_head:
+        zero_output_layer(reranker)
     # A listwise softmax is shift-invariant, so the one-logit head's bias gets an exactly-zero gradient; Adam would
     # turn its float noise into +-lr steps that differ between runs. Keep it fixed.
     for name, param in reranker.named_parameters():
         if name.endswith("bias") and tuple(param.shape) == (1,):
             param.requires_grad_(False)
     return reranker
+
+
+def zero_output_layer(reranker: CrossEncoderRanker) -> None:
+    """Zero the one-logit output layer, so the re-ranker's cross-encoder part ``g`` starts at exactly 0 and a
+    re-ranker with a prior starts as the prior (``model.reranker_prior``). Its body still learns: after the first
+    step the layer is no longer 0, and the body's gradient flows through it."""
+    heads = [m for m in reranker.model.modules() if isinstance(m, nn.Linear) and m.out_features == 1]
+    if not heads:
+        raise ModelLoadError("model.reranker_prior: the re-ranker has no one-logit output layer to start at zero")
+    with torch.no_grad():
+        heads[-1].weight.zero_()
+        if heads[-1].bias is not None:
+            heads[-1].bias.zero_()

@@ -1,4 +1,4 @@
-"""BM25 first-stage retrieval over a :class:`~rocketkd.data.formats.Corpus`, with the ``bm25s`` library.
+"""BM25 first-stage retrieval over a :class:`~rocketkd.data.corpus.Corpus`, with the ``bm25s`` library.
 
 Text analysis is bm25s's own tokenizer: lower-cased, words of two or more word characters (``\\b\\w\\w+\\b``),
 English stopwords removed, no stemming (nothing downloads). Scoring is bm25s's default (Lucene's BM25,
@@ -13,13 +13,15 @@ passages would only add ties.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+import bm25s
 import numpy as np
+from bm25s.tokenization import Tokenizer
 
 if TYPE_CHECKING:
-    from rocketkd.data.formats import Corpus
+    from rocketkd.data.corpus import Corpus
     from rocketkd.types import Run
 
 __all__ = ["BM25Retriever"]
@@ -54,9 +56,6 @@ class BM25Retriever:
         return out
 
     def index(self, corpus: Corpus, *, show_progress: bool = False) -> None:
-        import bm25s
-        from bm25s.tokenization import Tokenizer
-
         tokenizer = Tokenizer(stopwords=self.stopwords if self.stopwords else None)
         token_ids: list[list[int]] = []
         for _, texts in corpus.iter_batches(_TOKENIZE_BLOCK):
@@ -90,6 +89,34 @@ class BM25Retriever:
         if not tokens:
             return np.zeros(len(self.ids), dtype=np.float32)
         return np.asarray(self._retriever.get_scores_from_ids(tokens), dtype=np.float32)
+
+    def score_candidates(
+        self, candidates: Mapping[str, Sequence[str]], queries: Mapping[str, str], corpus: Corpus
+    ) -> dict[str, dict[str, float]]:
+        """BM25 score of given passages: qid -> {pid: score} for each query's ``candidates`` (queries with none are
+        left out). Read off each query's full score vector (:meth:`scores`) by corpus row, so a passage that shares
+        no term with the query scores 0 rather than being missing. ``corpus`` must be the one the index was built
+        on (same rows); KeyError names a query without text."""
+        if len(corpus) != len(self.ids):
+            raise ValueError(
+                f"the BM25 index holds {len(self.ids)} passages, the corpus given {len(corpus)}: "
+                "score with the corpus the index was built on"
+            )
+        out: dict[str, dict[str, float]] = {}
+        for qid, pids in candidates.items():
+            if len(pids) == 0:
+                continue
+            try:
+                text = queries[qid]
+            except KeyError:
+                raise KeyError(f"query {qid!r} has candidates to score but no text in the queries given") from None
+            full = self.scores(text)  # (N,) by corpus row
+            rows = [corpus.row_of(pid) for pid in pids]
+            for pid, row in zip(pids, rows):
+                if self.ids[row] != pid:
+                    raise ValueError(f"the BM25 index row {row} is {self.ids[row]!r}, the corpus says {pid!r}")
+            out[qid] = {pid: float(s) for pid, s in zip(pids, full[rows].astype(np.float64))}
+        return out
 
     def search(self, queries: Mapping[str, str], k: int) -> Run:
         """Top ``k`` passages (score > 0) per query; ties are broken by corpus row (earlier first)."""

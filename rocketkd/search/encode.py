@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from rocketkd.distributed import gather_rows, shard_rows, world
 from rocketkd.errors import ConfigError
 
 if TYPE_CHECKING:
-    from rocketkd.data.formats import Corpus
+    from rocketkd.data.corpus import Corpus
     from rocketkd.models import DualEncoder
 
 __all__ = [
@@ -150,8 +151,6 @@ def encode_corpus(
     sharded = size > 1 and distributed is not False
 
     def fill(out: np.ndarray, which: np.ndarray, progress: bool) -> None:
-        from tqdm.auto import tqdm
-
         with tqdm(total=len(which), desc="encode passages", unit="psg", disable=not progress) as bar:
             for start in range(0, len(which), chunk):
                 chunk_rows = which[start : start + chunk]

@@ -13,15 +13,20 @@ On-disk format (one folder, written atomically: built beside the destination, th
 corpus when given) and raises :class:`~rocketkd.errors.IndexError_` naming the folder otherwise.
 
 Search backends, chosen per call by ``DenseIndex.backend`` (``"auto"`` by default): FAISS on the GPU when faiss
-has GPU support; otherwise, for an exact (``Flat``) index on a machine with CUDA, :func:`torch_topk_search` on the
-GPU (chunked matmul + top-k, the same result as FAISS Flat up to float rounding and the order of tied scores);
-otherwise FAISS on the CPU.
+has GPU support; otherwise, for an exact (``Flat``) index on a machine with CUDA,
+:func:`~rocketkd.search.topk.torch_topk_search` on the GPU (chunked matmul + top-k, the same result as FAISS Flat up
+to float rounding and the order of tied scores); otherwise FAISS on the CPU.
+
+:func:`search_run` turns a query set into a run; :func:`retrieve` is the one-call version for a split of a dataset.
 
 Several processes (torchrun / ``accelerate launch``, a process group initialised; see :mod:`rocketkd.distributed`):
 :meth:`DenseIndex.build` has every process encode its share of the corpus and returns the index on the main process
 only (None elsewhere); :func:`search_run` has every process search its share of the queries and returns the merged
 run on the main process only (None elsewhere). Both are collectives: every process must call them, or pass
 ``distributed=False`` to work in this process alone (e.g. inside an ``if is_main():`` block).
+
+Why over 500 lines: one class and its on-disk format -- build, save, the checks :meth:`DenseIndex.load` makes (each
+a named error), the backends' choice -- read together; the exact torch backend lives in :mod:`rocketkd.search.topk`.
 """
 
 from __future__ import annotations
@@ -39,17 +44,19 @@ import faiss
 import numpy as np
 import torch
 
+from rocketkd import __version__
 from rocketkd.distributed import gather_objects, local_device, shard_rows, world
 from rocketkd.errors import DataFormatError, IndexError_
 from rocketkd.io import atomic_dir, atomic_write, read_json, write_json
+from rocketkd.models import DualEncoder
 from rocketkd.search.encode import encode_corpus, encode_queries
+from rocketkd.search.topk import torch_topk_search
 
 if TYPE_CHECKING:
-    from rocketkd.data.formats import Corpus
-    from rocketkd.models import DualEncoder
+    from rocketkd.data import Corpus, RetrievalData
     from rocketkd.types import Run
 
-__all__ = ["FORMAT_VERSION", "DenseIndex", "SearchResult", "search_run", "torch_topk_search"]
+__all__ = ["FORMAT_VERSION", "DenseIndex", "SearchResult", "retrieve", "search_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,77 +86,6 @@ class SearchResult:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# exact search in torch
-
-
-def torch_topk_search(
-    corpus_emb: np.ndarray | torch.Tensor,
-    query_emb: np.ndarray | torch.Tensor,
-    k: int,
-    *,
-    chunk_size: int = 262_144,
-    query_block: int = 1_024,
-    device: torch.device | str | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k by chunked matmul: ``(scores (Q, k'), rows (Q, k'))``, k' = min(k, N), best first.
-
-    The corpus is visited ``chunk_size`` rows at a time (moved to ``device`` chunk by chunk when it is a NumPy
-    array, so it need not fit there), queries ``query_block`` at a time; each chunk's top-k is merged into the
-    running top-k, so memory is O(query_block * (chunk_size + k)). ``device`` defaults to the corpus tensor's device
-    (CPU for a NumPy array). Scores are float32, rows int64.
-    """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if device is None:
-        device = corpus_emb.device if isinstance(corpus_emb, torch.Tensor) else torch.device("cpu")
-    device = torch.device(device)
-    n = int(corpus_emb.shape[0])
-    q_all = (
-        torch.as_tensor(np.ascontiguousarray(query_emb, dtype=np.float32))
-        if not isinstance(query_emb, torch.Tensor)
-        else query_emb.float()
-    )
-    if q_all.dim() != 2 or q_all.shape[1] != corpus_emb.shape[1]:
-        raise ValueError(
-            f"queries {tuple(q_all.shape)} do not match corpus vectors {tuple(corpus_emb.shape)}"
-        )
-    kk = min(k, n)
-    n_q = q_all.shape[0]
-    out_scores = np.empty((n_q, kk), dtype=np.float32)
-    out_rows = np.empty((n_q, kk), dtype=np.int64)
-    if n_q == 0 or kk == 0:
-        return out_scores, out_rows
-
-    def corpus_chunk(start: int) -> torch.Tensor:
-        part = corpus_emb[start : start + chunk_size]
-        if isinstance(part, torch.Tensor):
-            return part.to(device).float()
-        return torch.from_numpy(np.ascontiguousarray(part, dtype=np.float32)).to(device)
-
-    # Every query block keeps a running top-k (b, <=k) on the device; each corpus chunk is moved there once.
-    q_blocks = [q_all[s : s + query_block].to(device) for s in range(0, n_q, query_block)]
-    best: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(q_blocks)
-    with torch.inference_mode():
-        for c in range(0, n, chunk_size):
-            block = corpus_chunk(c)  # (C, H)
-            for qi, q in enumerate(q_blocks):
-                s, r = (q @ block.T).topk(min(kk, block.shape[0]), dim=1)  # (b, C) -> (b, <=k), descending
-                r = r + c
-                if best[qi] is not None:
-                    s = torch.cat([best[qi][0], s], dim=1)  # (b, <=2k)
-                    r = torch.cat([best[qi][1], r], dim=1)
-                    s, pick = s.topk(min(kk, s.shape[1]), dim=1)
-                    r = r.gather(1, pick)
-                best[qi] = (s, r)
-        start = 0
-        for (s, r), q in zip(best, q_blocks):
-            out_scores[start : start + q.shape[0]] = s.float().cpu().numpy()
-            out_rows[start : start + q.shape[0]] = r.cpu().numpy()
-            start += q.shape[0]
-    return out_scores, out_rows
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # the index
 
 
@@ -158,12 +94,7 @@ def _now() -> str:
 
 
 def _version() -> str:
-    try:
-        from rocketkd import __version__
-
-        return str(__version__)
-    except Exception:  # pragma: no cover
-        return "unknown"
+    return str(__version__)
 
 
 def _encoder_source(model: Any) -> str | None:
@@ -255,8 +186,6 @@ class DenseIndex:
                 raise IndexError_(
                     f"{where} has no {ENCODER_DIR}/ folder: pass the encoder (DenseIndex.load(path, encoder=...))"
                 )
-            from rocketkd.models import DualEncoder
-
             encoder = DualEncoder.from_pretrained(self.path / ENCODER_DIR)
             self._check_encoder(encoder, self.path, self._meta)
             self._encoder = encoder
@@ -300,8 +229,6 @@ class DenseIndex:
         """
         source: str | None
         if isinstance(model, (str, os.PathLike)):
-            from rocketkd.models import DualEncoder
-
             source = str(model)
             model = DualEncoder.from_pretrained(model).to(local_device())
         else:
@@ -639,6 +566,44 @@ def search_run(
             return None
         hits = gathered
     return dict(zip(qids, hits))
+
+
+def retrieve(
+    model_dir_or_model: DualEncoder | str | os.PathLike | None,
+    data: RetrievalData,
+    split: str,
+    *,
+    k: int = 100,
+    index: DenseIndex | None = None,
+    batch_size: int = 128,
+    autocast: str = "auto",
+    show_progress: bool = False,
+) -> Run:
+    """Top ``k`` passages of every query of ``split`` (those judged in ``data.qrels[split]``).
+
+    Without ``index``, the corpus is encoded into an exact (Flat) index on the fly. With ``index``, queries are
+    encoded by the given model, which must be the index's encoder (fingerprint check,
+    :class:`~rocketkd.errors.IndexError_` otherwise); ``model_dir_or_model=None`` uses the encoder saved with the
+    index.
+    """
+    queries = data.split_queries(split)
+    model = model_dir_or_model
+    if isinstance(model, (str, os.PathLike)):
+        model = DualEncoder.from_pretrained(model).to(local_device())
+    if index is None:
+        if model is None:
+            raise ValueError("retrieve needs a model or an index")
+        index = DenseIndex.build(
+            model,
+            data.corpus,
+            factory="Flat",
+            batch_size=batch_size,
+            autocast=autocast,
+            show_progress=show_progress,
+        )
+    elif model is not None:
+        index.attach_encoder(model)
+    return search_run(index, queries, k, batch_size=batch_size, autocast=autocast)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ embeddings and the B*G re-ranker logits. So :func:`chunked_backward`
 1. runs the encoders over the rows ``chunk_size`` at a time without keeping activations (``no_grad``; the first
    chunk alone keeps its graph, see below) and collects those tensors;
 2. makes them leaf tensors that require grad and computes the ordinary loss of the step from them (the same code as
-   the plain path: ``rocketkd.training.train._step_loss``, so in-batch/cross-device negatives, stored teacher scores, the
-   static teacher and the non-finite check are all the same), then backpropagates it to the leaves only;
+   the plain path: ``rocketkd.training.step.loss_from_scores``, so in-batch/cross-device negatives, stored teacher
+   scores, the static teacher and the non-finite check are all the same), then backpropagates it to the leaves only;
 3. runs each chunk again with gradients and backpropagates the cached leaf gradients of its rows into the
    parameters (``torch.autograd.backward(outputs, grads)``), so parameter gradients accumulate chunk by chunk.
 
@@ -49,9 +49,10 @@ from dataclasses import dataclass
 import torch
 
 from rocketkd.models import DualEncoder
+from rocketkd.training.batch import JointBatch
 from rocketkd.training.joint import JointScores
 from rocketkd.training.objective import LossParts
-from rocketkd.types import JointBatch
+from rocketkd.training.step import loss_from_scores
 
 Inputs = dict[str, torch.Tensor]
 
@@ -163,16 +164,6 @@ def _outputs(chunk: Chunk, scores: JointScores) -> tuple[torch.Tensor | None, to
     return q, p, r
 
 
-class _PrecomputedTeacher:
-    """Stands in for the frozen teacher in ``_step_loss``: its (B, G) scores were computed chunk by chunk."""
-
-    def __init__(self, scores: torch.Tensor) -> None:
-        self.scores = scores
-
-    def score_groups(self, inputs, group_size: int) -> torch.Tensor:
-        return self.scores
-
-
 def _teacher_scores(teacher_model, batch: JointBatch, chunk_size: int, accelerator) -> torch.Tensor:
     """The frozen teacher's (B, G) logits, ``chunk_size`` pairs at a time, without graph."""
     last = _last_used(batch.pair_inputs)
@@ -188,13 +179,11 @@ def chunked_backward(model, batch: JointBatch, cfg, teacher_model, accelerator, 
                      chunk_size: int | None = None) -> LossParts:
     """One joint step's loss and backward, ``chunk_size`` rows per forward call; returns the step's ``LossParts``.
 
-    A drop-in for ``_step_loss(...)`` + ``accelerator.backward(parts.total)`` in the training loop (same
+    A drop-in for ``step_loss(...)`` + ``accelerator.backward(parts.total)`` in the training loop (same
     arguments; ``chunk_size`` defaults to ``cfg.train.chunk_size``). Parameter gradients accumulate into ``.grad``
     as the plain backward's would; ``total`` is returned detached. A non-finite loss raises the plain step's
     ``TrainingError`` before any parameter gradient is touched. ``model`` is the (possibly DDP-wrapped) JointModel.
     """
-    from rocketkd.training.train import _step_loss  # here, not at the top: train.py imports this module
-
     size = int(chunk_size or cfg.train.chunk_size or 0)
     if size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size or cfg.train.chunk_size!r}")
@@ -234,13 +223,13 @@ def chunked_backward(model, batch: JointBatch, cfg, teacher_model, accelerator, 
     with accelerator.autocast():  # the plain path scores inside the (autocast) forward
         retriever = inner.score_scale * DualEncoder.score_groups(q, p)
     scores = JointScores(retriever.float(), None if r is None else r.view(B, G), q, p)
-    teacher = teacher_model
+    frozen = None
     t = cfg.train
     if t.mode == "static" and t.teacher != "stored" and teacher_model is not None:
-        teacher = _PrecomputedTeacher(_teacher_scores(teacher_model, batch, size, accelerator))
+        frozen = _teacher_scores(teacher_model, batch, size, accelerator)
 
     # The loss on the cached tensors: the plain path's own code (raises on a non-finite loss).
-    parts = _step_loss(lambda _batch: scores, batch, cfg, teacher, accelerator, step)
+    parts = loss_from_scores(scores, batch, cfg, step, frozen)
     accelerator.backward(parts.total)  # grads reach the leaves only (1/accumulation and loss scale included)
 
     def grads_for(chunk: Chunk, outs) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -1,7 +1,7 @@
 """The joint model: retriever and re-ranker in one module, so one DDP/FSDP wrapper and one optimizer cover both.
 
 ``forward(batch)`` returns the score matrices of the group layout; the losses are computed outside from them
-(``rocketkd.training.objective``), which keeps the loss math free of the models.
+(``rocketkd.training.step.loss_from_scores``), which keeps the loss math free of the models.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from rocketkd.models import CrossEncoderRanker, DualEncoder
-from rocketkd.types import JointBatch, check_group_layout
+from rocketkd.training.batch import JointBatch
+from rocketkd.types import check_group_layout
 
 
 @dataclass

@@ -7,6 +7,8 @@ joint (RocketQAv2, arXiv 2110.07367, eq. 4-6):
 warmup:       w_ce · CE(s_rerank) + CE(s_retr)         (labels only: a fresh re-ranker head is a random teacher)
 contrastive:  CE(s_retr)                                (the no-teacher baseline)
 static:       α · D(s_retr ‖ frozen teacher) + β · CE(s_retr)
+
+With ``train.in_batch_negatives`` the retriever's CE is the in-batch one (``rocketkd.losses.in_batch_ce``).
 """
 
 from __future__ import annotations
@@ -15,29 +17,19 @@ from dataclasses import dataclass
 
 import torch
 
-from rocketkd.config import TrainConfig
+from rocketkd.config import Config, TrainConfig
 from rocketkd.losses import get_distill_loss, listwise_ce
+
+
+def needs_reranker(cfg: Config) -> bool:
+    """Whether the run trains a re-ranker online (joint, warmup) — static uses a frozen one outside the optimizer."""
+    return cfg.train.mode in ("joint", "warmup")
 
 
 @dataclass
 class LossParts:
     total: torch.Tensor
     parts: dict[str, torch.Tensor]  # name -> scalar, for logging (detached)
-
-
-def in_batch_scores(q: torch.Tensor, p_all: torch.Tensor, scale: float) -> torch.Tensor:
-    """(B, H) x (M, H) -> (B, M): every query against every passage of the (global) batch."""
-    return scale * q @ p_all.T
-
-
-def in_batch_ce(q: torch.Tensor, p_all: torch.Tensor, positive_cols: torch.Tensor, scale: float) -> torch.Tensor:
-    """Listwise CE of each query over all passages in the batch, its own positive at ``positive_cols[b]``.
-
-    The other queries' hard negatives act as extra negatives. Another query's positive can be a false negative
-    for this one; with B small against the corpus this is rare and accepted (as in DPR and RocketQA).
-    """
-    scores = in_batch_scores(q, p_all, scale)  # (B, M)
-    return torch.nn.functional.cross_entropy(scores, positive_cols)
 
 
 def mix_teachers(stored: torch.Tensor, online: torch.Tensor, weight: float, temperature: float) -> torch.Tensor:

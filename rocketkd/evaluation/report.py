@@ -1,0 +1,72 @@
+"""The pipeline's report: each system's test-split metrics from its run file, written as ``results.json`` (the
+numbers), ``results.md`` (one table) and ``curves.png`` (:mod:`rocketkd.evaluation.plots`), and printed.
+
+``results.json`` holds what :func:`write_results` is given; the pipeline fills it (see
+:func:`rocketkd.pipeline.run_pipeline`) with ``dataset``, ``split``, ``num_queries``, ``systems`` (system ->
+{metric: mean over the split's judged queries}, :data:`REPORT_METRICS`), ``teachers``, ``fusion_weight``,
+``hybrid_weights`` and ``stages`` (seconds per stage).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from rocketkd.data.formats import read_trec_run
+from rocketkd.evaluation.metrics import evaluate_run
+from rocketkd.evaluation.plots import plot_run
+from rocketkd.io import atomic_write, write_json
+from rocketkd.types import Qrels
+
+__all__ = ["CURVE_KS", "REPORT_METRICS", "evaluate_systems", "load_results", "write_results"]
+
+logger = logging.getLogger(__name__)
+
+REPORT_METRICS = ["MRR@10", "nDCG@10", "R@10", "R@100"]
+CURVE_KS = (1, 5, 10, 20, 50, 100)  # the recall curve of the plot
+
+
+def evaluate_systems(
+    run_files: Mapping[str, Path], qrels: Qrels
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[int, float]]]:
+    """``(systems, curves)``: :data:`REPORT_METRICS` of each run file that exists (system -> {metric: value}) and
+    its recall at :data:`CURVE_KS` (system -> {k: R@k}), in ``run_files``' order."""
+    systems, curves = {}, {}
+    for system, path in run_files.items():
+        if not path.exists():
+            continue
+        run = read_trec_run(path)
+        res = evaluate_run(run, qrels, REPORT_METRICS + [f"R@{k}" for k in (1, 5, 20, 50)])
+        systems[system] = {m: res.mean[m] for m in REPORT_METRICS}
+        curves[system] = {k: res.mean[f"R@{k}"] for k in CURVE_KS}
+    return systems, curves
+
+
+def write_results(out: Path, results: dict, curves: dict[str, dict[int, float]], *, plot: bool = True) -> None:
+    """Write ``results.json`` and ``results.md`` into ``out``, print the table, and draw ``curves.png`` (when
+    ``plot``; a missing matplotlib only logs a warning). ``results`` needs ``dataset``, ``split``,
+    ``num_queries`` and ``systems``."""
+    systems = results["systems"]
+    dataset, split, num_queries = results["dataset"], results["split"], results["num_queries"]
+    write_json(out / "results.json", results)
+    with atomic_write(out / "results.md") as f:
+        f.write(f"# {dataset} — {split} split ({num_queries} queries)\n\n")
+        f.write("| system | " + " | ".join(REPORT_METRICS) + " |\n|---|" + "---|" * len(REPORT_METRICS) + "\n")
+        for name, m in systems.items():
+            f.write(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in REPORT_METRICS) + " |\n")
+    print(f"\n{dataset}, {split} split ({num_queries} queries):")
+    for name, m in systems.items():
+        print(f"  {name:<10}" + "  ".join(f"{k}={m[k]:.3f}" for k in REPORT_METRICS))
+    if plot:
+        try:
+            plot_run(out, curves)
+        except ImportError as e:  # matplotlib is a dependency; keep results even if a user removed it
+            logger.warning("no plot: %s", e)
+    logger.info("results written to %s", out / "results.json")
+
+
+def load_results(path: str | Path) -> dict:
+    """A ``results.json`` as written by :func:`write_results`."""
+    return json.loads(Path(path).read_text())
