@@ -32,14 +32,31 @@ from rocketkd.data.formats import (
     write_candidates,
     write_trec_run,
 )
+from rocketkd.evaluation.compare import compare_runs
 from rocketkd.evaluation.report import evaluate_systems, write_results
 from rocketkd.io import read_json, write_json
 from rocketkd.models import resolve_model_path
 from rocketkd.models.loading import load_reranker, load_retriever
 from rocketkd.search.bm25 import BM25Retriever
-from rocketkd.search.fusion import choose_fusion_weight, choose_fusion_weights, fuse_stages, head_of_run
+from rocketkd.search.fusion import (
+    candidates_from_run,
+    choose_fusion_weight,
+    choose_fusion_weights,
+    fuse_stages,
+    head_of_run,
+)
 from rocketkd.search.index import DenseIndex, search_run
 from rocketkd.search.rerank import bm25_run, rerank_run
+from rocketkd.teachers import RandomScorer, RerankerScorer, check_teachers, scores_on_candidates
+from rocketkd.teachers.prior import (
+    CompositeScorer,
+    Prior,
+    PriorScorer,
+    add_prior_to_run,
+    attach_prior,
+    fit_prior_on,
+    prior_members,
+)
 from rocketkd.teachers.targets import HeldOut, build_targets, teacher_lists, teachers_rejected
 from rocketkd.training import TrainResult, finished, load_result, train
 
@@ -130,6 +147,61 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
     return report
 
 
+def _stage_prior(cfg: Config, data, out: Path, lists_path: Path) -> dict:
+    """Fit the re-ranker's prior (:func:`rocketkd.teachers.prior.fit_prior_on`): BM25 + the base encoder, weighed
+    on dev and train queries (nothing has learned their labels yet), accepted only on a significant cross-fitted gain
+    over the student; written to ``prior/rocketkd_prior.json``."""
+    lists = read_candidates(lists_path, corpus=data.corpus, queries=data.all_queries())
+    prior = fit_prior_on(cfg, data, lists)
+    prior.save(out / "prior")
+    e = prior.evidence
+    logger.info("re-ranker prior %s: %s (out-of-fold nDCG@10 %.4f against the student's %.4f on %d held-out queries, "
+                "p=%.3g)", "accepted" if e["accepted"] else "rejected, the student's own encoder instead",
+                prior.weights, e["out_of_fold_ndcg@10"] or 0.0, e["student_ndcg@10"] or 0.0, e["queries"], e["p_value"])
+    return {"weights": prior.weights, "evidence": e, "path": str(out / "prior")}
+
+
+def _stage_prior_teachers(cfg: Config, data, out: Path, r: int, retriever: str, reranker: str, lists_path: Path,
+                          prior: Prior) -> dict:
+    """The round's check with a re-ranker that has a prior: the re-ranker alone (``prior + g``) re-ranks the
+    student's dev top ``eval.rerank_depth`` beside the student, the prior alone and a random order (the controls).
+    It teaches online (the joint step) when it beats the student by ``pipeline.teacher_min_gain``; else the round
+    trains on labels only. The round's lists get the prior attached (the joint model adds it to ``g``)."""
+    dev = cfg.data.dev_split
+    queries, qrels = data.split_queries(dev), data.qrels[dev]
+    # the same held-out search as the other teachers' check (HeldOut: the student folder's own settings)
+    index = DenseIndex.build(retriever, data.corpus, batch_size=cfg.index.batch_size, autocast=cfg.index.autocast)
+    run = search_run(index, queries, cfg.eval.rerank_depth)
+    candidates = candidates_from_run(run, cfg.eval.rerank_depth)
+    student = {q: {p: run[q][p] for p in pids} for q, pids in candidates.items()}
+    prior_scorer = PriorScorer(prior, prior_members(prior, data.corpus))
+    composite = CompositeScorer(RerankerScorer(load_reranker(cfg, reranker, trainable=False)), prior_scorer)
+    scored = {name: scores_on_candidates(s, candidates, queries, data.corpus)
+              for name, s in (("reranker", composite), ("prior", prior_scorer), ("random", RandomScorer(cfg.train.seed)))}
+    choice = check_teachers(candidates, student, {"reranker": scored["reranker"]}, qrels,
+                            min_gain=cfg.pipeline.teacher_min_gain, normalize_how={"reranker": "none"},
+                            temperatures={"reranker": cfg.train.temperature}, zero_bad=cfg.pipeline.zero_bad_teachers)
+    compared = {name: compare_runs(student, scored[name], qrels, ["nDCG@10"])[0].to_dict() for name in scored}
+    for name, c in compared.items():
+        logger.info("round %d check on %s: %s nDCG@10 %.4f against the student's %.4f (p=%.3f)", r, dev, name,
+                    c["mean_b"], c["mean_a"], c["p_value"])
+    usable = choice.weights.get("reranker", 0.0) > 0
+    if not usable:
+        logger.warning("round %d: the re-ranker does not beat the student on %s; training on labels only", r, dev)
+    lists = attach_prior(data, read_candidates(lists_path, corpus=data.corpus, queries=data.all_queries()), prior)
+    path = out / f"round{r}" / "teacher_lists.jsonl"
+    write_candidates(path, lists, provenance={"round": r, "prior": prior.weights})
+    return {
+        "check_queries": len(queries),
+        "student_ndcg@10": choice.student_ndcg,
+        "weights": {"reranker": 1.0 if usable else 0.0},
+        "members": {name: {"nDCG@10": c["mean_b"], "vs_student": c} for name, c in compared.items()},
+        "mode": "joint" if usable else "contrastive",
+        "online_teacher_weight": 1.0,
+        "lists": str(path),
+    }
+
+
 def _check_queries(cfg: Config, data, *, student_is_start: bool) -> tuple[dict[str, str], dict]:
     """The held-out queries the teachers are checked on, and their qrels: dev, plus the train queries where
     ``pipeline.check_on_train`` asks and nothing checked has learned their labels (see its help)."""
@@ -193,17 +265,32 @@ def run_pipeline(cfg: Config) -> dict:
     stages = StageLog(out / "stages.json")
     p = cfg.pipeline
 
+    use_prior = cfg.model.reranker_prior
     stages.run("baselines", _stage_baselines, cfg, data, out)
-    stages.run("mine-0", lambda: _mined(mine(cfg, output=out / "round0" / "candidates.jsonl", data=data)))
     retriever = resolve_model_path(cfg.model.retriever)
     reranker = resolve_model_path(cfg.model.reranker)
+    prior: Prior | None = None
+
+    def fit_prior(lists_path: Path) -> Prior:  # once, on the first lists there are, before anything learns labels
+        stages.run("prior", _stage_prior, cfg, data, out, lists_path)
+        return Prior.load(out / "prior")
+
     if p.warmup:
+        round0 = out / "round0" / "candidates.jsonl"
+        stages.run("mine-0", lambda: _mined(mine(cfg, output=round0, data=data)))
+        if use_prior:
+            prior = fit_prior(round0)
+
         def warm() -> dict:
             wcfg = _train_cfg(cfg, mode="warmup", max_steps=p.warmup_steps or cfg.train.max_steps)
             if not p.warmup_retriever:  # its retriever is dropped: measuring it on dev would be wasted work
                 wcfg.train.eval_dev = False
-            lists = read_candidates(out / "round0" / "candidates.jsonl", corpus=data.corpus, queries=data.all_queries())
+            lists = read_candidates(round0, corpus=data.corpus, queries=data.all_queries())
+            if prior is not None:
+                lists = attach_prior(data, lists, prior)
             res = train(wcfg, lists, data=data, output_dir=out / "warmup", resume=True)
+            if prior is not None:
+                prior.save(res.reranker_dir)
             return {"retriever": str(res.retriever_dir), "reranker": str(res.reranker_dir), "steps": res.steps}
 
         w = stages.run("warmup", warm)
@@ -215,26 +302,35 @@ def run_pipeline(cfg: Config) -> dict:
                         retriever)
     for r in range(1, p.rounds + 1):
         lists_path = out / f"round{r}" / "candidates.jsonl"
-        stages.run(f"mine-{r}", lambda r=r, lists_path=lists_path, retriever=retriever, reranker=reranker: _mined(
-            mine(cfg, output=lists_path, data=data, retriever=retriever, reranker=reranker, round_index=r)))
-        if p.round_mode == "auto":
+        # A re-ranker with a prior does not denoise: its cross-encoder part alone is no relevance probability.
+        denoiser = None if use_prior else reranker
+        stages.run(f"mine-{r}", lambda r=r, lists_path=lists_path, retriever=retriever, denoiser=denoiser: _mined(
+            mine(cfg, output=lists_path, data=data, retriever=retriever, reranker=denoiser, round_index=r)))
+        if use_prior and prior is None:
+            prior = fit_prior(lists_path)
+        if use_prior and p.round_mode == "auto":
+            t = stages.run(f"teachers-{r}", _stage_prior_teachers, cfg, data, out, r, retriever, reranker, lists_path,
+                           prior)
+        elif p.round_mode == "auto":
             t = stages.run(f"teachers-{r}", _stage_teachers, cfg, data, out, r, retriever, reranker, lists_path)
         else:  # a fixed recipe, e.g. for the ablation table in docs/results.md
             teacher = {"static": "reranker"}.get(p.round_mode, cfg.train.teacher)
             t = {"mode": p.round_mode, "online_teacher_weight": 1.0, "lists": str(lists_path), "teacher": teacher}
 
-        def joint(t=t, r=r, retriever=retriever, reranker=reranker) -> dict:
+        def joint(t=t, r=r, retriever=retriever, reranker=reranker, prior=prior) -> dict:
             jcfg = _train_cfg(cfg, mode=t["mode"], online_teacher_weight=t["online_teacher_weight"],
                               teacher=t.get("teacher", cfg.train.teacher),
                               max_steps=p.round_steps or cfg.train.max_steps)
             lists = read_candidates(t["lists"], corpus=data.corpus, queries=data.all_queries())
             res = train(jcfg, lists, data=data, output_dir=out / f"round{r}", resume=True,
                         retriever_path=retriever, reranker_path=reranker)
+            if prior is not None and res.reranker_dir is not None:
+                prior.save(res.reranker_dir)
             return {"retriever": str(res.retriever_dir), "reranker": str(res.reranker_dir or reranker), "steps": res.steps}
 
         j = stages.run(f"train-{r}", joint)
         retriever, reranker = j["retriever"], j["reranker"]
-    stages.run("final", _stage_final, cfg, data, out, retriever, reranker)
+    stages.run("final", _stage_final, cfg, data, out, retriever, reranker, prior)
     if "hybrid" in p.systems:
         stages.run("hybrid", _stage_hybrid, cfg, data, out, stages.done["final"]["reranker"])
     results = _write_results(cfg, data, out, stages)
@@ -245,10 +341,15 @@ def _mined(result) -> dict:
     return {"path": str(result.path), "lists": result.num_lists, "queries": result.num_queries}
 
 
-def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str) -> dict:
+def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str, prior: Prior | None = None) -> dict:
     """The final retriever's index and runs (``retriever``), the re-ranker's scores of their top
     ``eval.rerank_depth`` (``reranker-raw``, kept for the hybrid stage), and the two fused (``reranked``,
-    :func:`rocketkd.search.fusion.fuse_stages`) with a weight fitted on dev (``eval.fuse_rerank``; else 1)."""
+    :func:`rocketkd.search.fusion.fuse_stages`) with a weight fitted on dev (``eval.fuse_rerank``; else 1).
+
+    With a prior the re-ranker's score is ``prior + g``; the prior alone re-ranks the same candidates too
+    (``prior`` runs), and ``reranker_vs_prior`` says whether label training added anything (paired test)."""
+    prior_scorer = PriorScorer(prior, prior_members(prior, data.corpus)) if prior is not None else None
+    checks = {}
     index = DenseIndex.build(retriever, data.corpus, factory=cfg.index.factory, batch_size=cfg.index.batch_size,
                              autocast=cfg.index.autocast)
     index.save(out / "index")
@@ -260,6 +361,16 @@ def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str) ->
         run = search_run(index, queries, cfg.eval.k)
         write_trec_run(_run_path(out, "retriever", split), run)
         reranked[split] = rerank_run(ranker, run, queries, data.corpus, depth=cfg.eval.rerank_depth)
+        if prior_scorer is not None:
+            alone = add_prior_to_run({q: dict.fromkeys(s, 0.0) for q, s in reranked[split].items()}, prior_scorer,
+                                     queries, data.corpus)
+            reranked[split] = {q: {pid: s + alone[q][pid] for pid, s in scores.items()}
+                               for q, scores in reranked[split].items()}
+            write_trec_run(_run_path(out, "prior", split), alone)
+            (cmp,) = compare_runs(alone, reranked[split], data.qrels[split], ["nDCG@10"])
+            checks[split] = cmp.to_dict()
+            logger.info("%s: re-ranker (prior + cross-encoder) nDCG@10 %.4f against the prior alone %.4f (%+.4f, "
+                        "p=%.3f, %d queries)", split, cmp.mean_b, cmp.mean_a, cmp.delta, cmp.p_value, cmp.queries)
         write_trec_run(_run_path(out, "reranker-raw", split), reranked[split])  # for the hybrid stage
     weight = 1.0
     if cfg.eval.fuse_rerank:
@@ -267,7 +378,10 @@ def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str) ->
     for split in (dev, test):
         first = read_trec_run(_run_path(out, "retriever", split))
         write_trec_run(_run_path(out, "reranked", split), fuse_stages(first, [reranked[split]], [1.0 - weight, weight]))
-    return {"index": str(out / "index"), "retriever": retriever, "reranker": reranker, "fusion_weight": weight}
+    result = {"index": str(out / "index"), "retriever": retriever, "reranker": reranker, "fusion_weight": weight}
+    if checks:
+        result["reranker_vs_prior"] = checks
+    return result
 
 
 def _stage_hybrid(cfg: Config, data, out: Path, reranker: str) -> dict:
@@ -318,6 +432,9 @@ def _write_results(cfg: Config, data, out: Path, stages: StageLog) -> dict:
         "teachers": teachers,
         "fusion_weight": stages.done.get("final", {}).get("fusion_weight"),
         "hybrid_weights": stages.done.get("hybrid", {}).get("weights"),
+        **({"prior": stages.done["prior"]} if "prior" in stages.done else {}),
+        **({"reranker_vs_prior": stages.done["final"]["reranker_vs_prior"]}
+           if "reranker_vs_prior" in stages.done.get("final", {}) else {}),
         "stages": {k: v.get("seconds") for k, v in stages.done.items()},
     }
     write_results(out, results, curves, plot=cfg.pipeline.plot)

@@ -81,3 +81,85 @@ def test_prior_and_composite_scores_are_the_ensemble_plus_the_cross_encoder(tmp_
 def test_prior_scorer_needs_its_members():
     with pytest.raises(ValueError, match="needs scorers"):
         PriorScorer(Prior(weights={"bm25": 1.0}, temperatures={"bm25": 1.0}), {})
+
+
+def test_pipeline_with_a_prior_reranker(tiny_bert, tiny_data, tmp_path):
+    """The prior recipe end to end: no warm-up, the prior fitted before round 1, the re-ranker checked alone (with
+    the prior and a random order as controls), the prior saved with every re-ranker, the composite in the final
+    runs and its comparison with the prior alone in results.json."""
+    import json
+    from pathlib import Path
+
+    from rocketkd.config import load_config
+    from rocketkd.data.formats import load_retrieval_data, read_candidates, read_trec_run
+    from rocketkd.models.loading import load_reranker
+    from rocketkd.pipeline import run_pipeline
+    from rocketkd.teachers import RerankerScorer
+    from rocketkd.teachers.prior import PRIOR_FILE, prior_members
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    cfg = load_config(root / "configs" / "tiny.yaml", [
+        f"data.path={tiny_data}", f"model.retriever={tiny_bert}", f"model.reranker={tiny_bert}", f"output_dir={out}",
+        "model.reranker_prior=true", "pipeline.warmup=false", "pipeline.zero_bad_teachers=false",
+    ])
+    results = run_pipeline(cfg)
+    stages = json.loads((out / "stages.json").read_text())
+    assert list(stages) == ["baselines", "mine-1", "prior", "teachers-1", "train-1", "final", "hybrid"]
+    t = stages["teachers-1"]
+    assert set(t["members"]) == {"reranker", "prior", "random"} and t["mode"] == "joint"
+    # at the start of round 1 the head is new and zeroed: the re-ranker is exactly its prior
+    assert t["members"]["reranker"]["nDCG@10"] == pytest.approx(t["members"]["prior"]["nDCG@10"])
+    lists = read_candidates(t["lists"])
+    assert all(cl.teacher_scores is not None for cl in lists)
+    reranker_dir = Path(stages["train-1"]["reranker"])
+    prior = Prior.load(reranker_dir)
+    assert prior is not None and prior == Prior.load(out / "prior") and (reranker_dir / PRIOR_FILE).exists()
+    assert "reranker_vs_prior" in results and set(results["reranker_vs_prior"]) == {"dev", "test"}
+    assert results["prior"]["weights"] == prior.weights
+    # the final re-ranked scores are g + prior, reproduced here from the saved folder alone
+    data = load_retrieval_data(tiny_data)
+    queries = data.split_queries("test")
+    raw = read_trec_run(out / "runs" / "reranker-raw.test.trec")
+    groups = [(q, sorted(s)) for q, s in raw.items()]
+    g = RerankerScorer(load_reranker(cfg, str(reranker_dir), trainable=False)).score_groups(groups, queries,
+                                                                                             data.corpus)
+    p = PriorScorer(prior, prior_members(prior, data.corpus)).score_groups(groups, queries, data.corpus)
+    for (q, pids), gs, ps in zip(groups, g, p):
+        np.testing.assert_allclose([raw[q][pid] for pid in pids], gs + ps, rtol=1e-4, atol=1e-4)
+
+
+def test_the_joint_step_adds_the_prior_to_the_cross_encoder(tiny_bert, tiny_data):
+    import torch
+
+    from rocketkd.config import load_config
+    from rocketkd.models.loading import load_reranker
+    from rocketkd.training.joint import JointScores
+    from rocketkd.training.step import loss_from_scores
+
+    cfg = load_config(None, ["model.reranker_prior=true", "train.mode=joint", "train.in_batch_negatives=false",
+                             f"model.reranker={tiny_bert}"])
+    reranker = load_reranker(cfg, tiny_bert)
+    assert reranker.new_head
+    head = [m for m in reranker.model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1][-1]
+    assert torch.count_nonzero(head.weight) == 0  # g starts at exactly 0: the re-ranker starts as its prior
+
+    class _Batch:
+        batch_size, group_size = 2, 3
+        teacher_scores = torch.log_softmax(torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]]), dim=-1)
+
+    g = torch.tensor([[0.5, 0.0, 0.0], [0.0, -1.0, 0.0]], requires_grad=True)
+    student = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], requires_grad=True)
+    parts = loss_from_scores(JointScores(student, g, torch.zeros(2, 4), torch.zeros(6, 4)), _Batch, cfg, 0)
+    full = _Batch.teacher_scores + g.detach()
+    want_ce = torch.nn.functional.cross_entropy(full, torch.zeros(2, dtype=torch.long))
+    assert parts.parts["reranker_ce"].item() == pytest.approx(want_ce.item(), rel=1e-5)
+    p = torch.softmax(full, -1)
+    want_kl = (p * (torch.log(p) - torch.log_softmax(student.detach(), -1))).sum(-1).mean()
+    assert parts.parts["distill"].item() == pytest.approx(want_kl.item(), rel=1e-5)
+
+    class _NoPrior(_Batch):
+        teacher_scores = None
+
+    with pytest.raises(Exception, match="carry no prior"):
+        loss_from_scores(JointScores(student, g, torch.zeros(2, 4), torch.zeros(6, 4)), _NoPrior, cfg, 0)
