@@ -2,7 +2,8 @@
 
 The public API, in the order data flows::
 
-    from rocketkd import load_config, load_retrieval_data, mine, train, DenseIndex, evaluate_run, run_pipeline
+    from rocketkd import load_config, load_retrieval_data, mine, train, run_train, DenseIndex, evaluate_run
+    from rocketkd import run_pipeline
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ _EXPORTS = {
     "DenseIndex": "search.index", "BM25Retriever": "search.bm25",
     "rerank_run": "search.rerank", "fuse_runs": "search.fusion",
     "evaluate_run": "evaluation.metrics",
-    "run_pipeline": "pipeline",
+    "run_train": "pipeline", "run_pipeline": "pipeline",
 }
 
 __all__ = sorted(_EXPORTS)

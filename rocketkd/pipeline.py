@@ -24,7 +24,7 @@ from pathlib import Path
 from rocketkd.candidates.lists import build_lists
 from rocketkd.candidates.mining import mine
 from rocketkd.candidates.title_queries import apply_data_config, is_title_query
-from rocketkd.config import Config
+from rocketkd.config import Config, check_disjoint_splits
 from rocketkd.data.formats import (
     load_retrieval_data,
     read_candidates,
@@ -165,8 +165,8 @@ def _stage_prior_teachers(cfg: Config, data, out: Path, r: int, retriever: str, 
                           prior: Prior) -> dict:
     """The round's check with a re-ranker that has a prior: the re-ranker alone (``prior + g``) re-ranks the
     student's dev top ``eval.rerank_depth`` beside the student, the prior alone and a random order (the controls).
-    It teaches online (the joint step) when it beats the student by ``pipeline.teacher_min_gain``; else the round
-    trains on labels only. The round's lists get the prior attached (the joint model adds it to ``g``)."""
+    It teaches online (the joint step) unless it is below the student; ``reranker_above_student`` records whether it
+    beats it by ``pipeline.teacher_min_gain``. The round's lists get the prior attached (the joint model adds it to ``g``)."""
     dev = cfg.data.dev_split
     queries, qrels = data.split_queries(dev), data.qrels[dev]
     # the same held-out search as the other teachers' check (HeldOut: the student folder's own settings)
@@ -185,9 +185,13 @@ def _stage_prior_teachers(cfg: Config, data, out: Path, r: int, retriever: str, 
     for name, c in compared.items():
         logger.info("round %d check on %s: %s nDCG@10 %.4f against the student's %.4f (p=%.3f)", r, dev, name,
                     c["mean_b"], c["mean_a"], c["p_value"])
-    usable = choice.weights.get("reranker", 0.0) > 0
+    # It starts as its prior: the student itself, or a prior that beat the student on held-out evidence. So it
+    # teaches unless label training made it worse than the student; a teacher equal to the student costs nothing
+    # (KL ~ 0) and departs from it only by what the cross-encoder learns from labels, in the same step (RocketQAv2).
+    above = choice.weights.get("reranker", 0.0) > 0
+    usable = above or compared["reranker"]["mean_b"] >= compared["reranker"]["mean_a"] - 1e-9
     if not usable:
-        logger.warning("round %d: the re-ranker does not beat the student on %s; training on labels only", r, dev)
+        logger.warning("round %d: the re-ranker is below the student on %s; training on labels only", r, dev)
     lists = attach_prior(data, read_candidates(lists_path, corpus=data.corpus, queries=data.all_queries()), prior)
     path = out / f"round{r}" / "teacher_lists.jsonl"
     write_candidates(path, lists, provenance={"round": r, "prior": prior.weights})
@@ -195,6 +199,7 @@ def _stage_prior_teachers(cfg: Config, data, out: Path, r: int, retriever: str, 
         "check_queries": len(queries),
         "student_ndcg@10": choice.student_ndcg,
         "weights": {"reranker": 1.0 if usable else 0.0},
+        "reranker_above_student": above,  # by pipeline.teacher_min_gain
         "members": {name: {"nDCG@10": c["mean_b"], "vs_student": c} for name, c in compared.items()},
         "mode": "joint" if usable else "contrastive",
         "online_teacher_weight": 1.0,
@@ -242,6 +247,7 @@ def run_train(
         return load_result(out)
     if data is None:
         data = load_retrieval_data(cfg.data.path, cache_dir=cfg.data.cache_dir)
+    check_disjoint_splits(cfg, data.qrels)  # nothing selected on dev may be a test (or train) query
     apply_data_config(cfg, data)
     if lists is None:
         lists = build_lists(cfg, data, out)
@@ -262,6 +268,7 @@ def run_pipeline(cfg: Config) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cfg.dump(out / "config.yaml")
     data = apply_data_config(cfg, load_retrieval_data(cfg.data.path, cache_dir=cfg.data.cache_dir))
+    check_disjoint_splits(cfg, data.qrels)  # nothing selected on dev may be a test (or train) query
     stages = StageLog(out / "stages.json")
     p = cfg.pipeline
 
@@ -308,9 +315,11 @@ def run_pipeline(cfg: Config) -> dict:
             mine(cfg, output=lists_path, data=data, retriever=retriever, reranker=denoiser, round_index=r)))
         if use_prior and prior is None:
             prior = fit_prior(lists_path)
-        if use_prior and p.round_mode == "auto":
+        if use_prior:  # the check is reported in every mode; a fixed round_mode (the ablations) then overrides it
             t = stages.run(f"teachers-{r}", _stage_prior_teachers, cfg, data, out, r, retriever, reranker, lists_path,
                            prior)
+            if p.round_mode != "auto":
+                t = {**t, "mode": p.round_mode, "teacher": {"static": "reranker"}.get(p.round_mode, cfg.train.teacher)}
         elif p.round_mode == "auto":
             t = stages.run(f"teachers-{r}", _stage_teachers, cfg, data, out, r, retriever, reranker, lists_path)
         else:  # a fixed recipe, e.g. for the ablation table in docs/results.md

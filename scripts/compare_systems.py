@@ -59,7 +59,9 @@ def main() -> None:
             out = args.output / f"seed{seed}" / mode
             if not (out / "stages.json").exists():
                 if first is not None:
-                    _copy_shared(first, out, SHARED)
+                    # with model.reranker_prior every recipe of a seed also shares the prior and the round's check
+                    prior_mode = "prior" in json.loads((first / "stages.json").read_text())
+                    _copy_shared(first, out, SHARED + (("prior", "teachers-1") if prior_mode else ()))
                 elif seed_free is not None:
                     _copy_shared(seed_free, out, SEED_FREE)
             cfg = load_config(args.config, [*args.overrides, f"train.seed={seed}", f"candidates.seed={seed}",
@@ -79,6 +81,42 @@ def main() -> None:
                 teachers.setdefault(f"seed{seed}", []).append({"recipe": mode, **result["teachers"]})
             _write(args, rows, teachers)  # after every recipe: a long run that stops still leaves its table
     print(_table(rows, args))
+    paired = _paired(args, recipes)
+    if paired:
+        (args.output / "paired.md").write_text(paired + "\n")
+        print(paired)
+
+
+def _paired(args, recipes) -> str:
+    """Paired randomization tests over the test queries, per-query nDCG@10 averaged over the seeds: each recipe in
+    RocketQAv2's ablation order against the next (joint >= static >= contrastive > zero-shot base)."""
+    from rocketkd.config import load_config
+    from rocketkd.data.formats import load_qrels, read_trec_run
+    from rocketkd.evaluation.compare import compare_values
+    from rocketkd.evaluation.metrics import evaluate_run
+
+    cfg = load_config(args.config, args.overrides)
+    qrels = load_qrels(Path(cfg.data.path) / "qrels" / f"{cfg.data.test_split}.tsv")
+    per: dict[str, dict[str, list[float]]] = {}
+    for seed in args.seeds:
+        for mode, _, _ in recipes:
+            for system, name in (("retriever", mode), ("base", "base")):
+                run_file = args.output / f"seed{seed}" / mode / "runs" / f"{system}.{cfg.data.test_split}.trec"
+                if not run_file.exists() or (name == "base" and seed != args.seeds[0]):
+                    continue
+                res = evaluate_run(read_trec_run(run_file), qrels, ["nDCG@10"]).per_query
+                for q, v in res.items():
+                    per.setdefault(name, {}).setdefault(q, []).append(v["nDCG@10"])
+    order = [m for m in ("joint", "auto", "static", "contrastive") if m in per] + (["base"] if "base" in per else [])
+    lines = ["| A vs B (test nDCG@10, mean over seeds per query) | A | B | A - B | 95% CI | p (paired randomization) |",
+             "|---|---|---|---|---|---|"]
+    for a, b in zip(order, order[1:]):
+        va = {q: statistics.mean(v) for q, v in per[a].items()}
+        vb = {q: statistics.mean(v) for q, v in per[b].items()}
+        c = compare_values(vb, va, metric="nDCG@10")
+        lines.append(f"| {a} vs {b} | {c.mean_b:.4f} | {c.mean_a:.4f} | {c.delta:+.4f} | [{c.ci_low:+.4f}, "
+                     f"{c.ci_high:+.4f}] | {c.p_value:.3f} |")
+    return "\n".join(lines) if len(order) > 1 else ""
 
 
 def _write(args, rows: dict[str, list[dict]], teachers: dict) -> None:
@@ -92,12 +130,13 @@ def _copy_shared(src: Path, dst: Path, shared: tuple[str, ...]) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     stages = json.loads((src / "stages.json").read_text())
     kept = {k: v for k, v in stages.items() if k in shared}
-    subs = {"baselines": ["runs"], "mine-0": ["round0"], "warmup": ["warmup"], "mine-1": ["round1"]}
+    subs = {"baselines": ["runs"], "mine-0": ["round0"], "warmup": ["warmup"], "mine-1": ["round1"], "prior": ["prior"]}
+    lists = "teacher_lists.jsonl*" if "teachers-1" not in kept else "nothing-to-ignore"
     for stage in kept:
         for sub in subs.get(stage, []):
             if (src / sub).exists():
                 shutil.copytree(src / sub, dst / sub, dirs_exist_ok=True,
-                                ignore=shutil.ignore_patterns("checkpoints", "teacher_lists.jsonl*", "retriever",
+                                ignore=shutil.ignore_patterns("checkpoints", lists, "retriever",
                                                               "reranker", "train_*") if sub == "round1" else None)
     for v in kept.values():  # paths inside the stage records point at the source run
         for key, value in list(v.items()):

@@ -101,12 +101,13 @@ def test_pipeline_with_a_prior_reranker(tiny_bert, tiny_data, tmp_path):
     out = tmp_path / "run"
     cfg = load_config(root / "configs" / "tiny.yaml", [
         f"data.path={tiny_data}", f"model.retriever={tiny_bert}", f"model.reranker={tiny_bert}", f"output_dir={out}",
-        "model.reranker_prior=true", "pipeline.warmup=false", "pipeline.zero_bad_teachers=false",
+        "model.reranker_prior=true", "pipeline.warmup=false",
     ])
     results = run_pipeline(cfg)
     stages = json.loads((out / "stages.json").read_text())
     assert list(stages) == ["baselines", "mine-1", "prior", "teachers-1", "train-1", "final", "hybrid"]
     t = stages["teachers-1"]
+    # equal to its prior (here the student itself) it still teaches: joint, not labels only
     assert set(t["members"]) == {"reranker", "prior", "random"} and t["mode"] == "joint"
     # at the start of round 1 the head is new and zeroed: the re-ranker is exactly its prior
     assert t["members"]["reranker"]["nDCG@10"] == pytest.approx(t["members"]["prior"]["nDCG@10"])

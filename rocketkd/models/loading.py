@@ -61,10 +61,10 @@ def load_reranker(cfg: Config, path: str | None, *, trainable: bool = True) -> C
         max_length=cfg.model.reranker_max_length,
         gradient_checkpointing=trainable and cfg.train.gradient_checkpointing,
     )
+    if cfg.model.reranker_prior and reranker.new_head:  # a new head adds nothing to its prior until it learns
+        zero_output_layer(reranker)
     if not trainable:
         return reranker.eval().requires_grad_(False).to(local_device())
-    if cfg.model.reranker_prior and reranker.new_head:
-        zero_output_layer(reranker)
     # A listwise softmax is shift-invariant, so the one-logit head's bias gets an exactly-zero gradient; Adam would
     # turn its float noise into +-lr steps that differ between runs. Keep it fixed.
     for name, param in reranker.named_parameters():

@@ -56,6 +56,10 @@ def loss_from_scores(scores: JointScores, batch: JointBatch, cfg: Config, step: 
         # are inside that teacher already, so they do not join it a second time.
         reranker = batch.teacher_scores.to(reranker.dtype) + reranker
         teacher = None if t.mode == "joint" else teacher
+    if cfg.model.reranker_prior and t.mode == "static" and frozen_teacher is not None:
+        if batch.teacher_scores is None:
+            raise TrainingError("model.reranker_prior: the candidate lists carry no prior (stored teacher scores)")
+        teacher = batch.teacher_scores.to(frozen_teacher.dtype) + frozen_teacher  # the frozen re-ranker's full score
     inbatch = None
     if t.in_batch_negatives:
         p_all, offset = gather_passages(scores.passage_emb)  # (W*B*G, H)
