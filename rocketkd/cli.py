@@ -1,12 +1,16 @@
 """``rocketkd <stage>``: thin wrappers over the Python API, one sub-command per stage of the flow.
 
 data -> mine -> train -> index -> search -> evaluate, or all of it with ``pipeline``. Any ``RocketKDError`` is
-printed as one line (file and line, config key, or step) with exit status 2 and no traceback.
+printed as one line (file and line, config key, or step) with exit status 2 and no traceback; so is a full disk,
+a read-only folder or a denied permission met while writing. Exit status (docs/reliability.md): 0 done, 2 refused
+(bad input or output, a value error, a failed check), 130 interrupted (Ctrl-C), 143 stopped by SIGTERM after the
+training checkpoint (rerun ``train --resume``, or ``pipeline``, to continue).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -132,9 +136,19 @@ def main(argv: list[str] | None = None) -> int:
     except RocketKDError as e:
         print(f"rocketkd {args.stage}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in _STORAGE_ERRORS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"rocketkd {args.stage}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"rocketkd {args.stage}: interrupted", file=sys.stderr)
         return 130
+
+
+# The machine's storage refused a write: the user's to fix (free space, permissions), not a bug to trace back.
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _print_config(args: argparse.Namespace) -> int:

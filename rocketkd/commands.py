@@ -3,20 +3,27 @@
 :mod:`rocketkd.cli` imports this module only once a stage runs, so ``rocketkd --help`` and ``rocketkd config``
 (printed by the CLI itself) stay fast while the imports below (torch, transformers, faiss) are paid by the stages
 that need them.
+
+Output folders (docs/reliability.md): ``train``, ``pipeline`` and ``index`` claim their ``--output`` before any data
+or model is read (:func:`rocketkd.io.claim_output`): a new folder, an empty one or one rocketkd wrote as the same kind
+of output, marked and locked for the run; anything else is refused with one line. Values the stage checks itself
+(``--k``, ``--batch-size``, ``--query``) are checked first as well.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from rocketkd.candidates.mining import mine
 from rocketkd.config import load_config
 from rocketkd.data import Corpus, load_qrels, load_queries, load_retrieval_data, read_trec_run, write_trec_run
 from rocketkd.distributed import barrier, init_if_launched, is_main, local_device, main_process_first
-from rocketkd.errors import ConfigError, DataFormatError
+from rocketkd.errors import ConfigError, DataFormatError, OutputError
 from rocketkd.evaluation.metrics import DEFAULT_METRICS, evaluate_run, format_table, to_json
+from rocketkd.io import claim_output
 from rocketkd.models import CrossEncoderRanker, DualEncoder, resolve_model_path
 from rocketkd.pipeline import run_pipeline, run_train
 from rocketkd.search.fusion import fuse_stages
@@ -31,9 +38,24 @@ def _load(args: argparse.Namespace):
     return cfg
 
 
+def _launched_main() -> bool:
+    """Rank 0 of a torchrun / ``accelerate launch`` (before any process group exists), or a lone process."""
+    try:
+        return int(os.environ.get("RANK", "0") or 0) == 0
+    except ValueError:
+        return True
+
+
+def _file_output(path: Path | None, flag: str = "--output") -> None:
+    """A file output (run file, candidate lists) must not name a folder: atomic_write would fail after the work."""
+    if path is not None and Path(path).is_dir():
+        raise OutputError(f"{flag} {path}: is a folder; give the file to write")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    result = run_train(cfg, output_dir=cfg.output_dir, resume=args.resume)
+    with claim_output(cfg.output_dir, "train", main=_launched_main()):
+        result = run_train(cfg, output_dir=cfg.output_dir, resume=args.resume)
     print(f"retriever: {result.retriever_dir}")
     if result.reranker_dir:
         print(f"reranker:  {result.reranker_dir}")
@@ -44,6 +66,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
     init_if_launched()  # under torchrun / accelerate launch: retrieval and denoising shard across the processes
     cfg = load_config(args.config, args.overrides)
     output = args.output or Path(cfg.output_dir) / "candidates.jsonl"
+    _file_output(Path(output))
     result = mine(cfg, output=Path(output), retriever=args.retriever, reranker=args.reranker)
     if is_main():  # mine() wrote the file on the main process and returned the same result everywhere
         print(f"{result.num_lists} candidate lists for {result.num_queries} queries -> {result.path}")
@@ -62,15 +85,20 @@ def _corpus_from(path: str) -> Corpus:
 def cmd_index(args: argparse.Namespace) -> int:
     # Under torchrun / accelerate launch every process encodes its share of the corpus; the main process gathers
     # the vectors in row order, builds and saves the index; the others wait for it, then exit.
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     init_if_launched()
-    with main_process_first():  # one process parses the corpus into the Arrow cache, the others then read it
-        corpus = _corpus_from(args.corpus)
-    model = DualEncoder.from_pretrained(resolve_model_path(None if args.model == "packaged" else args.model))
-    model.to(local_device())
-    index = DenseIndex.build(model, corpus, factory=args.factory, batch_size=args.batch_size, autocast=args.autocast)
-    if index is not None:  # None on the other processes of a multi-process run
-        index.save(args.output)
-        print(f"indexed {index.ntotal} passages ({args.factory}, dim {index.meta['dim']}) -> {args.output}")
+    # the folder is replaced whole (atomically) once the index is built: checked and locked (beside it) first
+    with claim_output(args.output, "index", whole=True, main=is_main()):
+        with main_process_first():  # one process parses the corpus into the Arrow cache, the others then read it
+            corpus = _corpus_from(args.corpus)
+        model = DualEncoder.from_pretrained(resolve_model_path(None if args.model == "packaged" else args.model))
+        model.to(local_device())
+        index = DenseIndex.build(model, corpus, factory=args.factory, batch_size=args.batch_size,
+                                 autocast=args.autocast)
+        if index is not None:  # None on the other processes of a multi-process run
+            index.save(args.output)
+            print(f"indexed {index.ntotal} passages ({args.factory}, dim {index.meta['dim']}) -> {args.output}")
     barrier()
     return 0
 
@@ -104,6 +132,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ConfigError("give --queries FILE (with --output) or --query TEXT")
     if args.query is None and args.output is None:
         raise ConfigError("--queries needs --output RUN_FILE")
+    if args.query is not None and not args.query.strip():
+        raise ConfigError("--query is empty: type the query text")
+    if args.k < 1:
+        raise ConfigError(f"--k must be at least 1, got {args.k}")
+    _file_output(args.output)
     index = DenseIndex.load(args.index)
     with main_process_first():  # a dataset folder's corpus goes into the Arrow cache once
         queries = {"query": args.query} if args.query is not None else _queries_from(args.queries, args.split)
@@ -165,6 +198,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    results = run_pipeline(cfg)
+    with claim_output(cfg.output_dir, "pipeline", main=_launched_main()):  # a rerun continues its own folder
+        results = run_pipeline(cfg)
     print(json.dumps(results.get("systems", results), indent=2))
     return 0

@@ -7,8 +7,10 @@ config is written next to every output (``config.yaml``) so a result can always 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -431,6 +433,53 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"config key 'model.pooling': {cfg.model.pooling!r} is not one of mean, cls")
     if cfg.model.similarity not in (None, "dot", "cosine"):
         raise ConfigError(f"config key 'model.similarity': {cfg.model.similarity!r} is not one of dot, cosine")
+    _check_train_values(cfg.train)
+    _check_splits_differ(cfg.data)
+
+
+def _check_train_values(t: TrainConfig) -> None:
+    """Values that would fail deep inside training (or train on something else than asked): refused at load."""
+    if t.gradient_accumulation_steps < 1:
+        raise ConfigError(f"config key 'train.gradient_accumulation_steps': must be at least 1, got "
+                          f"{t.gradient_accumulation_steps}")
+    if not (math.isfinite(t.temperature) and t.temperature > 0):
+        raise ConfigError(f"config key 'train.temperature': must be a number > 0, got {t.temperature}")
+    if t.max_steps is not None and t.max_steps < 1:
+        raise ConfigError(f"config key 'train.max_steps': must be at least 1 (or empty: train.epochs decides), got "
+                          f"{t.max_steps}")
+    if not (math.isfinite(t.epochs) and t.epochs > 0):
+        raise ConfigError(f"config key 'train.epochs': must be a number > 0, got {t.epochs}")
+    for key in ("lr_retriever", "lr_reranker", "lr_reranker_head"):
+        value = getattr(t, key)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"config key 'train.{key}': a learning rate must be a number >= 0, got {value}")
+
+
+def _check_splits_differ(d: DataConfig) -> None:
+    """Checkpoints, teachers and weights are chosen on dev: dev (or train) being the test split would select on it."""
+    named = {"train_split": d.train_split, "dev_split": d.dev_split, "test_split": d.test_split}
+    keys = list(named)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            if named[a] == named[b]:
+                raise ConfigError(f"config keys 'data.{a}' and 'data.{b}' are both {named[a]!r}: training, "
+                                  "selection (dev) and the reported test need three different splits")
+
+
+def check_disjoint_splits(cfg: Config, qrels: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse a collection whose train, dev and test splits (``qrels``: split -> query id -> judgments) share a query:
+    a dev query that is also a test query selects on test; a train query that is a test query is learned.
+    Splits the collection lacks are left to the stages that need them."""
+    d = cfg.data
+    splits = [(key, name) for key, name in (("train_split", d.train_split), ("dev_split", d.dev_split),
+                                           ("test_split", d.test_split)) if name in qrels]
+    for i, (key_a, a) in enumerate(splits):
+        for key_b, b in splits[i + 1:]:
+            shared = [qid for qid in qrels[a] if qid in qrels[b]]
+            if shared:
+                raise ConfigError(f"data.{key_a} {a!r} and data.{key_b} {b!r} share {len(shared)} query id(s), e.g. "
+                                  f"{shared[0]!r}: the splits must be disjoint (a query in both is selected or "
+                                  "trained on and then reported)")
 
 
 def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -36,3 +36,7 @@ class IndexError_(RocketKDError):
 
 class TrainingError(RocketKDError):
     """Training stopped: non-finite loss or gradients, named with the step and the loss parts."""
+
+
+class OutputError(RocketKDError):
+    """An output path rocketkd will not write: someone else's folder or file, or one another run holds (locked)."""

@@ -137,7 +137,7 @@ def _copy_shared(src: Path, dst: Path, shared: tuple[str, ...]) -> None:
             if (src / sub).exists():
                 shutil.copytree(src / sub, dst / sub, dirs_exist_ok=True,
                                 ignore=shutil.ignore_patterns("checkpoints", lists, "retriever",
-                                                              "reranker", "train_*") if sub == "round1" else None)
+                                                              "reranker", "train_*", "COMPLETE") if sub == "round1" else None)
     for v in kept.values():  # paths inside the stage records point at the source run
         for key, value in list(v.items()):
             if isinstance(value, str) and value.startswith(str(src)):

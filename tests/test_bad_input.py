@@ -11,6 +11,8 @@ A training query without a positive: ``mine`` and ``label_lists`` (``train`` wit
 and log how many they skipped; a training split where *no* query has a positive is an error.
 
 ``train`` checks a candidate file's query ids and the training split before it creates its output folder.
+Config values that would fail inside training, splits that are not three different ones, and train/dev/test splits
+that share a query are refused at load (``DATA_DEFECTS``); the stages' own option values before anything is read.
 """
 
 from __future__ import annotations
@@ -226,6 +228,18 @@ def _candidates(*rows: dict, needles: tuple[str, ...]) -> Defect:
     return defect
 
 
+def _split_overlap(a: str, b: str, qid: str) -> Defect:
+    """Query ``qid`` of split ``a`` judged in split ``b`` too."""
+
+    def defect(data: Path, tmp: Path) -> tuple[list[str], list[str]]:
+        source = [line for line in lines_of(data / "qrels" / f"{a}.tsv") if line.startswith(qid + "\t")]
+        target = data / "qrels" / f"{b}.tsv"
+        write_lines(target, [*lines_of(target), *source])
+        return [], [f"data.{a}_split {a!r}", f"data.{b}_split {b!r}", repr(qid), "disjoint"]
+
+    return defect
+
+
 DATA_DEFECTS = [
     pytest.param("train", _corpus_invalid_json_line, id="corpus-invalid-json-line"),
     pytest.param("mine", _corpus_missing_id, id="corpus-missing-id"),
@@ -265,6 +279,26 @@ DATA_DEFECTS = [
                  id="config-wrong-type"),
     pytest.param("train", _set("model.retriever=./no/such/model", needles=("./no/such/model", "no such model folder")),
                  id="model-path-missing"),
+    # values that failed deep inside training (tracebacks) or were silently accepted (issue 21)
+    pytest.param("train", _set("train.gradient_accumulation_steps=0",
+                               needles=("'train.gradient_accumulation_steps'", "at least 1", "0")),
+                 id="gradient-accumulation-zero"),
+    pytest.param("train", _set("train.temperature=0", needles=("'train.temperature'", "> 0")),
+                 id="temperature-zero"),
+    pytest.param("train", _set("train.max_steps=-3", needles=("'train.max_steps'", "-3")), id="max-steps-negative"),
+    pytest.param("train", _set("train.max_steps=0", needles=("'train.max_steps'", "train.epochs")),
+                 id="max-steps-zero"),
+    pytest.param("train", _set("train.lr_retriever=-1e-5", needles=("'train.lr_retriever'", ">= 0")),
+                 id="lr-retriever-negative"),
+    pytest.param("train", _set("train.lr_reranker_head=-0.001", needles=("'train.lr_reranker_head'", ">= 0")),
+                 id="lr-reranker-head-negative"),
+    # honesty guards: nothing is selected or trained on the test split
+    pytest.param("train", _set("data.dev_split=test", needles=("'data.dev_split'", "'data.test_split'", "'test'")),
+                 id="dev-split-is-test-split"),
+    pytest.param("mine", _set("data.train_split=dev", needles=("'data.train_split'", "'data.dev_split'")),
+                 id="train-split-is-dev-split"),
+    pytest.param("train", _split_overlap("dev", "test", "q12"), id="dev-query-also-in-test"),
+    pytest.param("train", _split_overlap("train", "test", "q0"), id="train-query-also-in-test"),
 ]
 
 
@@ -363,6 +397,27 @@ def test_index_bad_input(capsys, tiny_data, tiny_bert, tmp_path, corpus_cache, d
     result = cli(capsys, "index", "--model", model, "--corpus", corpus, "--output", out)
     assert_one_error(result, "index", *needles)
     assert_no_output(out, corpus_cache)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# values of the stages' own options: refused before any model or index is read (issue 21)
+
+
+@pytest.mark.parametrize("argv, needles", [
+    pytest.param(["search", "--query", "wing", "--k", "0"], ["--k", "at least 1", "0"], id="search-k-zero"),
+    pytest.param(["search", "--query", "wing", "--k", "-1"], ["--k", "-1"], id="search-k-negative"),
+    pytest.param(["search", "--query", ""], ["--query", "empty"], id="search-empty-query"),
+    pytest.param(["search", "--query", "   "], ["--query", "empty"], id="search-blank-query"),
+    pytest.param(["index", "--model", "./no/such/model", "--corpus", "c.jsonl", "--batch-size", "0"],
+                 ["--batch-size", "at least 1"], id="index-batch-size-zero"),
+])
+def test_option_values_are_checked_first(capsys, tmp_path, argv, needles):
+    if argv[0] == "search":
+        argv = [*argv, "--index", str(tmp_path / "no-index")]  # not read: the value is refused first
+    else:
+        argv = [*argv, "--output", str(tmp_path / "index")]
+    assert_one_error(cli(capsys, *argv), argv[0], *needles)
+    assert_no_output(tmp_path / "index")
 
 
 # ----------------------------------------------------------------------------------------------------------------

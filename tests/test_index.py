@@ -147,7 +147,8 @@ def test_build_save_load_round_trip(model, data, tmp_path):
     texts = list(data.queries.values())
     before = index.search_texts(texts, 5, autocast="no")
     folder = index.save(tmp_path / "idx")
-    assert sorted(p.name for p in folder.iterdir()) == ["encoder", "ids.txt", "index.faiss", "meta.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [".rocketkd-output", "encoder", "ids.txt", "index.faiss",
+                                                        "meta.json"]
     assert (folder / "ids.txt").read_text().splitlines() == list(data.corpus.ids)
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["count"] == 60 and meta["dim"] == model.hidden_size and meta["metric"] == "ip"

@@ -8,6 +8,8 @@ On-disk format (one folder, written atomically: built beside the destination, th
                   corpus_fingerprint, corpus_path, similarity, created (UTC ISO time), rocketkd_version,
                   encoder_in_folder
     encoder/      the encoder that made the vectors (``DualEncoder.save``), so searching needs only this folder
+    .rocketkd-output  the marker of a folder rocketkd wrote (kind "index"): :meth:`DenseIndex.save` replaces an
+                  existing folder only when it is an index folder rocketkd wrote (or an empty one), never anything else
 
 :meth:`DenseIndex.load` checks that the pieces agree (row counts, dimension, fingerprints of the encoder and the
 corpus when given) and raises :class:`~rocketkd.errors.IndexError_` naming the folder otherwise.
@@ -47,7 +49,7 @@ import torch
 from rocketkd import __version__
 from rocketkd.distributed import gather_objects, local_device, shard_rows, world
 from rocketkd.errors import DataFormatError, IndexError_
-from rocketkd.io import atomic_dir, atomic_write, read_json, write_json
+from rocketkd.io import atomic_dir, atomic_write, check_output, mark_output, read_json, write_json
 from rocketkd.models import DualEncoder
 from rocketkd.search.encode import encode_corpus, encode_queries
 from rocketkd.search.topk import torch_topk_search
@@ -342,9 +344,14 @@ class DenseIndex:
 
         The encoder is written into ``encoder/`` when it is loaded (or copied from the folder this index was loaded
         from); ``save_encoder=False`` leaves it out (then ``load`` needs ``encoder=`` to search texts).
+        An existing ``path`` is replaced only when it is an index folder rocketkd wrote, or empty; anything else (a
+        file, another folder, the current folder) raises :class:`~rocketkd.errors.OutputError` before anything is
+        written (:func:`rocketkd.io.check_output`).
         """
         path = Path(path)
+        check_output(path, "index", whole=True)
         with atomic_dir(path) as tmp:
+            mark_output(tmp, "index")
             faiss.write_index(self._index, str(tmp / INDEX_FILE))
             with atomic_write(tmp / IDS_FILE) as f:
                 for start in range(0, len(self._ids), 100_000):

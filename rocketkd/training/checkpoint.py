@@ -1,11 +1,16 @@
 """What a training run leaves on disk, and how it is read back.
 
-``out/checkpoints/step-N/`` -- accelerate's full state (models, optimizer, scheduler, RNG) + ``trainer_state.json``
-    (step, history) + a ``COMPLETE`` marker, written through a temp folder and renamed, so a half-written checkpoint
-    is never picked on resume; the newest ``train.keep_checkpoints`` are kept.
-``out/retriever/`` (+ ``reranker/``) -- the final models in sentence-transformers formats; ``retriever/COMPLETE``
-    marks a finished run. ``train_log.jsonl`` (one line per step) and ``train_state.json`` (step, history, dev
-    nDCG@10, dev curve) beside them; :func:`load_result` reads a finished run back as a :class:`TrainResult`.
+``out/checkpoints/step-N/`` -- accelerate's state (models, optimizer, RNG) + ``scheduler.json`` (the learning-rate
+    schedule's state, JSON: no pickle) + ``trainer_state.json`` (step, history) + a ``COMPLETE`` marker, written
+    through a temp folder, flushed to disk, then renamed, so a half-written checkpoint is never picked on resume; the
+    newest ``train.keep_checkpoints`` are kept. Resume unpickles nothing that can run code: accelerate reads its files
+    with ``weights_only=True``, and its ``custom_checkpoint_*.pkl`` (the scheduler of checkpoints written before
+    ``scheduler.json``; anything planted) are never handed to it (:func:`load_latest`).
+``out/retriever/`` (+ ``reranker/``) -- the final models in sentence-transformers formats; ``train_log.jsonl`` (one
+    line per step) and ``train_state.json`` (step, history, dev nDCG@10, dev curve) beside them; ``out/COMPLETE``,
+    written last, marks a finished run (:func:`finished`), so a crash anywhere in the export leaves a run that
+    ``--resume`` finishes. :func:`load_result` reads a finished run back as a :class:`TrainResult`.
+A SIGTERM (:class:`StopFlag`) checkpoints at the next step and exits with status :data:`SIGTERM_EXIT` (143).
 """
 
 from __future__ import annotations
@@ -13,17 +18,26 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
+import re
 import shutil
 import signal
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rocketkd.io import atomic_write
+import torch
+
+from rocketkd.errors import TrainingError
+from rocketkd.io import atomic_write, fsync_tree
 from rocketkd.training.joint import JointModel
 
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "COMPLETE"
+SCHEDULER_FILE = "scheduler.json"
+SIGTERM_EXIT = 128 + int(signal.SIGTERM)  # the shell's status of a process ended by SIGTERM: not a success
+_CUSTOM_PICKLE = re.compile(r"^custom_checkpoint_\d+\.pkl$")
 
 
 @dataclass
@@ -38,8 +52,18 @@ class TrainResult:
 
 
 def finished(out: Path) -> bool:
-    """Whether ``out`` holds a finished training run."""
-    return (Path(out) / "retriever" / COMPLETE_MARKER).exists()
+    """Whether ``out`` holds a finished training run: its ``COMPLETE``, written after everything else. (A run
+    exported before that marker existed: ``retriever/COMPLETE`` with ``train_state.json``, then its last file.)"""
+    out = Path(out)
+    if (out / COMPLETE_MARKER).exists():
+        return True
+    return (out / "retriever" / COMPLETE_MARKER).exists() and (out / "train_state.json").exists()
+
+
+def clear_finished(out: Path) -> None:
+    """Unmark a finished run whose folder a new (not resumed) run is about to rewrite."""
+    for marker in (Path(out) / COMPLETE_MARKER, Path(out) / "retriever" / COMPLETE_MARKER):
+        marker.unlink(missing_ok=True)
 
 
 def load_result(out: Path) -> TrainResult:
@@ -67,8 +91,10 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(done, key=lambda d: int(d.name.split("-")[1]))
 
 
-def save_checkpoint(accelerator, root: Path, step: int, history: list[dict], keep: int) -> Path:
-    """Write ``root/step-N`` through a temp folder + completion marker, then drop all but the newest ``keep``."""
+def save_checkpoint(accelerator, root: Path, step: int, history: list[dict], keep: int, scheduler=None) -> Path:
+    """Write ``root/step-N`` through a temp folder + completion marker, then drop all but the newest ``keep``.
+
+    ``scheduler``: its state goes to ``scheduler.json`` (not registered with accelerate, which would pickle it)."""
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
     if accelerator.is_main_process:
@@ -79,7 +105,10 @@ def save_checkpoint(accelerator, root: Path, step: int, history: list[dict], kee
     accelerator.save_state(str(tmp), safe_serialization=False)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if scheduler is not None:
+            (tmp / SCHEDULER_FILE).write_text(json.dumps(scheduler.state_dict()))
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "history": history}))
+        fsync_tree(tmp)  # every file on disk before the marker that vouches for them
         with open(tmp / COMPLETE_MARKER, "w") as f:
             f.write(str(step))
             f.flush()
@@ -93,21 +122,52 @@ def save_checkpoint(accelerator, root: Path, step: int, history: list[dict], kee
     return final
 
 
-def load_latest(accelerator, root: Path, total_steps: int) -> tuple[int, list[dict]]:
-    """Restore the newest complete checkpoint under ``root`` into ``accelerator``'s prepared objects (and RNG);
-    returns its (step, history), or (0, []) where there is none."""
+def load_latest(accelerator, root: Path, total_steps: int, scheduler=None) -> tuple[int, list[dict]]:
+    """Restore the newest complete checkpoint under ``root`` into ``accelerator``'s prepared objects (and RNG) and
+    ``scheduler``; returns its (step, history), or (0, []) where there is none.
+
+    Nothing is unpickled that could run code: accelerate loads its files with ``weights_only=True``; files it would
+    unpickle fully (``custom_checkpoint_*.pkl``) are hidden from it, and the scheduler's state is read from
+    ``scheduler.json`` or, in a checkpoint written before it, from its pickle with ``weights_only=True``. A file that
+    does not load that way is a :class:`~rocketkd.errors.TrainingError` naming the checkpoint."""
     found = list_checkpoints(root)
     if not found:
         logger.info("--resume: no complete checkpoint under %s, starting from scratch", root)
         return 0, []
-    accelerator.load_state(str(found[-1]))
-    state = json.loads((found[-1] / "trainer_state.json").read_text())
-    logger.info("resumed from %s (step %d of %d)", found[-1], state["step"], total_steps)
+    ckpt = found[-1]
+    pickles = sorted(p.name for p in ckpt.iterdir() if _CUSTOM_PICKLE.match(p.name))
+    has_json = (ckpt / SCHEDULER_FILE).is_file()
+    if pickles and has_json:
+        logger.warning("%s: ignoring %s (not written by this version of rocketkd)", ckpt, ", ".join(pickles))
+    try:
+        if pickles:
+            with tempfile.TemporaryDirectory(prefix="rocketkd-resume-") as view:
+                for entry in ckpt.iterdir():  # the checkpoint without the pickles accelerate would load unsafely
+                    if not _CUSTOM_PICKLE.match(entry.name):
+                        os.symlink(entry.resolve(), Path(view) / entry.name)
+                accelerator.load_state(view)
+        else:
+            accelerator.load_state(str(ckpt))
+        if scheduler is not None:
+            if has_json:
+                state = json.loads((ckpt / SCHEDULER_FILE).read_text())
+            elif pickles:
+                state = torch.load(ckpt / pickles[0], map_location="cpu", weights_only=True)
+            else:
+                raise TrainingError(f"checkpoint {ckpt}: no {SCHEDULER_FILE}; cannot resume its learning-rate "
+                                    "schedule (start again without --resume, or from another output folder)")
+            scheduler.load_state_dict(state)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, TypeError, OSError) as e:
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise TrainingError(f"checkpoint {ckpt} cannot be loaded safely ({type(e).__name__}: {reason}); "
+                            "delete it to resume from an older one, or start again without --resume") from None
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    logger.info("resumed from %s (step %d of %d)", ckpt, state["step"], total_steps)
     return state["step"], state["history"]
 
 
 class StopFlag:
-    """SIGTERM asks the loop to checkpoint at the next step boundary and exit cleanly."""
+    """SIGTERM asks the loop to checkpoint at the next step boundary and exit with status :data:`SIGTERM_EXIT`."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -129,10 +189,11 @@ class StopFlag:
 
 
 def export_run(out: Path, model: JointModel, step: int, history: list[dict], dev: dict[str, float],
-           dev_curve: dict[str, float]) -> None:
-    """The finished run (main process): ``retriever/`` (+ ``reranker/``), ``train_log.jsonl``, ``train_state.json``."""
+               dev_curve: dict[str, float]) -> None:
+    """The finished run (main process): ``retriever/`` (+ ``reranker/``), ``train_log.jsonl``, ``train_state.json``,
+    then ``COMPLETE``, the last thing written: until it is on disk the run is unfinished and resumable."""
+    clear_finished(out)  # a crash below must not leave an earlier export looking finished
     model.retriever.save(out / "retriever")
-    (out / "retriever" / COMPLETE_MARKER).touch()
     if model.reranker is not None:
         model.reranker.save(out / "reranker")
     with atomic_write(out / "train_log.jsonl") as f:
@@ -141,3 +202,8 @@ def export_run(out: Path, model: JointModel, step: int, history: list[dict], dev
              "dev_curve": dev_curve}
     with atomic_write(out / "train_state.json") as f:
         json.dump(state, f)
+    for folder in ("retriever", "reranker"):
+        if (out / folder).is_dir():
+            fsync_tree(out / folder)
+    with atomic_write(out / COMPLETE_MARKER) as f:
+        f.write(f"{step}\n")

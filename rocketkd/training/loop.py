@@ -26,8 +26,10 @@ from rocketkd.errors import TrainingError
 from rocketkd.models.loading import load_reranker, load_retriever
 from rocketkd.training.batch import JointCollator
 from rocketkd.training.checkpoint import (
+    SIGTERM_EXIT,
     StopFlag,
     TrainResult,
+    clear_finished,
     export_run,
     finished,
     load_latest,
@@ -94,11 +96,13 @@ def train(
     steps_per_epoch = max(1, math.ceil(len(loader) / t.gradient_accumulation_steps))
     total_steps = t.max_steps or max(1, math.ceil(steps_per_epoch * t.epochs))
     # The scheduler is stepped by hand once per optimizer step (not prepared: accelerate would step it once per
-    # process), so the schedule is the same for any number of processes; it is registered to be checkpointed.
+    # process), so the schedule is the same for any number of processes. Its state is checkpointed as JSON by
+    # save_checkpoint, not registered with accelerate (which pickles it and unpickles it unsafely on resume).
     scheduler = get_linear_schedule_with_warmup(optimizer, int(t.warmup_ratio * total_steps), total_steps)
-    accelerator.register_for_checkpointing(scheduler)
-    step, history = load_latest(accelerator, ckpt_root, total_steps) if resume else (0, [])
+    step, history = load_latest(accelerator, ckpt_root, total_steps, scheduler) if resume else (0, [])
     if accelerator.is_main_process:
+        if not resume:  # a finished run here is being replaced: unfinished until this one's export completes
+            clear_finished(out)
         _announce(cfg, out, len(dataset), accelerator.num_processes, total_steps, steps_per_epoch)
 
     bar = tqdm(total=total_steps, initial=step, desc=f"train[{t.mode}]", disable=not accelerator.is_main_process,
@@ -128,17 +132,17 @@ def train(
                 if dev.due(step, total_steps):  # every process encodes
                     dev.measure(accelerator.unwrap_model(model).retriever, step, total_steps)
                 if stop.requested or (t.save_every and step % t.save_every == 0):
-                    save_checkpoint(accelerator, ckpt_root, step, history, t.keep_checkpoints)
+                    save_checkpoint(accelerator, ckpt_root, step, history, t.keep_checkpoints, scheduler)
                     last_saved = step
-                if stop.requested:
+                if stop.requested:  # a non-zero status: `rocketkd train ... && next-stage` must not go on
                     bar.close()
                     logger.warning("SIGTERM: saved a checkpoint at step %d; rerun with --resume to continue", step)
-                    raise SystemExit(0)
+                    raise SystemExit(SIGTERM_EXIT)
                 if step >= total_steps:
                     break
     bar.close()
     if last_saved != step and t.save_every:
-        save_checkpoint(accelerator, ckpt_root, step, history, t.keep_checkpoints)
+        save_checkpoint(accelerator, ckpt_root, step, history, t.keep_checkpoints, scheduler)
     unwrapped = accelerator.unwrap_model(model)
     dev_values = dev.finish(unwrapped.retriever, step)  # with train.keep_best: the best step's weights
     if accelerator.is_main_process:
