@@ -102,6 +102,9 @@ def test_pipeline_with_a_prior_reranker(tiny_bert, tiny_data, tmp_path):
     cfg = load_config(root / "configs" / "tiny.yaml", [
         f"data.path={tiny_data}", f"model.retriever={tiny_bert}", f"model.reranker={tiny_bert}", f"output_dir={out}",
         "model.reranker_prior=true", "pipeline.warmup=false",
+        # no evidence is enough (prior = the student's own encoder), and passages cut shorter than the folder's own
+        # length: the check must encode the student as it trains, or "the student" and "the prior" differ
+        "pipeline.prior_alpha=1e-12", "model.passage_max_length=6",
     ])
     results = run_pipeline(cfg)
     stages = json.loads((out / "stages.json").read_text())
@@ -111,6 +114,9 @@ def test_pipeline_with_a_prior_reranker(tiny_bert, tiny_data, tmp_path):
     assert set(t["members"]) == {"reranker", "prior", "random"} and t["mode"] == "joint"
     # at the start of round 1 the head is new and zeroed: the re-ranker is exactly its prior
     assert t["members"]["reranker"]["nDCG@10"] == pytest.approx(t["members"]["prior"]["nDCG@10"])
+    assert results["prior"]["weights"] == {"base": 1.0}  # ... which is the student: all three equal
+    assert t["members"]["prior"]["nDCG@10"] == pytest.approx(t["student_ndcg@10"])
+    assert t["members"]["reranker"]["vs_student"]["p_value"] == pytest.approx(1.0)
     lists = read_candidates(t["lists"])
     assert all(cl.teacher_scores is not None for cl in lists)
     reranker_dir = Path(stages["train-1"]["reranker"])
