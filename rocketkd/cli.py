@@ -91,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, help="TREC run file to write")
     p.add_argument("--k", type=int, default=100, help="passages per query (default 100)")
     p.add_argument("--rerank", help="re-ranker folder: re-score the top-k")
-    p.add_argument("--fusion-weight", type=float, default=1.0,
-                   help="weight of the re-ranker in the per-query z-scored fusion (1 = re-ranker alone)")
+    p.add_argument("--fusion-weight", type=float, default=None,
+                   help="weight of the re-ranker in the per-query z-scored fusion (1 = re-ranker alone; default: the "
+                        "weight the pipeline fitted on dev, stored in the re-ranker folder as rocketkd_fusion.json, "
+                        "else 1). A re-ranker folder with rocketkd_prior.json scores prior + cross-encoder")
     p.add_argument("--bm25-weight", type=float, default=0.0,
                    help="weight of BM25 re-scoring the top --k in the same fusion (0 = off); the retriever keeps "
                         "1 - fusion weight - this: the pipeline's hybrid system (results.json: hybrid_weights). "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -28,7 +29,11 @@ from rocketkd.models import CrossEncoderRanker, DualEncoder, resolve_model_path
 from rocketkd.pipeline import run_pipeline, run_train
 from rocketkd.search.fusion import fuse_stages
 from rocketkd.search.index import DenseIndex, search_run
-from rocketkd.search.rerank import bm25_run, rerank_run
+from rocketkd.search.rerank import bm25_run, load_fusion_weight, rerank_run
+from rocketkd.teachers.prior import Prior, PriorScorer, add_prior_to_run, prior_members
+
+
+logger = logging.getLogger(__name__)
 
 
 def _load(args: argparse.Namespace):
@@ -121,10 +126,20 @@ def cmd_search(args: argparse.Namespace) -> int:
     # process merges the run (in query order), re-ranks and writes it; the others wait for it, then exit.
     init_if_launched()
     bm25_weight = float(args.bm25_weight)
-    rerank_weight = float(args.fusion_weight) if args.rerank else 0.0
+    rerank_weight = 0.0
+    if args.rerank:
+        try:
+            stored = load_fusion_weight(args.rerank) if Path(args.rerank).is_dir() else None
+        except ValueError as e:
+            raise ConfigError(f"--rerank {args.rerank}: {e}") from None
+        rerank_weight = float(args.fusion_weight if args.fusion_weight is not None else
+                              stored if stored is not None else 1.0)
+        if args.fusion_weight is None:
+            logger.info("--fusion-weight %.2f (%s)", rerank_weight, "fitted on dev, stored with the re-ranker"
+                        if stored is not None else "no weight stored with the re-ranker: the re-ranker alone")
     if not (0.0 <= bm25_weight <= 1.0 and 0.0 <= rerank_weight <= 1.0):
         raise ConfigError(f"--bm25-weight and --fusion-weight must lie in [0, 1], got {bm25_weight} and "
-                          f"{args.fusion_weight}")
+                          f"{rerank_weight}")
     if bm25_weight > 0 and rerank_weight + bm25_weight > 1.0 + 1e-9:
         raise ConfigError(f"--fusion-weight {rerank_weight} + --bm25-weight {bm25_weight} exceed 1: the retriever's "
                           "share is what is left of 1")
@@ -157,7 +172,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     rescored, weights = [], [max(0.0, 1.0 - rerank_weight - bm25_weight)]
     if args.rerank:
         ranker = CrossEncoderRanker.from_pretrained(args.rerank).to(local_device())
-        rescored.append(rerank_run(ranker, run, queries, corpus, depth=args.k))
+        second = rerank_run(ranker, run, queries, corpus, depth=args.k)
+        prior = Prior.load(args.rerank)
+        if prior is not None:  # a composite re-ranker: its score is prior + cross-encoder (rocketkd_prior.json)
+            second = add_prior_to_run(second, PriorScorer(prior, prior_members(prior, corpus)), queries, corpus)
+        rescored.append(second)
         weights.append(rerank_weight)
     if bm25_weight > 0:  # builds a BM25 index of the corpus
         rescored.append(bm25_run(run, queries, corpus, depth=args.k))

@@ -25,6 +25,7 @@ from rocketkd.candidates.lists import build_lists
 from rocketkd.candidates.mining import mine
 from rocketkd.candidates.title_queries import apply_data_config, is_title_query
 from rocketkd.config import Config, check_disjoint_splits
+from rocketkd.distributed import barrier, is_main
 from rocketkd.data.formats import (
     load_retrieval_data,
     read_candidates,
@@ -46,7 +47,7 @@ from rocketkd.search.fusion import (
     head_of_run,
 )
 from rocketkd.search.index import DenseIndex, search_run
-from rocketkd.search.rerank import bm25_run, rerank_run
+from rocketkd.search.rerank import bm25_run, rerank_run, save_fusion_weight
 from rocketkd.teachers import RandomScorer, RerankerScorer, check_teachers, scores_on_candidates
 from rocketkd.teachers.prior import (
     CompositeScorer,
@@ -147,11 +148,12 @@ def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, rerank
     return report
 
 
-def _stage_prior(cfg: Config, data, out: Path, lists_path: Path) -> dict:
+def _stage_prior(cfg: Config, data, out: Path, lists_path: Path | None = None, *, lists: list | None = None) -> dict:
     """Fit the re-ranker's prior (:func:`rocketkd.teachers.prior.fit_prior_on`): BM25 + the base encoder, weighed
     on dev and train queries (nothing has learned their labels yet), accepted only on a significant cross-fitted gain
     over the student; written to ``prior/rocketkd_prior.json``."""
-    lists = read_candidates(lists_path, corpus=data.corpus, queries=data.all_queries())
+    if lists is None:
+        lists = read_candidates(lists_path, corpus=data.corpus, queries=data.all_queries())
     prior = fit_prior_on(cfg, data, lists)
     prior.save(out / "prior")
     e = prior.evidence
@@ -254,6 +256,11 @@ def run_train(
     apply_data_config(cfg, data)
     if lists is None:
         lists = build_lists(cfg, data, out)
+    prior = None
+    if cfg.model.reranker_prior and not (lists and lists[0].teacher_scores is not None):
+        # The lone recipe of a prior re-ranker: the prior is fitted here (once; reused on resume) and is the lists'
+        # stored score; train.teachers would be a second stored teacher, so it gives way (the re-ranker teaches).
+        prior, lists, cfg = _lone_prior(cfg, data, lists, out)
     lists = teacher_lists(cfg, data, lists, out, retriever_path, reranker_path)
     if teachers_rejected(cfg, out):
         # A teacher no better than the student on dev would only pull the retriever away from its start (issue
@@ -262,8 +269,30 @@ def run_train(
                        "distilled (distill_weight 0)", cfg.data.dev_split, out / "teacher_check.json")
         cfg = copy.deepcopy(cfg)
         cfg.train.distill_weight = 0.0
-    return train(cfg, lists, data=data, output_dir=out, resume=resume, retriever_path=retriever_path,
-                 reranker_path=reranker_path)
+    result = train(cfg, lists, data=data, output_dir=out, resume=resume, retriever_path=retriever_path,
+                   reranker_path=reranker_path)
+    if prior is not None and result.reranker_dir is not None and is_main():
+        prior.save(result.reranker_dir)  # the folder reproduces prior + g (rocketkd search --rerank)
+    return result
+
+
+def _lone_prior(cfg: Config, data, lists: list, out: Path) -> tuple[Prior, list, Config]:
+    """``model.reranker_prior`` in a lone ``rocketkd train``: the prior fitted on dev + train (``out/prior``, once),
+    attached to ``lists``; the config with ``train.teachers`` off and the online re-ranker as the only teacher."""
+    folder = out / "prior"
+    prior = Prior.load(folder)
+    if prior is None:
+        if is_main():
+            _stage_prior(cfg, data, out, lists=lists)
+        barrier()
+        prior = Prior.load(folder)
+    if cfg.train.teachers or cfg.train.online_teacher_weight < 1.0:
+        logger.info("model.reranker_prior: the re-ranker (prior %s + cross-encoder) is the teacher; train.teachers "
+                    "%s and train.online_teacher_weight %s are not used", prior.weights, dict(cfg.train.teachers),
+                    cfg.train.online_teacher_weight)
+        cfg = copy.deepcopy(cfg)
+        cfg.train.teachers, cfg.train.online_teacher_weight = {}, 1.0
+    return prior, attach_prior(data, lists, prior), cfg
 
 
 def run_pipeline(cfg: Config) -> dict:
@@ -390,6 +419,10 @@ def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str, pr
     for split in (dev, test):
         first = read_trec_run(_run_path(out, "retriever", split))
         write_trec_run(_run_path(out, "reranked", split), fuse_stages(first, [reranked[split]], [1.0 - weight, weight]))
+    if Path(reranker).resolve().is_relative_to(out.resolve()):  # a folder this run wrote, never the user's model
+        save_fusion_weight(reranker, weight, fitted_on=f"{dev} ({len(data.split_queries(dev))} queries)",
+                           first_stage=str(out / "index"), depth=cfg.eval.rerank_depth,
+                           prior=prior is not None)
     result = {"index": str(out / "index"), "retriever": retriever, "reranker": reranker, "fusion_weight": weight}
     if checks:
         result["reranker_vs_prior"] = checks

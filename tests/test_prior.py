@@ -135,6 +135,52 @@ def test_pipeline_with_a_prior_reranker(tiny_bert, tiny_data, tmp_path):
     for (q, pids), gs, ps in zip(groups, g, p):
         np.testing.assert_allclose([raw[q][pid] for pid in pids], gs + ps, rtol=1e-4, atol=1e-4)
 
+    # `rocketkd search --rerank FOLDER` reproduces the pipeline's re-ranked system from the folder alone: prior + g,
+    # fused with the weight fitted on dev (stored beside the re-ranker; no --fusion-weight given)
+    from rocketkd.cli import main
+    from rocketkd.search.rerank import load_fusion_weight
+
+    assert load_fusion_weight(reranker_dir) == stages["final"]["fusion_weight"]
+    searched = tmp_path / "searched.trec"
+    assert main(["-q", "search", "--index", str(out / "index"), "--queries", str(tiny_data), "--split", "test",
+                 "--rerank", str(reranker_dir), "--k", str(cfg.eval.rerank_depth), "--output", str(searched)]) == 0
+    mine, theirs = read_trec_run(searched), read_trec_run(out / "runs" / "reranked.test.trec")
+    for q, scores in mine.items():
+        top = sorted(theirs[q], key=lambda pid: -theirs[q][pid])[: cfg.eval.rerank_depth]
+        assert sorted(scores, key=lambda pid: -scores[pid]) == top
+    # the re-ranker alone (--fusion-weight 1) gives its own score: prior + g, as the pipeline's reranker-raw run
+    assert main(["-q", "search", "--index", str(out / "index"), "--queries", str(tiny_data), "--split", "test",
+                 "--rerank", str(reranker_dir), "--fusion-weight", "1", "--k", str(cfg.eval.rerank_depth),
+                 "--output", str(searched)]) == 0
+    alone = read_trec_run(searched)
+    for q, scores in alone.items():
+        np.testing.assert_allclose([scores[pid] for pid in sorted(scores)], [raw[q][pid] for pid in sorted(scores)],
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_lone_train_with_a_prior_saves_it_beside_the_reranker(tiny_bert, tiny_data, tmp_path):
+    """`rocketkd train` with model.reranker_prior: the prior is fitted once (out/prior), the lists carry it, the
+    offline train.teachers give way to the online re-ranker, and the re-ranker folder holds rocketkd_prior.json."""
+    from pathlib import Path
+
+    from rocketkd.config import load_config
+    from rocketkd.data.formats import read_candidates
+    from rocketkd.pipeline import run_train
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "train"
+    cfg = load_config(root / "configs" / "tiny.yaml", [
+        f"data.path={tiny_data}", f"model.retriever={tiny_bert}", f"model.reranker={tiny_bert}", f"output_dir={out}",
+        "model.reranker_prior=true", "train.max_steps=2", "train.teachers={bm25: 0.5, base: 0.5}",
+        "train.online_teacher_weight=0.0",
+    ])
+    result = run_train(cfg, output_dir=out)
+    prior = Prior.load(result.reranker_dir)
+    assert prior is not None and prior == Prior.load(out / "prior")
+    assert not (out / "teacher_lists.jsonl").exists()  # train.teachers gave way: no second stored teacher
+    lists = read_candidates(out / "candidates.jsonl") if (out / "candidates.jsonl").exists() else None
+    assert lists is None or all(cl.teacher_scores is None for cl in lists)  # the raw lists stay bare on disk
+
 
 def test_the_joint_step_adds_the_prior_to_the_cross_encoder(tiny_bert, tiny_data):
     import torch

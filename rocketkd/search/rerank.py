@@ -5,13 +5,16 @@ BM25 (:func:`bm25_run`, the hybrid system's lexical specialist). Fusing the stag
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from rocketkd.evaluation.metrics import rank_scores
+from rocketkd.io import atomic_write
 from rocketkd.search.bm25 import BM25Retriever
 from rocketkd.search.encode import resolve_autocast
 from rocketkd.search.fusion import candidates_from_run
@@ -21,7 +24,34 @@ if TYPE_CHECKING:
     from rocketkd.models import CrossEncoderRanker
     from rocketkd.types import Run
 
-__all__ = ["bm25_run", "rerank_run", "score_pairs"]
+__all__ = ["FUSION_FILE", "bm25_run", "load_fusion_weight", "rerank_run", "save_fusion_weight", "score_pairs"]
+
+FUSION_FILE = "rocketkd_fusion.json"  # beside a re-ranker: the fusion weight fitted on dev for it
+
+
+def save_fusion_weight(folder: str | Path, weight: float, **evidence) -> Path:
+    """Record in a re-ranker folder the fusion weight fitted for it (``evidence``: where and how it was fitted),
+    so ``rocketkd search --rerank FOLDER`` fuses as the pipeline measured, not with the re-ranker alone."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"a fusion weight lies in [0, 1], got {weight}")
+    path = Path(folder) / FUSION_FILE
+    with atomic_write(path) as f:
+        json.dump({"fusion_weight": float(weight), **evidence}, f, indent=2, sort_keys=True)
+    return path
+
+
+def load_fusion_weight(folder: str | Path) -> float | None:
+    """The fusion weight recorded in a re-ranker folder (:func:`save_fusion_weight`), or None."""
+    path = Path(folder) / FUSION_FILE
+    if not path.is_file():
+        return None
+    try:
+        weight = float(json.loads(path.read_text())["fusion_weight"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a fusion record ({e})") from None
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"{path}: fusion_weight {weight} outside [0, 1]")
+    return weight
 
 _PAIRS_PER_CALL = 8_192  # (query, passage) pairs handed to the cross-encoder at once (bounded text memory)
 
