@@ -223,8 +223,14 @@ class PipelineConfig:
     )
     prior_alpha: float = _f(
         0.05,
-        "model.reranker_prior: the fitted prior replaces the student's own encoder only when, cross-fitted over two "
-        "folds of the held-out queries, it beats the student in a paired randomization test at this level",
+        "model.reranker_prior: the fitted prior replaces the student's own encoder only when, cross-fitted over "
+        "pipeline.prior_folds folds of the held-out queries, it beats the student in a paired randomization test at "
+        "this level",
+    )
+    prior_folds: int = _f(
+        2,
+        "model.reranker_prior: folds of the held-out queries for the prior's cross-fitted evidence (weights fitted on "
+        "the other folds, measured on each); more folds fit each fold's weights on more queries",
     )
     plot: bool = _f(True, "write recall@k and loss curves as PNG next to results.json")
 
@@ -429,6 +435,8 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError("config key 'train.batch_size': must be at least 1")
     if not 0.0 < cfg.pipeline.prior_alpha <= 1.0:
         raise ConfigError(f"config key 'pipeline.prior_alpha': must lie in (0, 1], got {cfg.pipeline.prior_alpha}")
+    if cfg.pipeline.prior_folds < 2:
+        raise ConfigError(f"config key 'pipeline.prior_folds': needs at least 2, got {cfg.pipeline.prior_folds}")
     if cfg.model.pooling not in (None, "mean", "cls"):
         raise ConfigError(f"config key 'model.pooling': {cfg.model.pooling!r} is not one of mean, cls")
     if cfg.model.similarity not in (None, "dot", "cosine"):

@@ -257,7 +257,9 @@ def run_train(
     if lists is None:
         lists = build_lists(cfg, data, out)
     prior = None
-    if cfg.model.reranker_prior and not (lists and lists[0].teacher_scores is not None):
+    t = cfg.train
+    uses_reranker = t.mode in ("joint", "warmup") or (t.mode == "static" and t.teacher != "stored")
+    if cfg.model.reranker_prior and uses_reranker and not (lists and lists[0].teacher_scores is not None):
         # The lone recipe of a prior re-ranker: the prior is fitted here (once; reused on resume) and is the lists'
         # stored score; train.teachers would be a second stored teacher, so it gives way (the re-ranker teaches).
         prior, lists, cfg = _lone_prior(cfg, data, lists, out)

@@ -35,6 +35,31 @@ def test_a_helpful_member_is_accepted_with_its_evidence():
     assert prior.evidence["queries"] == 40
 
 
+@pytest.mark.parametrize("folds", [2, 5])
+def test_every_query_is_measured_out_of_fold_once(folds, monkeypatch):
+    """k-fold cross-fitting: each fold's weights are fitted on the other folds only, and every query gets exactly one
+    out-of-fold measurement (the evidence counts each query once, whatever ``folds``)."""
+    import rocketkd.teachers.prior as prior_module
+
+    candidates, student, members, qrels = _held_out(40, good_share=0.9)
+    fitted_on = []
+    real = prior_module.check_teachers
+
+    def spy(cands, *args, **kwargs):
+        fitted_on.append(set(cands))
+        return real(cands, *args, **kwargs)
+
+    monkeypatch.setattr(prior_module, "check_teachers", spy)
+    prior = fit_prior(candidates, student, members, qrels, temperatures={"bm25": 1.0, "base": 1.0}, folds=folds)
+    assert prior.evidence["folds"] == folds and prior.evidence["queries"] == 40
+    per_fold, full = fitted_on[:-1], fitted_on[-1]  # the last fit is on all queries (the accepted weights)
+    assert len(per_fold) == folds and full == set(candidates)
+    held_out = [set(candidates) - fit for fit in per_fold]
+    assert all(h for h in held_out) and sum(len(h) for h in held_out) == 40  # disjoint, covering every query
+    assert set().union(*held_out) == set(candidates)
+    assert [prior_module._fold(q, 2) for q in ("1", "2", "abc")] == [1, 0, 1]  # two folds: as before folds existed
+
+
 def test_a_member_no_better_than_chance_leaves_the_student_as_prior():
     candidates, student, members, qrels = _held_out(40, good_share=0.0)
     prior = fit_prior(candidates, student, members, qrels, temperatures={"bm25": 1.0, "base": 1.0})

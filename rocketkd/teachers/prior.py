@@ -141,8 +141,9 @@ def prior_members(prior: Prior, corpus, load_base: Callable[[str | None], object
     return made
 
 
-def _fold(qid: str) -> int:
-    return hashlib.sha1(qid.encode()).digest()[0] & 1  # stable across runs and machines
+def _fold(qid: str, folds: int = 2) -> int:
+    # stable across runs and machines (two folds: the first byte's low bit, as before folds were configurable)
+    return int.from_bytes(hashlib.sha1(qid.encode()).digest()[:8], "little") % folds
 
 
 def _ensemble_per_query(candidates, members, weights, temperatures, combine, qrels) -> dict[str, float]:
@@ -159,11 +160,11 @@ def _ensemble_per_query(candidates, members, weights, temperatures, combine, qre
 def fit_prior(candidates: Mapping[str, Sequence[str]], student_scores: Mapping[str, Mapping[str, float]],
               members: Mapping[str, Mapping[str, Mapping[str, float]]], qrels: Qrels, *,
               temperatures: Mapping[str, float], combine: str = "arithmetic", alpha: float = 0.05,
-              grid_step: float = 0.1, base_model: str | None = None) -> Prior:
+              grid_step: float = 0.1, base_model: str | None = None, folds: int = 2) -> Prior:
     """Fit the prior's weights on held-out ``candidates`` (the student's top-k) and accept them only on evidence.
 
-    Two folds of the queries (by a hash of the id): weights fitted on one fold re-rank the other, so every query's
-    ensemble nDCG@10 is out-of-fold. A paired randomization test of those against the student's own nDCG@10 over
+    ``folds`` folds of the queries (by a hash of the id): weights fitted on the other folds re-rank each fold, so
+    every query's ensemble nDCG@10 is out-of-fold. A paired randomization test of those against the student's own nDCG@10 over
     all queries decides: accepted (p < ``alpha`` and a positive mean gain) -> the weights fitted on all queries;
     otherwise :data:`NO_CHANGE`.
     """
@@ -175,9 +176,9 @@ def fit_prior(candidates: Mapping[str, Sequence[str]], student_scores: Mapping[s
     student_pq = {q: v["nDCG@10"] for q, v in evaluate_run(student_run, qrels, ["nDCG@10"]).per_query.items()}
     out_of_fold: dict[str, float] = {}
     fold_weights = []
-    for k in (0, 1):
-        fit_q = [q for q in candidates if _fold(q) != k and q in qrels]
-        eval_q = [q for q in candidates if _fold(q) == k and q in qrels]
+    for k in range(folds):
+        fit_q = [q for q in candidates if _fold(q, folds) != k and q in qrels]
+        eval_q = [q for q in candidates if _fold(q, folds) == k and q in qrels]
         if not fit_q or not eval_q:
             continue
         choice = check_teachers({q: candidates[q] for q in fit_q}, student_scores,
@@ -199,7 +200,7 @@ def fit_prior(candidates: Mapping[str, Sequence[str]], student_scores: Mapping[s
     accepted = bool(common) and gain > 0 and p < alpha and full.usable
     evidence = {"queries": len(common), "student_ndcg@10": float(np.mean(a)) if a else None,
                 "out_of_fold_ndcg@10": float(np.mean(b)) if b else None, "gain": gain, "p_value": p,
-                "alpha": alpha, "fold_weights": fold_weights, "fitted_weights": full.weights, "accepted": accepted}
+                "alpha": alpha, "folds": folds, "fold_weights": fold_weights, "fitted_weights": full.weights, "accepted": accepted}
     weights = {n: float(w) for n, w in full.weights.items() if w > 0} if accepted else dict(NO_CHANGE)
     return Prior(weights=weights, temperatures={n: float(temps[n]) for n in weights}, combine=combine,
                  base_model=base_model, evidence=evidence)
@@ -222,12 +223,20 @@ def held_out_for_prior(cfg: Config, data) -> tuple[dict[str, str], Qrels]:
     return queries, qrels
 
 
-def fit_prior_on(cfg: Config, data, lists: Sequence[CandidateList], *, base=None) -> Prior:
-    """Fit the prior of ``model.retriever`` (the round-1 student) on :func:`held_out_for_prior`'s queries.
+@dataclass
+class PriorInputs:
+    """What the prior is fitted on: the student's held-out top-k, each member's scores of them, their qrels, and the
+    members' temperature (the student's spread on the training lists)."""
 
-    The members' temperatures put their z-scores at the student's own sharpness on the training ``lists``
-    (:func:`rocketkd.teachers.targets.student_spread`), as the pipeline's offline teachers are.
-    """
+    candidates: dict[str, list[str]]
+    members: dict[str, dict[str, dict[str, float]]]
+    qrels: Qrels
+    scale: float
+    start: str
+
+
+def prior_inputs(cfg: Config, data, lists: Sequence[CandidateList], *, base=None) -> PriorInputs:
+    """The members' scores on :func:`held_out_for_prior`'s queries for ``model.retriever`` (the round-1 student)."""
     start = resolve_model_path(cfg.model.retriever)
     base = base if base is not None else load_retriever(cfg, start)
     queries, qrels = held_out_for_prior(cfg, data)
@@ -239,10 +248,22 @@ def fit_prior_on(cfg: Config, data, lists: Sequence[CandidateList], *, base=None
                "base": scores_on_candidates(base_scorer, candidates, queries, data.corpus)}
     scale = cfg.train.teacher_scale or student_spread(base_scorer.score(lists, data.all_queries(), data.corpus),
                                                       cfg.model.score_scale)
-    prior = fit_prior(candidates, members["base"], members, qrels, temperatures={n: 1.0 / scale for n in members},
-                      combine=cfg.train.teacher_combine, alpha=cfg.pipeline.prior_alpha, base_model=start)
+    return PriorInputs(candidates, members, qrels, scale, start)
+
+
+def fit_prior_on(cfg: Config, data, lists: Sequence[CandidateList], *, base=None,
+                 inputs: PriorInputs | None = None) -> Prior:
+    """Fit the prior of ``model.retriever`` (the round-1 student) on :func:`held_out_for_prior`'s queries.
+
+    The members' temperatures put their z-scores at the student's own sharpness on the training ``lists``
+    (:func:`rocketkd.teachers.targets.student_spread`), as the pipeline's offline teachers are.
+    """
+    x = inputs or prior_inputs(cfg, data, lists, base=base)
+    prior = fit_prior(x.candidates, x.members["base"], x.members, x.qrels,
+                      temperatures={n: 1.0 / x.scale for n in x.members}, combine=cfg.train.teacher_combine,
+                      alpha=cfg.pipeline.prior_alpha, base_model=x.start, folds=cfg.pipeline.prior_folds)
     prior.base_settings = retriever_settings(cfg)
-    prior.evidence["teacher_scale"] = scale
+    prior.evidence["teacher_scale"] = x.scale
     return prior
 
 
