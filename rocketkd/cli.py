@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         "For several GPUs or processes use scripts/train.sh (accelerate launch)."))
     _config_args(p, "output folder (default: output_dir from the config)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --output")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: continue even though config keys changed since the run started (else refused)")
 
     p = sub.add_parser("mine", help="mine and denoise candidate lists", description=(
         "Retrieve the top mining.depth passages for each training query (BM25 on the first round, else the "
@@ -113,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-> evaluation on the test split. Every stage writes under --output; rerunning continues from the last "
         "completed stage. Ends with results.json (+ PNG curves) in --output."))
     _config_args(p, "run folder (default: output_dir from the config)")
+    p.add_argument("--force", action="store_true", help="rerun with changed config keys (else refused): the first "
+                   "stage they change and every stage after it are redone")
 
     sub.add_parser("config", help="list every config key, its default and meaning")
     return parser

@@ -29,6 +29,7 @@ from rocketkd.pipeline import run_pipeline, run_train
 from rocketkd.search.fusion import fuse_stages
 from rocketkd.search.index import DenseIndex, search_run
 from rocketkd.search.rerank import bm25_run, rerank_run
+from rocketkd.stamps import check_unchanged, record_config
 
 
 def _load(args: argparse.Namespace):
@@ -55,6 +56,10 @@ def _file_output(path: Path | None, flag: str = "--output") -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load(args)
     with claim_output(cfg.output_dir, "train", main=_launched_main()):
+        if args.resume:  # a resumed run keeps the config it started with, unless --force (rocketkd.stamps)
+            check_unchanged(cfg.output_dir, cfg, force=args.force, what="train --resume")
+        if _launched_main():
+            record_config(cfg.output_dir, cfg)
         result = run_train(cfg, output_dir=cfg.output_dir, resume=args.resume)
     print(f"retriever: {result.retriever_dir}")
     if result.reranker_dir:
@@ -199,6 +204,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_pipeline(args: argparse.Namespace) -> int:
     cfg = _load(args)
     with claim_output(cfg.output_dir, "pipeline", main=_launched_main()):  # a rerun continues its own folder
+        check_unchanged(cfg.output_dir, cfg, force=args.force, what="pipeline rerun of")
         results = run_pipeline(cfg)
     print(json.dumps(results.get("systems", results), indent=2))
     return 0
