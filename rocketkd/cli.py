@@ -26,6 +26,7 @@ EPILOG = """stages, in the order data flows:
   index     encode a corpus with a retriever into a FAISS index folder
   search    retrieve (and optionally re-rank) queries into a TREC run file
   evaluate  MRR@10, nDCG@10, Recall@k, MAP of a run file against qrels
+  compare   paired test of two run files (randomization p-value, bootstrap CI)
   pipeline  all of the above, round after round, into one results.json
   config    list every config key with its default and meaning
 
@@ -108,6 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qrels", required=True, type=Path, help="qrels (BEIR tsv with header, or TREC 4-column)")
     p.add_argument("--metrics", default=None, help="comma-separated, e.g. MRR@10,nDCG@10,R@100 (default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object of metric -> value")
+
+    p = sub.add_parser("compare", help="paired test of two run files on one metric", description=(
+        "B against A over the qrels queries with a relevant passage (a query missing from a run counts 0): mean A, "
+        "mean B, B - A with its percentile bootstrap confidence interval, and the two-sided p-value of a paired "
+        "randomization test (exact up to 16 queries, else --samples sign flips). Queries are the sample."))
+    p.add_argument("run_a", type=Path, metavar="RUN_A", help="TREC run file of system A (the baseline)")
+    p.add_argument("run_b", type=Path, metavar="RUN_B", help="TREC run file of system B")
+    p.add_argument("--qrels", required=True, type=Path, help="qrels (BEIR tsv with header, or TREC 4-column)")
+    p.add_argument("--metric", default="nDCG@10", help="one metric, e.g. nDCG@10, MRR@10, R@100 (default nDCG@10)")
+    p.add_argument("--samples", type=int, default=100_000, help="random sign flips and bootstrap resamples")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the interval (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled test and of the bootstrap")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
     p = sub.add_parser("pipeline", help="the whole recipe: mine, warm up, train, re-mine, train, evaluate",
                        description=(

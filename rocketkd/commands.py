@@ -22,6 +22,7 @@ from rocketkd.config import load_config
 from rocketkd.data import Corpus, load_qrels, load_queries, load_retrieval_data, read_trec_run, write_trec_run
 from rocketkd.distributed import barrier, init_if_launched, is_main, local_device, main_process_first
 from rocketkd.errors import ConfigError, DataFormatError, OutputError
+from rocketkd.evaluation.compare import EXACT_MAX, compare_runs
 from rocketkd.evaluation.metrics import DEFAULT_METRICS, evaluate_run, format_table, to_json
 from rocketkd.io import claim_output
 from rocketkd.models import CrossEncoderRanker, DualEncoder, resolve_model_path
@@ -198,6 +199,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(format_table(result.mean))
         print(f"({result.num_queries} queries; {len(result.missing_from_run)} missing from the run counted as 0; "
               f"{len(result.skipped_no_relevant)} without a relevant passage skipped)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    if args.samples < 1:
+        raise ConfigError(f"--samples must be at least 1, got {args.samples}")
+    if not 0.0 < args.level < 1.0:
+        raise ConfigError(f"--level must lie in (0, 1), got {args.level}")
+    run_a, run_b = read_trec_run(args.run_a), read_trec_run(args.run_b)
+    qrels = load_qrels(args.qrels)
+    if not qrels:
+        raise DataFormatError(args.qrels, "no judgments")
+    try:
+        (cmp,) = compare_runs(run_a, run_b, qrels, [args.metric.strip()], level=args.level, samples=args.samples,
+                              seed=args.seed)
+    except ValueError as e:  # no query with a relevant passage: nothing to compare
+        raise DataFormatError(args.qrels, str(e)) from None
+    if args.json:
+        print(json.dumps({**cmp.to_dict(), "level": args.level, "run_a": str(args.run_a), "run_b": str(args.run_b)}))
+        return 0
+    test = "exact" if cmp.queries <= EXACT_MAX else f"{args.samples} sign flips"
+    print(f"{cmp.metric} over {cmp.queries} queries")
+    print(f"  A      {cmp.mean_a:.4f}  {args.run_a}")
+    print(f"  B      {cmp.mean_b:.4f}  {args.run_b}")
+    print(f"  B - A  {cmp.delta:+.4f}  {args.level:.0%} CI [{cmp.ci_low:+.4f}, {cmp.ci_high:+.4f}] (bootstrap)  "
+          f"p = {cmp.p_value:.4g} (paired randomization, two-sided, {test})")
+    print(f"  B better on {cmp.wins} queries, worse on {cmp.losses}, equal on {cmp.queries - cmp.wins - cmp.losses}")
     return 0
 
 
