@@ -20,6 +20,7 @@ from pathlib import Path
 from rocketkd.candidates.mining import mine
 from rocketkd.config import load_config
 from rocketkd.data import Corpus, load_qrels, load_queries, load_retrieval_data, read_trec_run, write_trec_run
+from rocketkd.data.lines import plain_suffix
 from rocketkd.distributed import barrier, init_if_launched, is_main, local_device, main_process_first
 from rocketkd.errors import ConfigError, DataFormatError, OutputError
 from rocketkd.evaluation.compare import EXACT_MAX, compare_runs
@@ -57,11 +58,17 @@ def _file_output(path: Path | None, flag: str = "--output") -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load(args)
     with claim_output(cfg.output_dir, "train", main=_launched_main()):
-        if args.resume:  # a resumed run keeps the config it started with, unless --force (rocketkd.stamps)
-            check_unchanged(cfg.output_dir, cfg, force=args.force, what="train --resume")
-        if _launched_main():
-            record_config(cfg.output_dir, cfg)
-        result = run_train(cfg, output_dir=cfg.output_dir, resume=args.resume)
+        # a resumed run keeps the config it started with, unless --force (rocketkd.stamps): then it has the new one
+        if args.resume and check_unchanged(cfg.output_dir, cfg, force=args.force, what="train --resume"):
+            if _launched_main():
+                record_config(cfg.output_dir, cfg)
+        written = Path(cfg.output_dir) / "config.yaml"
+        before = written.stat().st_mtime_ns if written.exists() else None
+        try:
+            result = run_train(cfg, output_dir=cfg.output_dir, resume=args.resume)
+        finally:  # once training has begun (it wrote config.yaml), keep the config it was given for --resume
+            if _launched_main() and written.exists() and written.stat().st_mtime_ns != before:
+                record_config(cfg.output_dir, cfg)
     print(f"retriever: {result.retriever_dir}")
     if result.reranker_dir:
         print(f"reranker:  {result.reranker_dir}")
@@ -80,12 +87,37 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 def _corpus_from(path: str) -> Corpus:
+    """A corpus file (``.jsonl`` BEIR, ``.tsv`` MS MARCO, either ``.gz``) or a dataset folder's corpus alone: its
+    queries and qrels are not needed, so not read."""
     p = Path(path)
     if p.is_dir():
-        return load_retrieval_data(p).corpus
-    if p.suffix == ".tsv":
+        for name, make in (("corpus.jsonl", Corpus.from_beir), ("collection.tsv", Corpus.from_msmarco)):
+            for found in (p / name, p / f"{name}.gz"):
+                if found.is_file():
+                    return make(found)
+        return load_retrieval_data(p).corpus  # names the layouts it expected
+    if plain_suffix(p) == ".tsv":
         return Corpus.from_msmarco(p)
     return Corpus.from_beir(p)
+
+
+def _indexed_corpus(index: DenseIndex, given: str | None) -> Corpus:
+    """The passage texts of ``index``: ``--corpus`` (checked against the index's corpus fingerprint) or the corpus
+    recorded in its metadata (an absolute path; a relative one of an older index is looked up from the folders above
+    the index)."""
+    path = given or index.meta.get("corpus_path")
+    if not path:
+        raise ConfigError("re-ranking and printing hits need the passage texts: pass --corpus")
+    if not given and not Path(path).is_absolute() and not Path(path).exists() and index.path is not None:
+        found = [a / path for a in Path(index.path).resolve().parents if (a / path).exists()]
+        path = str(found[0]) if found else path
+    corpus = _corpus_from(path)
+    expected = index.meta.get("corpus_fingerprint")
+    if expected and corpus.fingerprint() != expected:
+        raise ConfigError(f"--corpus {path}: not the corpus the index {index.path} was built from (fingerprint "
+                          f"{corpus.fingerprint()}, {len(corpus)} passages; the index: {expected}, {index.ntotal} "
+                          "passages)")
+    return corpus
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -144,6 +176,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ConfigError(f"--k must be at least 1, got {args.k}")
     _file_output(args.output)
     index = DenseIndex.load(args.index)
+    corpus = None
+    if is_main() and (args.rerank or bm25_weight > 0 or args.query is not None):
+        corpus = _indexed_corpus(index, args.corpus)  # checked against the index before any model loads
     with main_process_first():  # a dataset folder's corpus goes into the Arrow cache once
         queries = {"query": args.query} if args.query is not None else _queries_from(args.queries, args.split)
     index.encoder.to(local_device())
@@ -152,12 +187,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not is_main():  # its share is in the main process's run
         barrier()
         return 0
-    corpus = None
-    if args.rerank or bm25_weight > 0 or args.query is not None:
-        corpus_path = args.corpus or index.meta.get("corpus_path")
-        if not corpus_path:
-            raise ConfigError("re-ranking and printing hits need the passage texts: pass --corpus")
-        corpus = _corpus_from(corpus_path)
     # The pipeline's fusion (final and hybrid stages): the retriever's top --k re-scored by the re-ranker and/or
     # BM25 (its lexical specialist), fused per query; the retriever keeps what is left of 1.
     rescored, weights = [], [max(0.0, 1.0 - rerank_weight - bm25_weight)]

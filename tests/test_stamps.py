@@ -11,8 +11,6 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
 import rocketkd.candidates.lists as lists_mod
 import rocketkd.commands as commands
 import rocketkd.teachers.targets as targets_mod
