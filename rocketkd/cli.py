@@ -26,6 +26,7 @@ EPILOG = """stages, in the order data flows:
   index     encode a corpus with a retriever into a FAISS index folder
   search    retrieve (and optionally re-rank) queries into a TREC run file
   evaluate  MRR@10, nDCG@10, Recall@k, MAP of a run file against qrels
+  compare   paired test of two run files (randomization p-value, bootstrap CI)
   pipeline  all of the above, round after round, into one results.json
   config    list every config key with its default and meaning
 
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         "For several GPUs or processes use scripts/train.sh (accelerate launch)."))
     _config_args(p, "output folder (default: output_dir from the config)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --output")
+    p.add_argument("--force", action="store_true",
+                   help="with --resume: continue even though config keys changed since the run started (else refused)")
 
     p = sub.add_parser("mine", help="mine and denoise candidate lists", description=(
         "Retrieve the top mining.depth passages for each training query (BM25 on the first round, else the "
@@ -109,12 +112,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default=None, help="comma-separated, e.g. MRR@10,nDCG@10,R@100 (default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object of metric -> value")
 
+    p = sub.add_parser("compare", help="paired test of two run files on one metric", description=(
+        "B against A over the qrels queries with a relevant passage (a query missing from a run counts 0): mean A, "
+        "mean B, B - A with its percentile bootstrap confidence interval, and the two-sided p-value of a paired "
+        "randomization test (exact up to 16 queries, else --samples sign flips). Queries are the sample."))
+    p.add_argument("run_a", type=Path, metavar="RUN_A", help="TREC run file of system A (the baseline)")
+    p.add_argument("run_b", type=Path, metavar="RUN_B", help="TREC run file of system B")
+    p.add_argument("--qrels", required=True, type=Path, help="qrels (BEIR tsv with header, or TREC 4-column)")
+    p.add_argument("--metric", default="nDCG@10", help="one metric, e.g. nDCG@10, MRR@10, R@100 (default nDCG@10)")
+    p.add_argument("--samples", type=int, default=100_000, help="random sign flips and bootstrap resamples")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the interval (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled test and of the bootstrap")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
     p = sub.add_parser("pipeline", help="the whole recipe: mine, warm up, train, re-mine, train, evaluate",
                        description=(
         "First-round candidates -> warm-up -> joint training -> index -> re-mine -> joint training -> final index "
         "-> evaluation on the test split. Every stage writes under --output; rerunning continues from the last "
         "completed stage. Ends with results.json (+ PNG curves) in --output."))
     _config_args(p, "run folder (default: output_dir from the config)")
+    p.add_argument("--force", action="store_true", help="rerun with changed config keys (else refused): the first "
+                   "stage they change and every stage after it are redone")
 
     sub.add_parser("config", help="list every config key, its default and meaning")
     return parser

@@ -21,8 +21,10 @@ from pathlib import Path
 from rocketkd.candidates.mining import mine
 from rocketkd.config import load_config
 from rocketkd.data import Corpus, load_qrels, load_queries, load_retrieval_data, read_trec_run, write_trec_run
+from rocketkd.data.lines import plain_suffix
 from rocketkd.distributed import barrier, init_if_launched, is_main, local_device, main_process_first
 from rocketkd.errors import ConfigError, DataFormatError, OutputError
+from rocketkd.evaluation.compare import EXACT_MAX, compare_runs
 from rocketkd.evaluation.metrics import DEFAULT_METRICS, evaluate_run, format_table, to_json
 from rocketkd.io import claim_output
 from rocketkd.models import CrossEncoderRanker, DualEncoder, resolve_model_path
@@ -30,8 +32,8 @@ from rocketkd.pipeline import run_pipeline, run_train
 from rocketkd.search.fusion import fuse_stages
 from rocketkd.search.index import DenseIndex, search_run
 from rocketkd.search.rerank import bm25_run, load_fusion_weight, rerank_run
+from rocketkd.stamps import check_unchanged, record_config
 from rocketkd.teachers.prior import Prior, PriorScorer, add_prior_to_run, prior_members
-
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +62,17 @@ def _file_output(path: Path | None, flag: str = "--output") -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load(args)
     with claim_output(cfg.output_dir, "train", main=_launched_main()):
-        result = run_train(cfg, output_dir=cfg.output_dir, resume=args.resume)
+        # a resumed run keeps the config it started with, unless --force (rocketkd.stamps): then it has the new one
+        if args.resume and check_unchanged(cfg.output_dir, cfg, force=args.force, what="train --resume"):
+            if _launched_main():
+                record_config(cfg.output_dir, cfg)
+        written = Path(cfg.output_dir) / "config.yaml"
+        before = written.stat().st_mtime_ns if written.exists() else None
+        try:
+            result = run_train(cfg, output_dir=cfg.output_dir, resume=args.resume)
+        finally:  # once training has begun (it wrote config.yaml), keep the config it was given for --resume
+            if _launched_main() and written.exists() and written.stat().st_mtime_ns != before:
+                record_config(cfg.output_dir, cfg)
     print(f"retriever: {result.retriever_dir}")
     if result.reranker_dir:
         print(f"reranker:  {result.reranker_dir}")
@@ -79,12 +91,37 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 def _corpus_from(path: str) -> Corpus:
+    """A corpus file (``.jsonl`` BEIR, ``.tsv`` MS MARCO, either ``.gz``) or a dataset folder's corpus alone: its
+    queries and qrels are not needed, so not read."""
     p = Path(path)
     if p.is_dir():
-        return load_retrieval_data(p).corpus
-    if p.suffix == ".tsv":
+        for name, make in (("corpus.jsonl", Corpus.from_beir), ("collection.tsv", Corpus.from_msmarco)):
+            for found in (p / name, p / f"{name}.gz"):
+                if found.is_file():
+                    return make(found)
+        return load_retrieval_data(p).corpus  # names the layouts it expected
+    if plain_suffix(p) == ".tsv":
         return Corpus.from_msmarco(p)
     return Corpus.from_beir(p)
+
+
+def _indexed_corpus(index: DenseIndex, given: str | None) -> Corpus:
+    """The passage texts of ``index``: ``--corpus`` (checked against the index's corpus fingerprint) or the corpus
+    recorded in its metadata (an absolute path; a relative one of an older index is looked up from the folders above
+    the index)."""
+    path = given or index.meta.get("corpus_path")
+    if not path:
+        raise ConfigError("re-ranking and printing hits need the passage texts: pass --corpus")
+    if not given and not Path(path).is_absolute() and not Path(path).exists() and index.path is not None:
+        found = [a / path for a in Path(index.path).resolve().parents if (a / path).exists()]
+        path = str(found[0]) if found else path
+    corpus = _corpus_from(path)
+    expected = index.meta.get("corpus_fingerprint")
+    if expected and corpus.fingerprint() != expected:
+        raise ConfigError(f"--corpus {path}: not the corpus the index {index.path} was built from (fingerprint "
+                          f"{corpus.fingerprint()}, {len(corpus)} passages; the index: {expected}, {index.ntotal} "
+                          "passages)")
+    return corpus
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -153,6 +190,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ConfigError(f"--k must be at least 1, got {args.k}")
     _file_output(args.output)
     index = DenseIndex.load(args.index)
+    corpus = None
+    if is_main() and (args.rerank or bm25_weight > 0 or args.query is not None):
+        corpus = _indexed_corpus(index, args.corpus)  # checked against the index before any model loads
     with main_process_first():  # a dataset folder's corpus goes into the Arrow cache once
         queries = {"query": args.query} if args.query is not None else _queries_from(args.queries, args.split)
     index.encoder.to(local_device())
@@ -161,12 +201,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not is_main():  # its share is in the main process's run
         barrier()
         return 0
-    corpus = None
-    if args.rerank or bm25_weight > 0 or args.query is not None:
-        corpus_path = args.corpus or index.meta.get("corpus_path")
-        if not corpus_path:
-            raise ConfigError("re-ranking and printing hits need the passage texts: pass --corpus")
-        corpus = _corpus_from(corpus_path)
     # The pipeline's fusion (final and hybrid stages): the retriever's top --k re-scored by the re-ranker and/or
     # BM25 (its lexical specialist), fused per query; the retriever keeps what is left of 1.
     rescored, weights = [], [max(0.0, 1.0 - rerank_weight - bm25_weight)]
@@ -215,9 +249,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    if args.samples < 1:
+        raise ConfigError(f"--samples must be at least 1, got {args.samples}")
+    if not 0.0 < args.level < 1.0:
+        raise ConfigError(f"--level must lie in (0, 1), got {args.level}")
+    run_a, run_b = read_trec_run(args.run_a), read_trec_run(args.run_b)
+    qrels = load_qrels(args.qrels)
+    if not qrels:
+        raise DataFormatError(args.qrels, "no judgments")
+    try:
+        (cmp,) = compare_runs(run_a, run_b, qrels, [args.metric.strip()], level=args.level, samples=args.samples,
+                              seed=args.seed)
+    except ValueError as e:  # no query with a relevant passage: nothing to compare
+        raise DataFormatError(args.qrels, str(e)) from None
+    if args.json:
+        print(json.dumps({**cmp.to_dict(), "level": args.level, "run_a": str(args.run_a), "run_b": str(args.run_b)}))
+        return 0
+    test = "exact" if cmp.queries <= EXACT_MAX else f"{args.samples} sign flips"
+    print(f"{cmp.metric} over {cmp.queries} queries")
+    print(f"  A      {cmp.mean_a:.4f}  {args.run_a}")
+    print(f"  B      {cmp.mean_b:.4f}  {args.run_b}")
+    print(f"  B - A  {cmp.delta:+.4f}  {args.level:.0%} CI [{cmp.ci_low:+.4f}, {cmp.ci_high:+.4f}] (bootstrap)  "
+          f"p = {cmp.p_value:.4g} (paired randomization, two-sided, {test})")
+    print(f"  B better on {cmp.wins} queries, worse on {cmp.losses}, equal on {cmp.queries - cmp.wins - cmp.losses}")
+    return 0
+
+
 def cmd_pipeline(args: argparse.Namespace) -> int:
     cfg = _load(args)
     with claim_output(cfg.output_dir, "pipeline", main=_launched_main()):  # a rerun continues its own folder
+        check_unchanged(cfg.output_dir, cfg, force=args.force, what="pipeline rerun of")
         results = run_pipeline(cfg)
     print(json.dumps(results.get("systems", results), indent=2))
     return 0

@@ -48,6 +48,7 @@ from rocketkd.search.fusion import (
 )
 from rocketkd.search.index import DenseIndex, search_run
 from rocketkd.search.rerank import bm25_run, rerank_run, save_fusion_weight
+from rocketkd.stamps import describe_changes, differences, make_stamp, previous_config
 from rocketkd.teachers import RandomScorer, RerankerScorer, check_teachers, scores_on_candidates
 from rocketkd.teachers.prior import (
     CompositeScorer,
@@ -64,14 +65,55 @@ from rocketkd.training import TrainResult, finished, load_result, train
 logger = logging.getLogger(__name__)
 
 
-class StageLog:
-    """Which stages finished, with what they produced; persisted after each stage."""
+# The config sections each kind of stage depends on (its stamp, rocketkd.stamps); any other stage: every section.
+STAGE_KEYS = {"baselines": ("data", "model", "index", "eval"), "mine": ("data", "model", "mining", "candidates", "index")}
 
-    def __init__(self, path: Path):
+
+class StageLog:
+    """Which stages finished, with what they produced; persisted after each stage.
+
+    With ``cfg`` each finished stage is stamped (``stages.stamps.json``: its config keys and the corpus). A rerun
+    redoes the first recorded stage whose stamp differs from today's, and every stage after it (their inputs
+    changed with it); a stage recorded without a stamp is judged by ``previous``, the config of the run before.
+    ``fresh`` tells the stage now running whether it must start over rather than continue its partial state."""
+
+    def __init__(self, path: Path, cfg: Config | None = None, corpus=None, previous: dict | None = None):
         self.path = path
         self.done: dict[str, dict] = read_json(path) if path.exists() else {}
+        self.stamps_path = path.with_name(path.stem + ".stamps.json")
+        self.stamps: dict[str, dict] = read_json(self.stamps_path) if self.stamps_path.exists() else {}
+        self.cfg, self.previous = cfg, previous
+        self.inputs = {"corpus": corpus.fingerprint()} if corpus is not None else {}
+        self.redo = False  # once a stage is redone, every later one is
+        self.fresh = False
+
+    def _stamp(self, name: str, cfg) -> dict:
+        return make_stamp(cfg, STAGE_KEYS.get(name.split("-")[0]), **self.inputs)
+
+    def _check(self, name: str, now: dict) -> None:
+        """Decide ``redo`` and ``fresh`` for stage ``name`` whose stamp today is ``now``."""
+        before = self._stamp(name, self.previous) if self.previous is not None else None
+        if name in self.done and not self.redo:
+            old = self.stamps.get(name, before)
+            changed = differences(old, now) if old is not None else []
+            if changed:
+                logger.warning("stage %s: made with other settings, redone with every stage after it: %s", name,
+                               describe_changes(old, now, changed))
+                self.redo = True
+        if self.redo and name in self.done:  # forget it and every later record (in the order they ran)
+            names = list(self.done)
+            for later in names[names.index(name):]:
+                self.done.pop(later)
+                self.stamps.pop(later, None)
+            write_json(self.stamps_path, self.stamps)
+            write_json(self.path, self.done)
+        # a partial stage (e.g. a training run's checkpoints) continues only if its keys did not change since
+        self.fresh = self.redo or (before is not None and bool(differences(before, now)))
 
     def run(self, name: str, fn, *args, **kwargs) -> dict:
+        now = self._stamp(name, self.cfg) if self.cfg is not None else None
+        if now is not None:
+            self._check(name, now)
         if name in self.done:
             logger.info("stage %s: already done, skipped", name)
             return self.done[name]
@@ -80,6 +122,9 @@ class StageLog:
         result = fn(*args, **kwargs) or {}
         result["seconds"] = round(time.time() - start, 1)
         self.done[name] = result
+        if now is not None:  # the stamp first: a stage recorded without one is judged by the previous config
+            self.stamps[name] = now
+            write_json(self.stamps_path, self.stamps)
         write_json(self.path, self.done)
         logger.info("stage %s: done in %.1fs", name, result["seconds"])
         return result
@@ -300,10 +345,11 @@ def _lone_prior(cfg: Config, data, lists: list, out: Path) -> tuple[Prior, list,
 def run_pipeline(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    previous = previous_config(out)  # the config of the run this one continues: judges its unstamped stages
     cfg.dump(out / "config.yaml")
     data = apply_data_config(cfg, load_retrieval_data(cfg.data.path, cache_dir=cfg.data.cache_dir))
     check_disjoint_splits(cfg, data.qrels)  # nothing selected on dev may be a test (or train) query
-    stages = StageLog(out / "stages.json")
+    stages = StageLog(out / "stages.json", cfg, data.corpus, previous)
     p = cfg.pipeline
 
     use_prior = cfg.model.reranker_prior
@@ -329,7 +375,7 @@ def run_pipeline(cfg: Config) -> dict:
             lists = read_candidates(round0, corpus=data.corpus, queries=data.all_queries())
             if prior is not None:
                 lists = attach_prior(data, lists, prior)
-            res = train(wcfg, lists, data=data, output_dir=out / "warmup", resume=True)
+            res = train(wcfg, lists, data=data, output_dir=out / "warmup", resume=not stages.fresh)
             if prior is not None:
                 prior.save(res.reranker_dir)
             return {"retriever": str(res.retriever_dir), "reranker": str(res.reranker_dir), "steps": res.steps}
@@ -365,7 +411,7 @@ def run_pipeline(cfg: Config) -> dict:
                               teacher=t.get("teacher", cfg.train.teacher),
                               max_steps=p.round_steps or cfg.train.max_steps)
             lists = read_candidates(t["lists"], corpus=data.corpus, queries=data.all_queries())
-            res = train(jcfg, lists, data=data, output_dir=out / f"round{r}", resume=True,
+            res = train(jcfg, lists, data=data, output_dir=out / f"round{r}", resume=not stages.fresh,
                         retriever_path=retriever, reranker_path=reranker)
             if prior is not None and res.reranker_dir is not None:
                 prior.save(res.reranker_dir)

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rocketkd"
 # Lower number = lower layer; a module may import its own layer or lower ones only (docs/architecture.md).
 LAYERS = [
     ("rocketkd.errors", 0), ("rocketkd.io", 0), ("rocketkd.types", 0), ("rocketkd.config", 0),
-    ("rocketkd.distributed", 0),
+    ("rocketkd.distributed", 0), ("rocketkd.stamps", 0),
     ("rocketkd.data", 1),
     ("rocketkd.models", 2), ("rocketkd.losses", 2),
     ("rocketkd.evaluation", 3),

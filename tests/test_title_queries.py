@@ -114,3 +114,40 @@ def test_mine_lists_title_queries_without_denoising_them(titled_data, tmp_path):
     assert fake.queries and not set(fake.queries) & {data.queries[cl.qid] for cl in titled}
     labelled = [cl for cl in lists if not cl.qid.startswith("title:")]
     assert len(labelled) == len(lists) - 5 and labelled
+
+
+def test_titles_near_a_dev_or_test_query_are_dropped(titled_data, tmp_path, caplog):
+    """The stated rule (issue 21): a title whose content words have Jaccard similarity >= 0.4 with a dev or test
+    query's is not a training query; the next titles in hash order take its place, and the drop is logged."""
+    from rocketkd.candidates.title_queries import MAX_HELD_OUT_SIMILARITY, content_words, similarity
+
+    # "flutter of a wing number 3" -> {flutter, wing, number, 3}
+    assert similarity(content_words("flutter of a wing number 3"), content_words("what is the flutter of a wing 3 ?")
+                      ) == pytest.approx(3 / 4)  # {flutter, wing, 3} of {flutter, wing, number, 3}
+    assert similarity(content_words("flutter of a wing number 3"), content_words("wing loads")) == pytest.approx(1 / 5)
+    assert MAX_HELD_OUT_SIMILARITY == 0.4
+    first = _by_hash(TITLED)[0]
+    path = titled_data / "corpus.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:
+        if row["_id"] == first:
+            row["title"] = "measured vibration of supersonic panels in a wind tunnel"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = _load(titled_data, tmp_path)
+    # {measured, vibration, supersonic, panels, wind, tunnel} against {vibration, supersonic, panels, measured,
+    # tunnel}: Jaccard 5/6 with the first title in hash order, 0 with the others
+    near = "how was the vibration of supersonic panels measured in the tunnel ?"
+    test_qid = next(iter(data.qrels["test"]))
+    data.queries[test_qid] = near
+    with caplog.at_level("INFO", logger="rocketkd.candidates.title_queries"):
+        assert add_title_queries(data, "train", 3, grade=1, held_out=("dev", "test")) == 3
+    added = [qid for qid in data.qrels["train"] if qid.startswith("title:")]
+    assert f"title:{first}" not in added
+    assert added == [f"title:{pid}" for pid in _by_hash(TITLED)[1:4]]
+    assert "1 titles dropped as near a dev or test query" in caplog.text
+
+    # without held-out splits (the old behaviour) the near-copy of the test query would have been trained on
+    again = _load(titled_data, tmp_path)
+    again.queries[test_qid] = near
+    assert f"title:{first}" in title_queries(again.corpus, 3)
+    assert f"title:{first}" not in title_queries(again.corpus, 3, avoid=[near])

@@ -10,11 +10,15 @@ from rocketkd.candidates.mining import mine
 from rocketkd.candidates.negatives import label_lists
 from rocketkd.config import Config
 from rocketkd.data.formats import read_candidates
-from rocketkd.distributed import barrier
+from rocketkd.distributed import barrier, is_main
 from rocketkd.errors import ConfigError
+from rocketkd.stamps import make_stamp, reusable, write_stamp
 from rocketkd.types import CandidateList
 
 logger = logging.getLogger(__name__)
+
+# the config sections mined lists depend on (their stamp; a change to any key of these mines them again)
+CANDIDATE_KEYS = ("data", "model", "mining", "candidates", "index")
 
 
 def build_lists(cfg: Config, data, output_dir: str | Path | None = None) -> list[CandidateList]:
@@ -22,7 +26,8 @@ def build_lists(cfg: Config, data, output_dir: str | Path | None = None) -> list
 
     ``sampled``: qrels positives + random corpus negatives (easy negatives, no model needed). ``mined``: the top
     ``mining.depth`` of ``mining.first_round`` (BM25 or the base encoder) as ``rocketkd mine`` builds them, written
-    to ``<output_dir>/candidates.jsonl`` (reused when a run resumes).
+    to ``<output_dir>/candidates.jsonl``, reused only while its stamp (the data, model, mining, candidates and index
+    keys, and the corpus) matches (:mod:`rocketkd.stamps`); else mined again.
     """
     queries = data.all_queries()
     if cfg.candidates.path:
@@ -34,7 +39,10 @@ def build_lists(cfg: Config, data, output_dir: str | Path | None = None) -> list
         )
     if cfg.candidates.source == "mined":
         path = Path(output_dir or cfg.output_dir) / "candidates.jsonl"
-        if not path.exists():
+        stamp = make_stamp(cfg, CANDIDATE_KEYS, corpus=data.corpus.fingerprint())
+        reuse = reusable(path, stamp, "candidate lists")
+        barrier()  # every process has decided before the main process rewrites the file
+        if not reuse:
             mcfg = cfg
             if cfg.candidates.mined_by and cfg.candidates.mined_by != cfg.mining.first_round:
                 mcfg = copy.deepcopy(cfg)
@@ -42,6 +50,8 @@ def build_lists(cfg: Config, data, output_dir: str | Path | None = None) -> list
             logger.info("building candidate lists: top %d of %s per training query", cfg.mining.depth,
                         mcfg.mining.first_round)
             mine(mcfg, output=path, data=data)
+            if is_main():
+                write_stamp(path, stamp)
         barrier()
         return read_candidates(path, corpus=data.corpus, queries=queries)
     qrels = data.qrels[split]

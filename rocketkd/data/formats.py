@@ -23,6 +23,7 @@ from rocketkd.data.lines import (
     iter_lines,
     json_object,
     json_type,
+    plain_suffix,
     required,
     text_field,
     tsv_fields,
@@ -52,7 +53,7 @@ __all__ = [
 def load_queries(path: PathLike) -> Queries:
     """BEIR ``queries.jsonl`` (``_id``, ``text``) or MS MARCO ``queries.*.tsv`` (``qid<TAB>text``), by extension."""
     path = Path(path)
-    suffix = path.suffix.lower()
+    suffix = plain_suffix(path)  # queries.jsonl.gz is read through gzip
     if suffix in (".jsonl", ".json"):
         jsonl = True
     elif suffix in (".tsv", ".txt"):

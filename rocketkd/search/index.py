@@ -99,6 +99,10 @@ def _version() -> str:
     return str(__version__)
 
 
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path else None
+
+
 def _encoder_source(model: Any) -> str | None:
     """Where an encoder was loaded from, as far as transformers recorded it."""
     config = getattr(getattr(model, "passage_encoder", None), "config", None)
@@ -250,7 +254,7 @@ class DenseIndex:
             "encoder_path": source,
             "encoder_fingerprint": model.fingerprint(),
             "corpus_fingerprint": corpus.fingerprint(),
-            "corpus_path": getattr(corpus, "source", None),
+            "corpus_path": _absolute(getattr(corpus, "source", None)),  # search --query works from any folder
             "similarity": getattr(model, "similarity", None),
             "autocast": autocast,
         }

@@ -42,6 +42,7 @@ from rocketkd.models import resolve_model_path
 from rocketkd.models.loading import load_reranker, load_retriever
 from rocketkd.search.fusion import candidates_from_run
 from rocketkd.search.index import DenseIndex, search_run
+from rocketkd.stamps import dev_start_stamp, lists_fingerprint, make_stamp, reusable, write_stamp
 from rocketkd.teachers.check import EnsembleChoice, check_ensemble, check_teachers
 from rocketkd.teachers.ensemble import attach_teacher_scores, ensemble_logprobs
 from rocketkd.teachers.scorers import (
@@ -298,7 +299,12 @@ def teacher_lists(cfg: Config, data: RetrievalData, lists: list[CandidateList], 
         logger.warning("train.teachers is set but train.online_teacher_weight=1: the online re-ranker alone teaches")
     out = Path(output_dir)
     path = out / "teacher_lists.jsonl"
-    if not path.exists():
+    # reused only if made from the same lists, models, corpus and config (rocketkd.stamps); else built again
+    stamp = make_stamp(cfg, None, corpus=data.corpus.fingerprint(), lists=lists_fingerprint(lists),
+                       retriever=str(retriever_path or cfg.model.retriever), reranker=str(reranker_path or cfg.model.reranker))
+    reuse = reusable(path, stamp, "teacher lists")
+    barrier()  # every process has decided before the main process rewrites the file
+    if not reuse:
         if is_main():  # the held-out index is built in this process alone
             split = cfg.data.dev_split
             held_out = None
@@ -308,27 +314,30 @@ def teacher_lists(cfg: Config, data: RetrievalData, lists: list[CandidateList], 
                                     student=retriever_path, reranker=reranker_path)
             provenance = {"teachers": weights, "combine": t.teacher_combine, "scale": targets.scale}
             if targets.choice is not None:
-                _write_dev_check(cfg, data, targets, out)
+                _write_dev_check(cfg, data, targets, out, retriever_path)
                 choice = targets.choice
                 provenance["dev_check"] = {"student": choice.student_ndcg, "ensemble": choice.ensemble_ndcg,
                                            "usable": choice.usable}
                 if not choice.usable:
                     provenance["rejected"] = True  # no teacher scores: train() turns distillation off
             write_candidates(path, targets.lists, provenance=provenance)
+            write_stamp(path, stamp)
         barrier()
     return read_candidates(path, corpus=data.corpus, queries=data.all_queries())
 
 
-def _write_dev_check(cfg: Config, data: RetrievalData, targets: Targets, out: Path) -> None:
+def _write_dev_check(cfg: Config, data: RetrievalData, targets: Targets, out: Path, start: str | None) -> None:
     """``teacher_check.json``, and with ``train.eval_dev`` the start retriever's dev nDCG@10 (``dev_start.json``,
     read by the training loop): the check's search answers both, so the corpus is encoded once, not twice."""
     split = cfg.data.dev_split
     choice = targets.choice
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.train.eval_dev and not (out / "dev_start.json").exists():
-        start = float(evaluate_run(targets.run, data.qrels[split], ["nDCG@10"]).mean["nDCG@10"])
-        logger.info("retriever dev nDCG@10 at the start: %.4f", start)
-        write_json(out / "dev_start.json", {"start": start})
+    stamp = dev_start_stamp(cfg, data.corpus, start)
+    if cfg.train.eval_dev and not reusable(out / "dev_start.json", stamp, "dev start"):
+        value = float(evaluate_run(targets.run, data.qrels[split], ["nDCG@10"]).mean["nDCG@10"])
+        logger.info("retriever dev nDCG@10 at the start: %.4f", value)
+        write_json(out / "dev_start.json", {"start": value})
+        write_stamp(out / "dev_start.json", stamp)
     write_json(out / "teacher_check.json", {
         "split": split, "queries": len(data.split_queries(split)), "depth": cfg.eval.rerank_depth,
         "min_gain": cfg.pipeline.teacher_min_gain, "student_ndcg@10": choice.student_ndcg,

@@ -66,6 +66,17 @@ def clear_finished(out: Path) -> None:
         marker.unlink(missing_ok=True)
 
 
+def discard_previous(out: Path) -> None:
+    """Before a new (not resumed) run in ``out``: drop what a previous run there would otherwise hand on -- its
+    ``COMPLETE`` markers, its checkpoints (a later ``--resume`` would pick the old run's newest step) and its dev
+    curve and best weights (keep-best would compare against the old run's best). Only rocketkd's own files."""
+    out = Path(out)
+    clear_finished(out)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    for name in ("dev_curve.json", "best_retriever.pt"):
+        (out / name).unlink(missing_ok=True)
+
+
 def load_result(out: Path) -> TrainResult:
     """The result of the finished run in ``out``."""
     return result_of(Path(out), json.loads((Path(out) / "train_state.json").read_text()))

@@ -19,6 +19,7 @@ from rocketkd.evaluation.metrics import evaluate_run
 from rocketkd.io import atomic_write, write_json
 from rocketkd.models import DualEncoder
 from rocketkd.search.index import DenseIndex, search_run
+from rocketkd.stamps import dev_start_stamp, reusable, write_stamp
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +47,13 @@ def dev_ndcg(retriever: DualEncoder, data, cfg: Config) -> float | None:
     return float(evaluate_run(run, data.qrels[split], ["nDCG@10"]).mean["nDCG@10"])
 
 
-def dev_start(retriever: DualEncoder, data, cfg: Config, out: Path) -> dict[str, float]:
-    """The start point's dev nDCG@10, measured once per output folder (a resumed run reads it back)."""
+def dev_start(retriever: DualEncoder, data, cfg: Config, out: Path, start: str | None = None) -> dict[str, float]:
+    """The start point's dev nDCG@10, measured once per output folder and start (a resumed run reads it back):
+    ``dev_start.json`` is reused only while its stamp (``start``, else ``model.retriever``; the corpus; the data,
+    model and index keys) matches, so a new start model is measured, not credited with the old one's value."""
     path = out / "dev_start.json"
-    if path.exists():
+    stamp = dev_start_stamp(cfg, data.corpus, start)
+    if reusable(path, stamp, "dev start"):
         return json.loads(path.read_text())
     value = dev_ndcg(retriever, data, cfg)
     if value is None:
@@ -59,6 +63,7 @@ def dev_start(retriever: DualEncoder, data, cfg: Config, out: Path) -> dict[str,
     logger.info("retriever dev nDCG@10 at the start: %.4f", value)
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, {"start": value})
+    write_stamp(path, stamp)
     return {"start": value}
 
 
@@ -101,9 +106,9 @@ class DevTracker:
     """One run's dev measurements: ``values`` (start, end; best and best_step with keep-best) and the
     :class:`BestRetriever` behind them. Built before training (it measures or reads back the start)."""
 
-    def __init__(self, retriever: DualEncoder, data, cfg: Config, out: Path) -> None:
+    def __init__(self, retriever: DualEncoder, data, cfg: Config, out: Path, start: str | None = None) -> None:
         self.data, self.cfg = data, cfg
-        self.values: dict[str, float] = dev_start(retriever, data, cfg, out) if cfg.train.eval_dev else {}
+        self.values: dict[str, float] = dev_start(retriever, data, cfg, out, start) if cfg.train.eval_dev else {}
         self.best = BestRetriever(out, keep=cfg.train.keep_best)
         if "start" in self.values and self.best.value is None and is_main():  # a fresh run: the start is a candidate
             self.best.offer(retriever, self.values["start"], 0)

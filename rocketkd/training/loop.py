@@ -29,7 +29,7 @@ from rocketkd.training.checkpoint import (
     SIGTERM_EXIT,
     StopFlag,
     TrainResult,
-    clear_finished,
+    discard_previous,
     export_run,
     finished,
     load_latest,
@@ -83,9 +83,12 @@ def train(
     if resume and finished(out):
         logger.info("%s already holds a finished run; nothing to resume", out)
         return load_result(out)
+    if not resume and accelerator.is_main_process:  # a new run: nothing of an earlier run here is handed on
+        discard_previous(out)
+    accelerator.wait_for_everyone()
     dataset = GroupDataset(lists, cfg.candidates.list_length, seed=t.seed)
     retriever, reranker, teacher_model = _load_models(cfg, lists, retriever_path, reranker_path)
-    dev = DevTracker(retriever, data, cfg, out)  # measures (or reads back) the start's dev nDCG@10
+    dev = DevTracker(retriever, data, cfg, out, retriever_path)  # measures (or reads back) the start's dev nDCG@10
     loader = _loader(dataset, data, cfg, retriever, reranker or teacher_model)
     model = JointModel(retriever, reranker, score_scale=cfg.model.score_scale)
     model.train(t.dropout)  # from_pretrained returns eval mode: dropout would silently stay off
@@ -101,8 +104,6 @@ def train(
     scheduler = get_linear_schedule_with_warmup(optimizer, int(t.warmup_ratio * total_steps), total_steps)
     step, history = load_latest(accelerator, ckpt_root, total_steps, scheduler) if resume else (0, [])
     if accelerator.is_main_process:
-        if not resume:  # a finished run here is being replaced: unfinished until this one's export completes
-            clear_finished(out)
         _announce(cfg, out, len(dataset), accelerator.num_processes, total_steps, steps_per_epoch)
 
     bar = tqdm(total=total_steps, initial=step, desc=f"train[{t.mode}]", disable=not accelerator.is_main_process,
