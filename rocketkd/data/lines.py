@@ -2,17 +2,20 @@
 candidate lists).
 
 Each helper raises one :class:`~rocketkd.errors.DataFormatError` naming the file and the 1-based line at fault.
-Files are read in binary and decoded line by line, so a byte that is not UTF-8 is reported on its own line. Blank
-lines are allowed only at the end of a file. Ids (passages and queries) are non-empty strings without whitespace:
-TREC run and qrels files are split on whitespace, so an id holding a space could not be written back.
+Files are read in binary (a gzip'd file, told by its first bytes, is decompressed on the fly) and decoded line by
+line, so a byte that is not UTF-8 is reported on its own line. Blank lines are allowed only at the end of a file.
+Ids (passages and queries) are non-empty strings without whitespace: TREC run and qrels files are split on
+whitespace, so an id holding a space could not be written back.
 """
 
 from __future__ import annotations
 
 import codecs
+import gzip
 import json
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,13 +26,21 @@ PathLike = str | os.PathLike
 WHITESPACE = re.compile(r"\s")
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def _open_binary(path: Path):
+    """The file's bytes, decompressed when it is gzip'd (told by its first two bytes, whatever its name)."""
     try:
-        return open(path, "rb")
+        f = open(path, "rb")
     except FileNotFoundError:
         raise DataFormatError(path, "no such file") from None
     except IsADirectoryError:
         raise DataFormatError(path, "is a folder, expected a file") from None
+    if f.peek(2)[:2] != GZIP_MAGIC:
+        return f
+    f.close()
+    return gzip.open(path, "rb")
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -41,7 +52,7 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
     seen = 0
     blank_at: int | None = None
     with _open_binary(path) as f:
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in _numbered(f, path):
             if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8) :]
             try:
@@ -63,6 +74,16 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
             yield lineno, line
     if seen == 0:
         raise DataFormatError(path, "empty file")
+
+
+def _numbered(f, path: Path) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw line) of an open file; a damaged gzip stream is the file's error, not a crash."""
+    lineno = 0
+    try:
+        for lineno, raw in enumerate(f, 1):
+            yield lineno, raw
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataFormatError(path, f"damaged gzip data after line {lineno} ({e})") from None
 
 
 def json_object(path: Path, lineno: int, line: str) -> dict:
