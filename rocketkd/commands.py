@@ -25,10 +25,19 @@ from rocketkd.data.lines import plain_suffix
 from rocketkd.distributed import barrier, init_if_launched, is_main, local_device, main_process_first
 from rocketkd.errors import ConfigError, DataFormatError, OutputError
 from rocketkd.evaluation.compare import EXACT_MAX, compare_runs
-from rocketkd.evaluation.metrics import DEFAULT_METRICS, evaluate_run, format_table, to_json
+from rocketkd.evaluation.metrics import (
+    DEFAULT_METRICS,
+    evaluate_run,
+    format_table,
+    parse_metric,
+    rank_scores,
+    to_json,
+    write_per_query,
+)
 from rocketkd.io import claim_output
 from rocketkd.models import CrossEncoderRanker, DualEncoder, resolve_model_path
 from rocketkd.pipeline import run_pipeline, run_train
+from rocketkd.search.benchmark import benchmark, format_benchmark, write_benchmark
 from rocketkd.search.fusion import fuse_stages
 from rocketkd.search.index import DenseIndex, search_run
 from rocketkd.search.rerank import bm25_run, load_fusion_weight, rerank_run
@@ -124,6 +133,29 @@ def _indexed_corpus(index: DenseIndex, given: str | None) -> Corpus:
     return corpus
 
 
+def _refuse_reranker(model_path: str) -> None:
+    """``index --model`` names a retriever: a re-ranker's folder (rocketkd's, or any one-logit sequence-classification
+    model) would load as a bare encoder without its head and index vectors nobody trained for search."""
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return  # a Hub id: its files are the loader's to find
+    own = _json_or_empty(folder / "rocketkd.json")
+    architectures = _json_or_empty(folder / "config.json").get("architectures") or []
+    if own.get("format") == "rocketkd.cross_encoder" or (
+            not (folder / "modules.json").is_file()
+            and any(str(a).endswith("ForSequenceClassification") for a in architectures)):
+        raise ConfigError(f"--model {model_path}: is a re-ranker (cross-encoder) folder; index a retriever folder "
+                          "(e.g. the retriever/ beside it), and pass the re-ranker to `rocketkd search --rerank`")
+
+
+def _json_or_empty(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     # Under torchrun / accelerate launch every process encodes its share of the corpus; the main process gathers
     # the vectors in row order, builds and saves the index; the others wait for it, then exit.
@@ -132,9 +164,11 @@ def cmd_index(args: argparse.Namespace) -> int:
     init_if_launched()
     # the folder is replaced whole (atomically) once the index is built: checked and locked (beside it) first
     with claim_output(args.output, "index", whole=True, main=is_main()):
+        model_path = resolve_model_path(None if args.model == "packaged" else args.model)
+        _refuse_reranker(model_path)  # before the corpus is read
         with main_process_first():  # one process parses the corpus into the Arrow cache, the others then read it
             corpus = _corpus_from(args.corpus)
-        model = DualEncoder.from_pretrained(resolve_model_path(None if args.model == "packaged" else args.model))
+        model = DualEncoder.from_pretrained(model_path)
         model.to(local_device())
         index = DenseIndex.build(model, corpus, factory=args.factory, batch_size=args.batch_size,
                                  autocast=args.autocast)
@@ -219,11 +253,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         run = rescored[0]  # the re-ranker alone: its own scores, not z-scored
     elif rescored:
         run = fuse_stages(run, rescored, weights)
-    if args.query is not None:
-        hits = sorted(run["query"].items(), key=lambda kv: -kv[1])
-        for rank, (pid, score) in enumerate(hits[: min(args.k, 10)], 1):
-            print(f"{rank:>2}. {pid}\t{score:.4f}\t{corpus.get_text(pid)[:100]}")
-    else:
+    if args.query is not None:  # every one of the top --k, best first (trec_eval's order on ties)
+        width = len(str(args.k))
+        for rank, pid in enumerate(rank_scores(run["query"])[: args.k], 1):
+            print(f"{rank:>{width}}. {pid}\t{run['query'][pid]:.4f}\t{corpus.get_text(pid)[:100]}")
+    if args.output is not None:
         write_trec_run(args.output, run)
         print(f"{len(run)} queries x top-{args.k} -> {args.output}")
     barrier()
@@ -231,15 +265,23 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.relevance_level < 1:
+        raise ConfigError(f"--relevance-level must be at least 1 (grade 0 means judged not relevant), got "
+                          f"{args.relevance_level}")
+    _file_output(args.per_query, "--per-query")
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else list(DEFAULT_METRICS)
+    for name in metrics:
+        parse_metric(name)  # a misspelt name fails before the files are read
     run = read_trec_run(args.run)
     qrels = load_qrels(args.qrels)
     if not qrels:
         raise DataFormatError(args.qrels, "no judgments")
-    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else list(DEFAULT_METRICS)
     try:
-        result = evaluate_run(run, qrels, metrics)
+        result = evaluate_run(run, qrels, metrics, relevance_threshold=args.relevance_level)
     except ValueError as e:  # no query with a relevant passage: nothing to average
         raise DataFormatError(args.qrels, str(e)) from None
+    if args.per_query:
+        write_per_query(args.per_query, result)
     if args.json:
         print(to_json(result.mean))
     else:
@@ -273,6 +315,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"  B - A  {cmp.delta:+.4f}  {args.level:.0%} CI [{cmp.ci_low:+.4f}, {cmp.ci_high:+.4f}] (bootstrap)  "
           f"p = {cmp.p_value:.4g} (paired randomization, two-sided, {test})")
     print(f"  B better on {cmp.wins} queries, worse on {cmp.losses}, equal on {cmp.queries - cmp.wins - cmp.losses}")
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    for name in metrics:
+        parse_metric(name)
+    if args.k < 1 or args.batch_size < 1:
+        raise ConfigError(f"--k and --batch-size must be at least 1, got {args.k} and {args.batch_size}")
+    _file_output(args.output)
+    model_path = resolve_model_path(None if args.model == "packaged" else args.model)
+    _refuse_reranker(model_path)
+    model = DualEncoder.from_pretrained(model_path).to(local_device())
+    rows = benchmark(model, args.datasets, split=args.split, k=args.k, metrics=metrics, batch_size=args.batch_size,
+                     autocast=args.autocast)
+    print(format_benchmark(rows, metrics))
+    if args.output:
+        write_benchmark(args.output, rows, metrics)
     return 0
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "LOCK_FILE",
     "OUTPUT_MARKER",
     "OutputLock",
+    "RUN_LOG",
     "atomic_dir",
     "atomic_write",
     "check_output",
@@ -266,6 +267,7 @@ def file_fingerprint(path: str | os.PathLike, *, max_bytes: int | None = None) -
 
 OUTPUT_MARKER = ".rocketkd-output"
 LOCK_FILE = ".rocketkd-lock"
+RUN_LOG = "rocketkd.log"  # the CLI's log of the runs that wrote the folder: bookkeeping, not an output
 # Folders written before the marker existed, recognised by what rocketkd leaves there: per kind, alternatives of
 # names that must all be present (checked in this order).
 _LEGACY: dict[str, tuple[tuple[str, ...], ...]] = {
@@ -277,8 +279,8 @@ _LEGACY: dict[str, tuple[tuple[str, ...], ...]] = {
 
 
 def _own_entry(name: str) -> bool:
-    """rocketkd's bookkeeping in an output folder: the marker, the lock and their temporary siblings."""
-    return any(name == own or name.startswith(f".{own}.") for own in (OUTPUT_MARKER, LOCK_FILE))
+    """rocketkd's bookkeeping in an output folder: the marker, the lock, their temporary siblings and the run log."""
+    return name == RUN_LOG or any(name == own or name.startswith(f".{own}.") for own in (OUTPUT_MARKER, LOCK_FILE))
 
 
 def _named(path: Path) -> str:

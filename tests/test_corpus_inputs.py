@@ -59,12 +59,12 @@ def test_a_damaged_gz_is_one_error_naming_the_file(tiny_data, tmp_path):
     packed = gz(tiny_data / "queries.jsonl").read_bytes()
     cut = tmp_path / "queries.jsonl.gz"
     cut.write_bytes(packed[: len(packed) // 2])  # truncated download
-    with pytest.raises(DataFormatError, match="queries.jsonl.gz: not a readable gzip file"):
+    with pytest.raises(DataFormatError, match="queries.jsonl.gz.*damaged gzip data"):
         load_queries(cut)
+    # gzip is told by the first bytes, not the name: a plain file called .gz is read as it is
     fake = tmp_path / "corpus.jsonl.gz"
     fake.write_text('{"_id": "d1", "text": "not compressed"}\n')
-    with pytest.raises(DataFormatError, match="corpus.jsonl.gz: not a readable gzip file"):
-        Corpus.from_beir(fake)
+    assert len(Corpus.from_beir(fake)) == 1
 
 
 def test_index_of_a_folder_needs_only_its_corpus(capsys, tiny_bert, tiny_data, tmp_path):
@@ -94,7 +94,7 @@ def test_search_query_works_from_another_folder(capsys, index_from_relative_path
     monkeypatch.chdir(elsewhere)
     code, out, err = cli(capsys, "search", "--index", index_from_relative_path, "--query", "wing flutter", "--k", 3)
     assert code == 0, err
-    assert out.startswith(" 1. ")
+    assert out.lstrip().startswith("1. ")  # the first hit (the rank column is as wide as --k needs)
 
 
 def test_search_corpus_must_be_the_indexed_one(capsys, index_from_relative_path, tiny_data, tmp_path):

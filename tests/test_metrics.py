@@ -300,7 +300,14 @@ def test_metric_names():
     assert parse_metric("nDCG@10") == ("nDCG", 10)
     assert parse_metric("R@1000") == ("R", 1000)
     assert parse_metric("MAP") == ("MAP", None)
-    for bad in ("ndcg@10", "R@0", "R@", "MRR", "recall_10", "P@-1", "MAP@10"):
+    # trec_eval's and ranx's spellings (issue 22)
+    assert parse_metric("ndcg_cut_10") == parse_metric("ndcg@10") == parse_metric("ndcg_cut.10") == ("nDCG", 10)
+    assert parse_metric("recip_rank") == parse_metric("mrr") == parse_metric("MRR") == ("MRR", None)
+    assert parse_metric("recall_100") == parse_metric("recall@100") == parse_metric("recall.100") == ("R", 100)
+    assert parse_metric("P_10") == parse_metric("precision@10") == ("P", 10)
+    assert parse_metric("map_cut_10") == parse_metric("map@10") == parse_metric("MAP@10") == ("MAP", 10)
+    assert parse_metric("ndcg") == ("nDCG", None) and parse_metric("map") == ("MAP", None)
+    for bad in ("R@0", "R@", "recall", "P", "P@-1", "ndcg_cut", "ndcg_cut_0", "bogus@10", "nDCG@ten", "", "map_cut"):
         with pytest.raises(ConfigError):
             parse_metric(bad)
     with pytest.raises(ConfigError):
@@ -346,3 +353,32 @@ def test_evaluate_run_file_uses_the_format_readers(monkeypatch, tmp_path):
     res = evaluate_run_file(tmp_path / "run.trec", tmp_path / "qrels.txt", ["MRR@10"])
     assert calls == [("run", tmp_path / "run.trec"), ("qrels", tmp_path / "qrels.txt")]
     assert res.mean == {"MRR@10": 0.5}
+
+
+# trec_eval's measure names, asked of rocketkd by those very names, against pytrec_eval (issue 22): whole-ranking
+# recip_rank / ndcg / map and the cut ones, at relevance levels 1 and 2
+TREC_MEASURES = ["recip_rank", "ndcg", "ndcg_cut_10", "recall_100", "recall_5", "P_10", "map", "map_cut_10",
+                 "map_cut_5"]
+RANX_NAMES = {"mrr": "recip_rank", "ndcg@10": "ndcg_cut_10", "recall@100": "recall_100", "precision@10": "P_10",
+              "map@10": "map_cut_10", "MAP": "map", "nDCG": "ndcg"}
+
+
+@pytest.mark.parametrize("level", [1, 2])
+@pytest.mark.parametrize("ties", [True, False], ids=["tied", "distinct"])
+def test_trec_eval_and_ranx_names_match_pytrec_eval(level, ties):
+    rng = random.Random(31 * level + ties)
+    for _ in range(15):
+        run, qrels = _random_case(rng, graded=True, ties=ties)
+        try:
+            res = evaluate_run(run, qrels, [*TREC_MEASURES, *RANX_NAMES], relevance_threshold=level)
+        except ValueError:  # no query with a relevant passage at this level
+            continue
+        assert list(res.mean) == [*TREC_MEASURES, *RANX_NAMES]  # keyed by the names as asked
+        trec = pytrec_eval.RelevanceEvaluator(qrels, set(TREC_MEASURES), relevance_level=level).evaluate(run)
+        for q, values in res.per_query.items():
+            if q in res.missing_from_run:
+                continue
+            for name in TREC_MEASURES:
+                assert values[name] == pytest.approx(trec[q][name], abs=TOL), (q, name, level)
+            for name, measure in RANX_NAMES.items():
+                assert values[name] == pytest.approx(trec[q][measure], abs=TOL), (q, name, level)

@@ -352,7 +352,7 @@ class _Tower:
     def __init__(self, fail: bool = False):
         self.fail = fail
 
-    def save(self, path: Path) -> Path:
+    def save(self, path: Path, *, card: dict | None = None) -> Path:
         if self.fail:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         path.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,10 @@
 candidate lists).
 
 Each helper raises one :class:`~rocketkd.errors.DataFormatError` naming the file and the 1-based line at fault.
-Files are read in binary (a ``.gz`` file through gzip) and decoded line by line, so a byte that is not UTF-8 is reported on its own line. Blank
-lines are allowed only at the end of a file. Ids (passages and queries) are non-empty strings without whitespace:
-TREC run and qrels files are split on whitespace, so an id holding a space could not be written back.
+Files are read in binary (a gzip'd file, told by its first bytes, is decompressed on the fly) and decoded line by
+line, so a byte that is not UTF-8 is reported on its own line. Blank lines are allowed only at the end of a file.
+Ids (passages and queries) are non-empty strings without whitespace: TREC run and qrels files are split on
+whitespace, so an id holding a space could not be written back.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ PathLike = str | os.PathLike
 WHITESPACE = re.compile(r"\s")
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def plain_suffix(path: PathLike) -> str:
     """The format suffix of ``path``, lower-cased, looking through a ``.gz`` (``corpus.jsonl.gz`` -> ``.jsonl``)."""
     path = Path(path)
@@ -34,14 +38,17 @@ def plain_suffix(path: PathLike) -> str:
 
 
 def _open_binary(path: Path):
+    """The file's bytes, decompressed when it is gzip'd (told by its first two bytes, whatever its name)."""
     try:
-        if Path(path).suffix.lower() == ".gz":  # gzip-compressed input is read as it streams, never unpacked to disk
-            return gzip.open(path, "rb")
-        return open(path, "rb")
+        f = open(path, "rb")
     except FileNotFoundError:
         raise DataFormatError(path, "no such file") from None
     except IsADirectoryError:
         raise DataFormatError(path, "is a folder, expected a file") from None
+    if f.peek(2)[:2] != GZIP_MAGIC:
+        return f
+    f.close()
+    return gzip.open(path, "rb")
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -50,40 +57,41 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
     Raises on a byte sequence that is not UTF-8, on a blank line followed by more content, and on a file with no
     content at all (after the last line has been yielded).
     """
-    with _open_binary(path) as f:
-        try:
-            yield from _decoded(path, f)
-        except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; a truncated stream EOFError
-            if not isinstance(f, gzip.GzipFile) or isinstance(e, (FileNotFoundError, PermissionError)):
-                raise
-            raise DataFormatError(path, f"not a readable gzip file ({e})") from None
-
-
-def _decoded(path: Path, f) -> Iterator[tuple[int, str]]:
     seen = 0
     blank_at: int | None = None
-    for lineno, raw in enumerate(f, 1):
-        if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
-            raw = raw[len(codecs.BOM_UTF8) :]
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataFormatError(
-                path, f"not valid UTF-8 (byte {e.start + 1} of the line: {e.reason})", line=lineno
-            ) from None
-        line = line.rstrip("\r\n")
-        if not line.strip():
-            if blank_at is None:
-                blank_at = lineno
-            continue
-        if blank_at is not None:
-            raise DataFormatError(
-                path, "blank line inside the file (only trailing blank lines are allowed)", blank_at
-            )
-        seen += 1
-        yield lineno, line
+    with _open_binary(path) as f:
+        for lineno, raw in _numbered(f, path):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataFormatError(
+                    path, f"not valid UTF-8 (byte {e.start + 1} of the line: {e.reason})", line=lineno
+                ) from None
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                if blank_at is None:
+                    blank_at = lineno
+                continue
+            if blank_at is not None:
+                raise DataFormatError(
+                    path, "blank line inside the file (only trailing blank lines are allowed)", blank_at
+                )
+            seen += 1
+            yield lineno, line
     if seen == 0:
         raise DataFormatError(path, "empty file")
+
+
+def _numbered(f, path: Path) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw line) of an open file; a damaged gzip stream is the file's error, not a crash."""
+    lineno = 0
+    try:
+        for lineno, raw in enumerate(f, 1):
+            yield lineno, raw
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataFormatError(path, f"damaged gzip data after line {lineno} ({e})") from None
 
 
 def json_object(path: Path, lineno: int, line: str) -> dict:

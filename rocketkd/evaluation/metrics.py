@@ -18,6 +18,10 @@ Metric names
 ``MAP``     trec_eval ``map``: average precision over the whole ranking (no cut), divided by all relevant
             passages of the query, retrieved or not.
 
+trec_eval's and ranx's spellings of these (``ndcg_cut_10``, ``recip_rank``, ``recall_100``, ``ndcg@10``, ...) are
+accepted too, as are ``MRR``, ``nDCG`` and ``MAP`` without a cut-off and ``MAP@k`` (trec_eval ``map_cut_k``):
+:func:`parse_metric` lists them. Results are keyed by the name as asked.
+
 "Relevant" means grade >= ``relevance_threshold`` (default 1, trec_eval's ``-l 1``).
 
 Ranking and tie-breaking
@@ -62,6 +66,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rocketkd.errors import ConfigError
+from rocketkd.io import atomic_write
 
 if TYPE_CHECKING:  # rocketkd.types imports torch; keep this module light
     from rocketkd.types import Qrels, Run
@@ -82,6 +87,7 @@ __all__ = [
     "recall_at_k",
     "reciprocal_rank_at_k",
     "to_json",
+    "write_per_query",
 ]
 
 DEFAULT_METRICS: tuple[str, ...] = (
@@ -97,20 +103,47 @@ DEFAULT_METRICS: tuple[str, ...] = (
     "MAP",
 )
 
-_CUT_METRIC = re.compile(r"^(MRR|nDCG|R|P)@([0-9]+)$")
+# A metric name: a base, then optionally a cut-off after "@" (ours, ranx), "_cut_" / "_cut." (trec_eval's
+# ndcg_cut_10, map_cut_10; pytrec_eval's ndcg_cut.10) or "_" / "." (trec_eval's recall_100, P_10; pytrec_eval's
+# recall.100, P.10). Bases are matched case-insensitively.
+_METRIC_NAME = re.compile(r"^([A-Za-z_]+?)(?:(?:@|_cut_|_cut\.|_|\.)(-?[0-9]+))?$")
+_BASES = {
+    "mrr": "MRR", "recip_rank": "MRR", "rr": "MRR",
+    "ndcg": "nDCG",
+    "r": "R", "recall": "R",
+    "p": "P", "precision": "P",
+    "map": "MAP", "ap": "MAP",
+}
+_NEEDS_CUT = {"R", "P"}  # recall and precision of a whole ranking are not trec_eval measures
 
 
 def parse_metric(name: str) -> tuple[str, int | None]:
-    """``"nDCG@10"`` -> ``("nDCG", 10)``, ``"MAP"`` -> ``("MAP", None)``; anything else raises ConfigError."""
-    if name == "MAP":
-        return "MAP", None
-    m = _CUT_METRIC.match(name)
-    if m is None or int(m.group(2)) < 1:
+    """A metric name -> (kind, cut-off): ``"nDCG@10"`` -> ``("nDCG", 10)``, ``"MAP"`` -> ``("MAP", None)``.
+
+    Accepted spellings (case-insensitive), each with the meaning trec_eval gives it:
+
+    ========================  =======================================  ============================
+    rocketkd                  trec_eval / pytrec_eval                  ranx
+    ========================  =======================================  ============================
+    ``MRR@k``, ``MRR``        ``recip_rank`` (no cut-off)              ``mrr@k``, ``mrr``
+    ``nDCG@k``, ``nDCG``      ``ndcg_cut_k``, ``ndcg_cut.k``, ``ndcg``  ``ndcg@k``, ``ndcg``
+    ``R@k``                   ``recall_k``, ``recall.k``               ``recall@k``
+    ``P@k``                   ``P_k``, ``P.k``                         ``precision@k``
+    ``MAP``, ``MAP@k``        ``map``, ``map_cut_k``, ``map_cut.k``    ``map``, ``map@k``
+    ========================  =======================================  ============================
+
+    No cut-off means the whole ranking. Anything else (and a cut-off below 1) raises ConfigError.
+    """
+    m = _METRIC_NAME.match(name.strip()) if isinstance(name, str) else None
+    kind = _BASES.get(m.group(1).lower()) if m else None
+    k = int(m.group(2)) if m and m.group(2) is not None else None
+    if kind is None or (k is not None and k < 1) or (k is None and kind in _NEEDS_CUT):
         raise ConfigError(
-            f"unknown metric {name!r}: expected MAP or one of MRR@k, nDCG@k, R@k, P@k with k >= 1 "
-            "(names are case-sensitive)"
+            f"unknown metric {name!r}: expected one of MRR@k, nDCG@k, R@k, P@k, MAP (k >= 1; MRR, nDCG and MAP "
+            "also without a cut-off), or trec_eval's / ranx's names for them (ndcg_cut_10, recip_rank, recall_100, "
+            "P_10, map_cut_10, ndcg@10, mrr@10, recall@100, precision@10)"
         )
-    return m.group(1), int(m.group(2))
+    return kind, k
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -197,20 +230,19 @@ def _evaluate_parsed(
     ideal_grades = sorted((g for g in qrel.values() if g > 0), reverse=True)
     out: dict[str, float] = {}
     for name, kind, k in parsed:
-        if kind == "MAP":
-            out[name] = sum((j + 1) / (r + 1) for j, r in enumerate(rel_ranks)) / n_rel if n_rel else 0.0
-            continue
-        assert k is not None
-        hits = bisect_left(rel_ranks, k)  # relevant passages in the top k (rel_ranks is ascending)
-        if kind == "MRR":
-            out[name] = 1.0 / (rel_ranks[0] + 1) if rel_ranks and rel_ranks[0] < k else 0.0
+        cut = len(grades) if k is None else k  # no cut-off: the whole ranking
+        hits = bisect_left(rel_ranks, cut)  # relevant passages in the top cut (rel_ranks is ascending)
+        if kind == "MAP":  # trec_eval map / map_cut_k: precision at each relevant rank <= cut, over all relevant
+            out[name] = sum((j + 1) / (r + 1) for j, r in enumerate(rel_ranks[:hits])) / n_rel if n_rel else 0.0
+        elif kind == "MRR":
+            out[name] = 1.0 / (rel_ranks[0] + 1) if hits else 0.0
         elif kind == "R":
             out[name] = hits / n_rel if n_rel else 0.0
         elif kind == "P":
-            out[name] = hits / k
-        else:  # nDCG
-            ideal = _dcg(ideal_grades[:k])
-            out[name] = _dcg(grades[:k]) / ideal if ideal > 0.0 else 0.0
+            out[name] = hits / cut
+        else:  # nDCG; ndcg without a cut-off: the ideal ranking of all judged grades, uncut
+            ideal = _dcg(ideal_grades if k is None else ideal_grades[:k])
+            out[name] = _dcg(grades[:cut]) / ideal if ideal > 0.0 else 0.0
     return out
 
 
@@ -349,3 +381,21 @@ def format_table(mean: Mapping[str, float], *, digits: int = 4) -> str:
 def to_json(mean: Mapping[str, float]) -> str:
     """The metrics as a JSON object (full precision, the mapping's order), indented, without a trailing newline."""
     return json.dumps({name: float(value) for name, value in mean.items()}, indent=2, allow_nan=False)
+
+
+def write_per_query(path: str | Path, result: EvalResult, *, digits: int = 6) -> Path:
+    """Every averaged query's metrics to ``path``: JSON (``query -> metric -> value``, full precision) when it ends
+    in ``.json``, else a TSV with a ``query_id`` column and one column per metric (``digits`` decimals). Queries in
+    the qrels' order; those missing from the run hold their zeros. Written atomically."""
+    path = Path(path)
+    names = list(result.mean)
+    with atomic_write(path) as f:
+        if path.suffix.lower() == ".json":
+            json.dump({q: {m: float(v[m]) for m in names} for q, v in result.per_query.items()}, f, indent=1,
+                      allow_nan=False)
+            f.write("\n")
+        else:
+            f.write("\t".join(["query_id", *names]) + "\n")
+            for qid, values in result.per_query.items():
+                f.write("\t".join([qid, *(f"{values[m]:.{digits}f}" for m in names)]) + "\n")
+    return path

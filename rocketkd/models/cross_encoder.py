@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -44,6 +46,7 @@ from rocketkd.models._hf import (
     resolve_model_path,
     write_json,
 )
+from rocketkd.models.card import write_model_card
 from rocketkd.types import check_group_layout, group_view
 
 logger = logging.getLogger(__name__)
@@ -230,6 +233,9 @@ class CrossEncoderRanker(nn.Module):
     ) -> np.ndarray:
         """Raw logits, float32 (N,), in the order of ``pairs``.
 
+        Under ``autocast_dtype`` the body runs in that precision but the one-logit output layer in float32: a bf16
+        logit keeps 8 bits of mantissa, so close candidates of a list would tie (their order then arbitrary).
+
         Eval mode (previous train/eval flags restored after) and ``torch.inference_mode``; pairs are batched
         longest first (query + passage characters) to cut padding, then put back in order. ``autocast_dtype``
         runs under autocast; ``device`` moves the model there (and it stays), None uses its current device.
@@ -247,7 +253,8 @@ class CrossEncoderRanker(nn.Module):
         if not pairs:
             return out
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]), reverse=True)
-        with eval_mode(self), torch.inference_mode():
+        head = self._fp32_output_layer() if autocast_dtype is not None else nullcontext()
+        with eval_mode(self), torch.inference_mode(), head:
             with tqdm(total=len(pairs), desc="re-rank", unit="pair", disable=not show_progress) as bar:
                 for start in range(0, len(order), batch_size):
                     rows = order[start : start + batch_size]
@@ -259,12 +266,33 @@ class CrossEncoderRanker(nn.Module):
                     bar.update(len(rows))
         return out
 
+    @contextmanager
+    def _fp32_output_layer(self) -> Iterator[None]:
+        """For the block, the last one-output Linear (the score head) computes in float32 outside autocast."""
+        heads = [m for m in self.model.modules() if isinstance(m, nn.Linear) and m.out_features == 1]
+        if not heads:
+            yield
+            return
+        head = heads[-1]
+
+        def fp32_forward(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                return F.linear(x.float(), head.weight.float(), None if head.bias is None else head.bias.float())
+
+        head.forward = fp32_forward  # an instance attribute: nn.Module.__call__ finds it before the class's
+        try:
+            yield
+        finally:
+            del head.forward
+
     # ----------------------------------------------------------------------------------------------------------
     # Saving
     # ----------------------------------------------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
+    def save(self, path: str | os.PathLike[str], *, card: dict[str, Any] | None = None) -> Path:
         """Write a transformers folder that ``CrossEncoder(path)`` loads with an identity activation, atomically.
+
+        ``README.md`` is its model card (:mod:`rocketkd.models.card`), with ``card``'s training details when given.
 
         ``config.json`` gets the activation keys described in the module docstring; ``tokenizer_config.json`` gets
         ``model_max_length = max_length`` (what sentence-transformers truncates at); ``rocketkd.json`` records
@@ -273,6 +301,8 @@ class CrossEncoderRanker(nn.Module):
         """
         import sentence_transformers  # start-up time: only saving needs it
 
+        settings = {"format": "rocketkd.cross_encoder", "version": 1, "max_length": self.max_length,
+                    "truncation": TRUNCATION, "activation": "identity (raw logits)"}
         with atomic_dir(path) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
@@ -291,14 +321,6 @@ class CrossEncoderRanker(nn.Module):
             tok_config["model_max_length"] = self.max_length
             write_json(tok_file, tok_config)
 
-            write_json(
-                tmp / ROCKETKD_JSON,
-                {
-                    "format": "rocketkd.cross_encoder",
-                    "version": 1,
-                    "max_length": self.max_length,
-                    "truncation": TRUNCATION,
-                    "activation": "identity (raw logits)",
-                },
-            )
+            write_json(tmp / ROCKETKD_JSON, settings)
+            write_model_card(tmp, kind="reranker", settings=settings, training=card)
         return Path(path)

@@ -10,7 +10,11 @@ Folder formats it reads and writes
 * a folder written by :meth:`DualEncoder.save`: a sentence-transformers folder of the passage tower (so
   ``SentenceTransformer(path)`` gives the passage embeddings) plus ``rocketkd.json`` with rocketkd's settings and,
   when the towers are separate, the query tower as a second full sentence-transformers folder in
-  ``path/query_encoder/`` (sentence-transformers users load that one to embed queries).
+  ``path/query_encoder/`` (sentence-transformers users load that one to embed queries). Its
+  ``sentence_bert_config.json`` also holds ``query_length`` / ``document_length``, which sentence-transformers >= 6.2
+  applies in ``encode_query`` / ``encode_document``: with shared towers ``SentenceTransformer(path)`` then
+  reproduces rocketkd's query *and* passage encodings exactly (tests/test_model_card.py checks both), where
+  ``max_seq_length`` alone gave queries the passage length. A README.md model card comes with it.
 
 The folder helpers it shares with the cross-encoder (:func:`resolve_model_path`, reading a sentence-transformers
 layout, ...) live in :mod:`rocketkd.models._hf`.
@@ -50,6 +54,7 @@ from rocketkd.models._hf import (
     resolve_model_path,
     write_json,
 )
+from rocketkd.models.card import write_model_card
 from rocketkd.models.pooling import POOLINGS
 from rocketkd.types import check_group_layout, group_view
 
@@ -377,8 +382,10 @@ class DualEncoder(nn.Module):
             "passage_max_length": self.passage_max_length,
         }
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
+    def save(self, path: str | os.PathLike[str], *, card: dict[str, Any] | None = None) -> Path:
         """Write a folder that ``SentenceTransformer(path)`` loads as the passage encoder, atomically.
+
+        ``README.md`` is its model card (:mod:`rocketkd.models.card`), with ``card``'s training details when given.
 
         Layout: transformers weights + tokenizer at the top level, ``modules.json``, ``sentence_bert_config.json``
         (``max_seq_length`` = passage_max_length), ``1_Pooling/config.json``, ``2_Normalize/`` when cosine,
@@ -388,13 +395,18 @@ class DualEncoder(nn.Module):
         existing ``path`` is replaced only once the new folder is complete.
         """
         with atomic_dir(path) as tmp:
-            self._write_st_folder(tmp, self.passage_encoder, self.passage_max_length)
+            # shared: encode_query / encode_document of this folder are rocketkd's query / passage encodings; two
+            # towers: this folder is the passage tower, query_encoder/ the query tower (either call, query length)
+            query_length = self.query_max_length if self.shared else self.passage_max_length
+            self._write_st_folder(tmp, self.passage_encoder, self.passage_max_length, query_length)
             if not self.shared:
-                self._write_st_folder(tmp / QUERY_SUBFOLDER, self.query_encoder, self.query_max_length)
+                self._write_st_folder(tmp / QUERY_SUBFOLDER, self.query_encoder, self.query_max_length,
+                                      self.query_max_length)
             write_json(tmp / ROCKETKD_JSON, self.settings())
+            write_model_card(tmp, kind="retriever", settings=self.settings(), training=card)
         return Path(path)
 
-    def _write_st_folder(self, folder: Path, encoder: nn.Module, max_length: int) -> None:
+    def _write_st_folder(self, folder: Path, encoder: nn.Module, max_length: int, query_length: int) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         encoder.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
@@ -415,9 +427,12 @@ class DualEncoder(nn.Module):
             )
             (folder / "2_Normalize").mkdir()
         write_json(folder / "modules.json", modules)
-        write_json(
-            folder / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False}
-        )
+        # sentence-transformers >= 6.2 truncates encode_query at query_length and encode_document at document_length
+        # (older versions read max_seq_length alone: the passage length, for both sides)
+        write_json(folder / "sentence_bert_config.json", {
+            "max_seq_length": max_length, "do_lower_case": False,
+            "query_length": query_length, "document_length": max_length,
+        })
         # Legacy boolean keys: read by every sentence-transformers version (6.x converts them silently).
         write_json(
             folder / "1_Pooling" / "config.json",

@@ -20,14 +20,17 @@ import logging
 import os
 import pickle
 import re
+import shlex
 import shutil
 import signal
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from rocketkd.config import Config
 from rocketkd.errors import TrainingError
 from rocketkd.io import atomic_write, fsync_tree
 from rocketkd.training.joint import JointModel
@@ -199,14 +202,41 @@ class StopFlag:
             signal.signal(signal.SIGTERM, self._old)
 
 
+def training_card(cfg: Config, step: int, dev: dict[str, float], *, retriever_from: str | None,
+                  reranker_from: str | None) -> dict[str, dict]:
+    """What the model cards of a training run's ``retriever/`` and ``reranker/`` say about it
+    (:mod:`rocketkd.models.card`): command, base models, data, steps, config, and the retriever's dev nDCG@10 with
+    what measured it and the commands that measure it again."""
+    argv0 = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    command = (shlex.join(["rocketkd", *sys.argv[1:]]) if argv0 in ("cli.py", "rocketkd", "__main__.py")
+               else f"rocketkd.run_train (Python API, from {shlex.join(sys.argv) or 'an interpreter'})")
+    data = cfg.data
+    common = {"command": command, "mode": cfg.train.mode, "steps": step, "config": cfg.to_dict(),
+              "data": f"{data.path} (train split {data.train_split!r}, dev split {data.dev_split!r})"}
+    split = data.dev_split
+    again = (f"rocketkd index --model RETRIEVER --corpus {data.path} --output dev-index && rocketkd search --index "
+             f"dev-index --queries {data.path} --split {split} --output dev.trec --k 100 && rocketkd evaluate --run "
+             f"dev.trec --qrels {data.path}/qrels/{split}.tsv --metrics nDCG@10")
+    measured = "rocketkd train's dev curve (exact search over the corpus; train_state.json)"
+    metrics = [{"metric": f"nDCG@10 ({label})", "split": split, "value": float(dev[key]), "measured_by": measured,
+                "command": again}
+               for key, label in (("start", "before training"), ("end", f"step {step}"),
+                                  ("best", f"step {int(dev.get('best_step', 0))}, the one kept (train.keep_best)"))
+               if isinstance(dev.get(key), (int, float))]
+    return {"retriever": {**common, "base_model": retriever_from or "packaged all-MiniLM-L6-v2", "metrics": metrics},
+            "reranker": {**common, "base_model": reranker_from or "packaged all-MiniLM-L6-v2"}}
+
+
 def export_run(out: Path, model: JointModel, step: int, history: list[dict], dev: dict[str, float],
-               dev_curve: dict[str, float]) -> None:
-    """The finished run (main process): ``retriever/`` (+ ``reranker/``), ``train_log.jsonl``, ``train_state.json``,
-    then ``COMPLETE``, the last thing written: until it is on disk the run is unfinished and resumable."""
+               dev_curve: dict[str, float], cards: dict[str, dict] | None = None) -> None:
+    """The finished run (main process): ``retriever/`` (+ ``reranker/``) with their model cards (``cards``, from
+    :func:`training_card`), ``train_log.jsonl``, ``train_state.json``, then ``COMPLETE``, the last thing written:
+    until it is on disk the run is unfinished and resumable."""
+    cards = cards or {}
     clear_finished(out)  # a crash below must not leave an earlier export looking finished
-    model.retriever.save(out / "retriever")
+    model.retriever.save(out / "retriever", card=cards.get("retriever"))
     if model.reranker is not None:
-        model.reranker.save(out / "reranker")
+        model.reranker.save(out / "reranker", card=cards.get("reranker"))
     with atomic_write(out / "train_log.jsonl") as f:
         f.writelines(json.dumps(h) + "\n" for h in history)
     state = {"step": step, "history": history, "has_reranker": model.reranker is not None, "dev_ndcg@10": dev,

@@ -36,6 +36,7 @@ from rocketkd.training.checkpoint import (
     load_result,
     result_of,
     save_checkpoint,
+    training_card,
 )
 from rocketkd.training.dataset import GroupDataset
 from rocketkd.training.dev import DevTracker
@@ -147,7 +148,9 @@ def train(
     unwrapped = accelerator.unwrap_model(model)
     dev_values = dev.finish(unwrapped.retriever, step)  # with train.keep_best: the best step's weights
     if accelerator.is_main_process:
-        export_run(out, unwrapped, step, history, dev_values, dev.best.curve)
+        cards = training_card(cfg, step, dev_values, retriever_from=retriever_path or cfg.model.retriever,
+                              reranker_from=reranker_path or cfg.model.reranker)
+        export_run(out, unwrapped, step, history, dev_values, dev.best.curve, cards)
         logger.info("trained %d steps in %.1fs; models saved under %s", step, time.time() - start, out)
     accelerator.wait_for_everyone()
     return result_of(out, {"step": step, "history": history, "has_reranker": needs_reranker(cfg),
