@@ -45,6 +45,7 @@ from rocketkd.search.fusion import (
     fuse_stages,
     head_of_run,
 )
+from rocketkd.search.cache import embedding_cache
 from rocketkd.search.index import DenseIndex, search_run
 from rocketkd.search.rerank import bm25_run, rerank_run
 from rocketkd.teachers import RandomScorer, RerankerScorer, check_teachers, scores_on_candidates
@@ -264,6 +265,13 @@ def run_train(
 
 
 def run_pipeline(cfg: Config) -> dict:
+    # a frozen encoder (the base model, a finished round's retriever) encodes the corpus once per run: every later
+    # index of it with the same settings reads its vectors back (rocketkd.search.cache; the log says so)
+    with embedding_cache(Path(cfg.output_dir) / "embedding-cache"):
+        return _run_stages(cfg)
+
+
+def _run_stages(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg.dump(out / "config.yaml")

@@ -235,3 +235,33 @@ def test_a_model_that_trains_is_never_cached(model, data, tmp_path):
     # a model made in memory (not loaded from a folder) is not cached either
     fresh = DualEncoder(model.passage_encoder, model.tokenizer)
     assert fresh.frozen_source() is None
+
+
+def test_the_pipeline_encodes_each_model_and_corpus_once(tiny_bert, tiny_data, tmp_path, monkeypatch, caplog):
+    """Every whole-corpus encode in a pipeline run, by encoder fingerprint and precision: none twice."""
+    from collections import Counter
+    from pathlib import Path
+
+    from rocketkd.config import load_config
+    from rocketkd.pipeline import run_pipeline
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "tiny.yaml", [
+        f"data.path={tiny_data}", f"model.retriever={tiny_bert}", f"model.reranker={tiny_bert}",
+        f"output_dir={tmp_path / 'run'}", "model.reranker_prior=true",
+    ])
+    corpus_size = len(load_retrieval_data(tiny_data).corpus)
+    seen: Counter = Counter()
+    real = DualEncoder.encode_ids
+
+    def counting(self, seqs, **kwargs):
+        if kwargs.get("side") == "passage" and len(seqs) == corpus_size:
+            seen[(self.fingerprint(), str(kwargs.get("autocast_dtype")))] += 1
+        return real(self, seqs, **kwargs)
+
+    monkeypatch.setattr(DualEncoder, "encode_ids", counting)
+    with caplog.at_level(logging.INFO, logger="rocketkd.search.encode"):
+        run_pipeline(cfg)
+    assert seen and max(seen.values()) == 1, seen
+    assert "reused from the embedding cache" in caplog.text
+    assert list((tmp_path / "run" / "embedding-cache").glob("emb-*"))
