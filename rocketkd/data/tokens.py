@@ -187,8 +187,11 @@ def corpus_token_ids(corpus: Corpus, tokenizer: Any, max_length: int) -> TokenId
                 shutil.rmtree(folder, ignore_errors=True)
             try:
                 found = _build_on_disk(corpus, tokenizer, max_length, folder)
-            except OSError as exc:  # e.g. a read-only cache folder: tokenise in memory instead
-                logger.warning("cannot store token ids next to %s (%s); keeping them in memory", arrow, exc)
+            except OSError as exc:
+                # another process stored the same ids first (its rename won), or a read-only cache folder
+                found = _load(folder, len(corpus))
+                if found is None:
+                    logger.warning("cannot store token ids next to %s (%s); keeping them in memory", arrow, exc)
         if found is None:
             parts: list[np.ndarray] = []
             offsets = _tokenize_corpus(corpus, tokenizer, max_length, parts.append)
