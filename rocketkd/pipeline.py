@@ -38,6 +38,7 @@ from rocketkd.io import read_json, write_json
 from rocketkd.models import resolve_model_path
 from rocketkd.models.loading import load_reranker, load_retriever
 from rocketkd.search.bm25 import BM25Retriever
+from rocketkd.search.cache import embedding_cache
 from rocketkd.search.fusion import (
     candidates_from_run,
     choose_fusion_weight,
@@ -45,7 +46,6 @@ from rocketkd.search.fusion import (
     fuse_stages,
     head_of_run,
 )
-from rocketkd.search.cache import embedding_cache
 from rocketkd.search.index import DenseIndex, search_run
 from rocketkd.search.rerank import bm25_run, rerank_run
 from rocketkd.teachers import RandomScorer, RerankerScorer, check_teachers, scores_on_candidates

@@ -5,16 +5,20 @@ damage rebuilds; a training model is never cached)."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from rocketkd.data import load_retrieval_data
+from rocketkd.config import load_config
+from rocketkd.data import Corpus, load_retrieval_data
 from rocketkd.data import tokens as tokens_mod
 from rocketkd.data.tokens import corpus_token_ids, tokenize_texts
 from rocketkd.models import DualEncoder
 from rocketkd.models.batching import pad_token_ids, token_batches
+from rocketkd.pipeline import run_pipeline
 from rocketkd.search.cache import embedding_cache
 from rocketkd.search.encode import encode_corpus
 from rocketkd.search.index import DenseIndex
@@ -181,8 +185,6 @@ def test_any_change_of_key_encodes_again(model, data, tiny_bert, tmp_path):
     lines = (tmp_path / "tiny-data" / "corpus.jsonl").read_text().splitlines()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "corpus.jsonl").write_text("\n".join(lines[:-1]) + "\n")
-    from rocketkd.data import Corpus
-
     other = Corpus.from_beir(tmp_path / "other" / "corpus.jsonl", cache_dir=tmp_path / "corpus-cache")
     calls[0] = 0
     encode_corpus(model, other, autocast="no", show_progress=False, cache_dir=cache)
@@ -239,12 +241,6 @@ def test_a_model_that_trains_is_never_cached(model, data, tmp_path):
 
 def test_the_pipeline_encodes_each_model_and_corpus_once(tiny_bert, tiny_data, tmp_path, monkeypatch, caplog):
     """Every whole-corpus encode in a pipeline run, by encoder fingerprint and precision: none twice."""
-    from collections import Counter
-    from pathlib import Path
-
-    from rocketkd.config import load_config
-    from rocketkd.pipeline import run_pipeline
-
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "configs" / "tiny.yaml", [
         f"data.path={tiny_data}", f"model.retriever={tiny_bert}", f"model.reranker={tiny_bert}",
