@@ -222,6 +222,7 @@ def test_a_damaged_cache_entry_is_rebuilt(model, data, tmp_path, caplog):
 def test_a_model_that_trains_is_never_cached(model, data, tmp_path):
     cache = tmp_path / "emb-cache"
     assert model.frozen_source() is not None
+    assert model.double().float().frozen_source() is not None  # a move or cast is no training
     model.train()
     assert model.frozen_source() is None  # training mode
     encode_corpus(model, data.corpus, autocast="no", show_progress=False, cache_dir=cache)

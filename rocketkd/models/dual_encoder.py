@@ -235,6 +235,16 @@ class DualEncoder(nn.Module):
         # torch bumps a tensor's _version on every in-place change (optimizer steps, load_state_dict, zero_)
         return tuple((id(t), t._version) for t in [*self.parameters(), *self.buffers()])
 
+    def _apply(self, fn, *args, **kwargs):
+        # moving or casting (.to(device), .half()) may give the tensors new storage and version counters: an encoder
+        # unchanged since loading stays so (the cache key holds the dtype through the fingerprint)
+        loaded = getattr(self, "_loaded", None)
+        unchanged = loaded is not None and loaded[1] == self._parameter_versions()
+        out = super()._apply(fn, *args, **kwargs)
+        if unchanged:
+            self._loaded = (loaded[0], self._parameter_versions())
+        return out
+
     def frozen_source(self) -> str | None:
         """The folder this encoder was loaded from while its weights are still exactly as loaded (no in-place change
         since :meth:`from_pretrained`: no optimizer step, no ``load_state_dict``) and its towers are in eval mode; else None.
