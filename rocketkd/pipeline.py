@@ -39,6 +39,7 @@ from rocketkd.io import read_json, write_json
 from rocketkd.models import resolve_model_path
 from rocketkd.models.loading import load_reranker, load_retriever
 from rocketkd.search.bm25 import BM25Retriever
+from rocketkd.search.cache import embedding_cache
 from rocketkd.search.fusion import (
     candidates_from_run,
     choose_fusion_weight,
@@ -343,6 +344,13 @@ def _lone_prior(cfg: Config, data, lists: list, out: Path) -> tuple[Prior, list,
 
 
 def run_pipeline(cfg: Config) -> dict:
+    # a frozen encoder (the base model, a finished round's retriever) encodes the corpus once per run: every later
+    # index of it with the same settings reads its vectors back (rocketkd.search.cache; the log says so)
+    with embedding_cache(Path(cfg.output_dir) / "embedding-cache"):
+        return _run_stages(cfg)
+
+
+def _run_stages(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     previous = previous_config(out)  # the config of the run this one continues: judges its unstamped stages

@@ -34,6 +34,12 @@
   same device in this run (``--matmul-n`` cubed ``torch.matmul``, 3 warm-ups, mean of ``--matmul-reps`` products,
   measured before and after the rounds; the higher is the peak).
 
+* **Equal precision** (``--peer-autocast bf16``): sentence-transformers runs under the same bf16 autocast as
+  rocketkd's default and ``st_fp32`` joins the rounds, so one run gives both ratios at equal precision:
+  ``ratio_equal_bf16`` (both bf16) and ``ratio_fp32`` (both fp32). ``padding_fraction`` is the share of each system's
+  computed tokens that are padding, from the batches each system forms (rocketkd: token-count sort and token budget,
+  :func:`rocketkd.models.batching.token_batches`; sentence-transformers: character sort, batches of 32).
+
 The last line of stdout is one JSON object; ``ratio`` is rocketkd / sentence-transformers passages/s (defaults;
 on cuda both bf16). ``matmul_peak_tflops`` and ``mfu`` are null without a matmul peak (cpu default).
 """
@@ -117,12 +123,13 @@ def seq_flops(length: int, shape: dict) -> float:
     return 2.0 * shape["linear_params"] * length + 4.0 * shape["layers"] * shape["hidden"] * length * length
 
 
-def batch_flops(order, lengths, batch_size: int, shape: dict) -> tuple[float, float, int, int]:
-    """(executed FLOPs, useful FLOPs, executed tokens, useful tokens) of batches of ``order`` padded to their longest."""
+def batch_flops(batches, lengths, shape: dict) -> tuple[float, float, int, int]:
+    """(executed FLOPs, useful FLOPs, executed tokens, useful tokens) of ``batches`` (lists of row positions), each
+    padded to its longest."""
     executed = useful = 0.0
     tok_exec = tok_use = 0
-    for start in range(0, len(order), batch_size):
-        lens = [int(lengths[i]) for i in order[start : start + batch_size]]
+    for rows in batches:
+        lens = [int(lengths[i]) for i in rows]
         pad = max(lens)
         executed += len(lens) * seq_flops(pad, shape)
         useful += sum(seq_flops(x, shape) for x in lens)
@@ -131,18 +138,24 @@ def batch_flops(order, lengths, batch_size: int, shape: dict) -> tuple[float, fl
     return executed, useful, tok_exec, tok_use
 
 
-def rocketkd_order(texts) -> list[int]:
-    """encode_corpus's batches: chunk sorted by characters, longest first (stable), then batches in that order."""
+def rocketkd_batches(lengths, batch_size: int, max_tokens: int) -> list[list[int]]:
+    """encode_corpus's batches: rows sorted by token count, longest first (stable), cut by rows and by padded tokens
+    with the same function the encoder uses."""
     import numpy as np
 
-    return np.argsort(-np.array([len(t) for t in texts]), kind="stable").tolist()
+    from rocketkd.models.batching import token_batches
+
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    return [order[b].tolist() for b in token_batches(lengths[order], batch_size, max_tokens)]
 
 
-def st_order(texts) -> list[int]:
+def st_batches(texts, batch_size: int = 32) -> list[list[int]]:
     """SentenceTransformer.encode's batches: np.argsort of minus the character length (its default sort)."""
     import numpy as np
 
-    return np.argsort([-len(t) for t in texts]).tolist()
+    order = np.argsort([-len(t) for t in texts]).tolist()
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -291,6 +304,7 @@ def main(argv=None) -> dict:
     from rocketkd.data.formats import load_retrieval_data
     from rocketkd.evaluation.metrics import evaluate_run
     from rocketkd.models import DualEncoder, resolve_model_path
+    from rocketkd.models.batching import default_max_tokens
     from rocketkd.search.encode import encode_corpus, encode_queries, resolve_autocast
     from rocketkd.search.index import DenseIndex
 
@@ -421,13 +435,22 @@ def main(argv=None) -> dict:
     # FLOPs from the real token counts of each part
     tok = model.tokenizer
     systems_flops = {s: {"executed": [], "useful": [], "tok_exec": [], "tok_use": []} for s in systems}
+    budget = default_max_tokens(device)
     for texts in part_texts:
         lengths = [len(x) for x in tok(list(texts), truncation=True, max_length=max_len)["input_ids"]]
         for s in systems:
-            order, bs = (st_order(texts), 32) if s.startswith("st") else (rocketkd_order(texts), 128)
-            e, u, te, tu = batch_flops(order, lengths, bs, shape)
+            batches = st_batches(texts) if s.startswith("st") else rocketkd_batches(lengths, 128, budget)
+            e, u, te, tu = batch_flops(batches, lengths, shape)
             for key, v in (("executed", e), ("useful", u), ("tok_exec", te), ("tok_use", tu)):
                 systems_flops[s][key].append(v)
+
+    # padding of one whole-corpus encode (what `rocketkd index` runs): rocketkd sorts every row by token count
+    all_texts = corpus.texts(list(range(len(corpus))))
+    all_lengths = [len(x) for x in tok(all_texts, truncation=True, max_length=max_len)["input_ids"]]
+    whole_padding = {}
+    for name, batches in (("rocketkd", rocketkd_batches(all_lengths, 128, budget)), ("st", st_batches(all_texts))):
+        _, _, te, tu = batch_flops(batches, all_lengths, shape)
+        whole_padding[name] = bc.rnd(1 - tu / te, 4)
 
     peak = peaks.summary() if peaks is not None else None
     peak_tflops = mpeak.tflops
@@ -455,6 +478,8 @@ def main(argv=None) -> dict:
             "padding_overhead_pct": bc.rnd(
                 100 * (sum(systems_flops[s]["tok_exec"]) / sum(systems_flops[s]["tok_use"]) - 1), 1
             ),
+            # share of the computed tokens that are padding
+            "padding_fraction": bc.rnd(1 - sum(systems_flops[s]["tok_use"]) / sum(systems_flops[s]["tok_exec"]), 4),
             "tokens_real": int(sum(systems_flops[s]["tok_use"])),
             "tokens_padded": int(sum(systems_flops[s]["tok_exec"])),
             "tflops_real": bc.rnd(bc.median(tf_real), 4),
@@ -527,6 +552,10 @@ def main(argv=None) -> dict:
         "ratio_best_round": bc.rnd(ratio_best),
         "ratio_fp32": None if ratio_fp32 is None else bc.rnd(ratio_fp32),
         "ratio_fp32_peer": fp32_peer if ratio_fp32 is not None else None,
+        # equal precision, same run: both fp32 (ratio_fp32), and both under bf16 autocast (None unless both are)
+        "ratio_equal_bf16": bc.rnd(ratio) if default_name == st_name == "bf16" else None,
+        "padding_fraction": {s: f["padding_fraction"] for s, f in figures.items()},
+        "padding_fraction_whole_corpus": whole_padding,
         "rocketkd_dtype": default_name,
         "st_dtype": st_name,
         "matmul_peak_tflops": bc.rnd(peak_tflops, 2),
@@ -634,6 +663,7 @@ def main(argv=None) -> dict:
             f"growth {memory['scale']}x vs 1x: anon {memory['anon_growth_mib']} MiB, peak RSS {memory['hwm_growth_mib']} MiB; "
             f"embedding matrix {memory['embedding_growth_mib']} MiB, one chunk of texts {memory['chunk_text_growth_mib']} MiB"
         )
+    print(f"padding fraction of one whole-corpus encode: {whole_padding}")
     print(f"load average (1 min) during the run: {result['load']}")
     bc.emit(result, args.json_out)
     return result

@@ -309,6 +309,7 @@ class Corpus:
                 meta_path, {"format": fmt, "source": str(path), "cache_version": _CACHE_VERSION, **meta}
             )
             corpus._meta = meta
+        corpus._cache_file = arrow_path
         corpus._warn_empty(corpus._meta)
         return corpus
 
@@ -348,6 +349,7 @@ class Corpus:
             )
 
     _meta: dict | None = None
+    _cache_file: Path | None = None  # the Arrow cache file (None: an in-memory corpus from records)
 
     def __getstate__(self) -> dict:
         # the memory-mapped Dataset pickles as its file path; the pa.Table view of it would pickle every byte
@@ -366,6 +368,12 @@ class Corpus:
     def dataset(self) -> Dataset:
         """The underlying ``datasets.Dataset`` (columns id, title, text, join_title, line)."""
         return self._dataset
+
+    @property
+    def cache_file(self) -> Path | None:
+        """The Arrow file this corpus is memory-mapped from (None for :meth:`from_records`); per-corpus caches such
+        as token ids (:mod:`rocketkd.data.tokens`) are stored beside it."""
+        return self._cache_file
 
     @property
     def source(self) -> str:

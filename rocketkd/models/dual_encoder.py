@@ -17,7 +17,10 @@ Folder formats it reads and writes
   ``max_seq_length`` alone gave queries the passage length. A README.md model card comes with it.
 
 The folder helpers it shares with the cross-encoder (:func:`resolve_model_path`, reading a sentence-transformers
-layout, ...) live in :mod:`rocketkd.models._hf`.
+layout, ...) live in :mod:`rocketkd.models._hf`; padding and batching of token ids in :mod:`rocketkd.models.batching`.
+
+Why over 500 lines: the retriever's three faces -- loading every folder format, the training forward, inference from
+texts or token ids -- and the save that must round-trip with the load, read together in one class.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from rocketkd.data.tokens import tokenize_texts
 from rocketkd.errors import ModelLoadError
 from rocketkd.io import atomic_dir
 from rocketkd.models._hf import (
@@ -54,6 +58,7 @@ from rocketkd.models._hf import (
     resolve_model_path,
     write_json,
 )
+from rocketkd.models.batching import default_max_tokens, pad_token_ids, token_batches
 from rocketkd.models.card import write_model_card
 from rocketkd.models.pooling import POOLINGS
 from rocketkd.types import check_group_layout, group_view
@@ -228,7 +233,32 @@ class DualEncoder(nn.Module):
         )
         if gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        model._loaded = (root, model._parameter_versions())
         return model
+
+    def _parameter_versions(self) -> tuple[tuple[int, int], ...]:
+        # torch bumps a tensor's _version on every in-place change (optimizer steps, load_state_dict, zero_)
+        return tuple((id(t), t._version) for t in [*self.parameters(), *self.buffers()])
+
+    def _apply(self, fn, *args, **kwargs):
+        # moving or casting (.to(device), .half()) may give the tensors new storage and version counters: an encoder
+        # unchanged since loading stays so (the cache key holds the dtype through the fingerprint)
+        loaded = getattr(self, "_loaded", None)
+        unchanged = loaded is not None and loaded[1] == self._parameter_versions()
+        out = super()._apply(fn, *args, **kwargs)
+        if unchanged:
+            self._loaded = (loaded[0], self._parameter_versions())
+        return out
+
+    def frozen_source(self) -> str | None:
+        """The folder this encoder was loaded from while its weights are still exactly as loaded (no in-place change
+        since :meth:`from_pretrained`: no optimizer step, no ``load_state_dict``) and its towers are in eval mode; else None.
+        Only such an encoder's vectors may be cached (:mod:`rocketkd.search.cache`): a model that trains never is."""
+        loaded = getattr(self, "_loaded", None)
+        if loaded is None or self.passage_encoder.training or self.query_encoder.training:
+            return None
+        root, versions = loaded
+        return root if versions == self._parameter_versions() else None
 
     def gradient_checkpointing_enable(self) -> None:
         """Activation checkpointing in both towers (trades a second forward for activation memory)."""
@@ -321,50 +351,85 @@ class DualEncoder(nn.Module):
         show_progress: bool = False,
         autocast_dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        max_tokens: int | None = None,
     ) -> np.ndarray:
         """Embed texts for search: float32 array (N, H) in the order of ``texts``.
 
-        Runs in eval mode under ``torch.inference_mode`` (each submodule's train/eval flag is restored after).
-        Texts are batched longest first (by characters, a cheap proxy for tokens) so each batch pads to similar
-        lengths and an out-of-memory shows in the first batch; rows are put back in input order. With
-        ``autocast_dtype`` (e.g. ``torch.bfloat16``) the towers run under autocast on their device; cosine vectors
-        are re-normalised in float32 afterwards. ``device`` moves the model there (and it stays there); None uses
-        the device the model is on.
+        The texts are tokenised in batch calls (:func:`~rocketkd.data.tokens.tokenize_texts`), then encoded by
+        :meth:`encode_ids` (longest first, by token count, in batches of at most ``batch_size`` rows and
+        ``max_tokens`` padded tokens). ``device`` moves the model there (and it stays there); None uses the device
+        the model is on.
         """
         if side not in ("query", "passage"):
             raise ValueError(f"side must be 'query' or 'passage', got {side!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         texts = list(texts)
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
         if device is not None:
             self.to(device)
-        dev = self.device
-        out = np.empty((len(texts), self.hidden_size), dtype=np.float32)
-        if not texts:
-            return out
-        tokenize = self.tokenize_queries if side == "query" else self.tokenize_passages
-        embed = self.encode_queries if side == "query" else self.encode_passages
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        max_length = self.query_max_length if side == "query" else self.passage_max_length
+        return self.encode_ids(
+            tokenize_texts(self.tokenizer, texts, max_length),
+            side=side,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            show_progress=show_progress,
+            autocast_dtype=autocast_dtype,
+        )
 
+    def pad_ids(self, seqs: Sequence[Sequence[int] | np.ndarray]) -> dict[str, torch.Tensor]:
+        """Token id sequences -> the padded tensors of this encoder's tokenizer (:func:`pad_token_ids`)."""
+        return pad_token_ids(seqs, self.tokenizer)
+
+    def encode_ids(
+        self,
+        seqs: Sequence[Sequence[int] | np.ndarray],
+        *,
+        side: str = "passage",
+        batch_size: int = 64,
+        max_tokens: int | None = None,
+        show_progress: bool = False,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> np.ndarray:
+        """Embed pre-tokenised texts: float32 array (N, H) in the order of ``seqs``.
+
+        Runs in eval mode under ``torch.inference_mode`` (each submodule's train/eval flag is restored after).
+        Sequences go longest first by token count, so each batch pads to similar lengths and an out-of-memory shows
+        in the first batch; a batch holds at most ``batch_size`` rows and at most ``max_tokens`` padded tokens (rows
+        x its longest; None: :func:`default_max_tokens` of the device). With ``autocast_dtype`` (e.g.
+        ``torch.bfloat16``) the towers run under autocast; cosine vectors are re-normalised in float32 afterwards.
+        On a GPU the padded batches are copied from pinned memory without blocking and the vectors stay on the
+        device until the end, so the host never waits for a batch.
+        """
+        if side not in ("query", "passage"):
+            raise ValueError(f"side must be 'query' or 'passage', got {side!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        dev = self.device
+        n = len(seqs)
+        if not n:
+            return np.empty((0, self.hidden_size), dtype=np.float32)
+        budget = default_max_tokens(dev) if max_tokens is None else int(max_tokens)
+        lengths = np.fromiter((len(x) for x in seqs), dtype=np.int64, count=n)
+        order = np.argsort(-lengths, kind="stable")  # longest first; equal lengths keep their input order
+        embed = self.encode_queries if side == "query" else self.encode_passages
+        out = torch.empty((n, self.hidden_size), dtype=torch.float32, device=dev)
+        pin = dev.type == "cuda"
         with eval_mode(self), torch.inference_mode():
-            bar = tqdm(total=len(texts), desc=f"encode {side}s", unit="text", disable=not show_progress)
-            with bar:
-                for start in range(0, len(order), batch_size):
-                    rows = order[start : start + batch_size]
-                    inputs = {
-                        k: v.to(dev, non_blocking=True) for k, v in tokenize([texts[i] for i in rows]).items()
-                    }
+            with tqdm(total=n, desc=f"encode {side}s", unit="text", disable=not show_progress) as bar:
+                for batch in token_batches(lengths[order], batch_size, budget):
+                    rows = order[batch]
+                    inputs = self.pad_ids([seqs[i] for i in rows.tolist()])
+                    inputs = {k: (v.pin_memory() if pin else v).to(dev, non_blocking=True) for k, v in inputs.items()}
                     with autocast_context(dev, autocast_dtype):
                         vectors = embed(inputs)  # (b, H)
                     vectors = vectors.float()
                     if self.similarity == "cosine" and autocast_dtype is not None:
                         vectors = F.normalize(vectors, p=2, dim=-1)
-                    out[rows] = vectors.cpu().numpy()
+                    out[torch.from_numpy(rows).to(dev, non_blocking=True)] = vectors
                     bar.update(len(rows))
-        return out
+        return out.cpu().numpy()  # the one sync point with the device
 
     # ----------------------------------------------------------------------------------------------------------
     # Saving and identity

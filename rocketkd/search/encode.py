@@ -1,9 +1,15 @@
 """Encoding a corpus or a query set with a :class:`~rocketkd.models.DualEncoder`, in bounded memory.
 
-The corpus is walked in chunks of ``CHUNK_BATCHES * batch_size`` rows. Each chunk's texts are fetched from the
-memory-mapped corpus, sorted by length (longest first, so padding is small and an out-of-memory error shows on the
-first batch rather than the last), encoded, and written back to their rows of a preallocated output array: either in
-memory or a ``.npy`` file memory-mapped on disk. No step ever tokenises or holds the texts of the whole corpus.
+A :class:`~rocketkd.models.DualEncoder` encodes token ids, not texts: the corpus's ids for its tokenizer and passage
+max length are made once (:mod:`rocketkd.data.tokens`: stored next to the corpus's Arrow file, memory-mapped) and
+reused by every later encode. Rows are sorted by token count (longest first, so padding is small and an
+out-of-memory error shows on the first batch rather than the last), walked in chunks of ``CHUNK_BATCHES *
+batch_size`` rows, encoded in batches bounded by rows and by padded tokens, and written back to their rows of a
+preallocated output array: either in memory or a ``.npy`` file memory-mapped on disk. No step holds the texts of the
+whole corpus. Any other encoder object (one with an ``encode(texts, ...)`` method only) gets each chunk's texts,
+sorted by characters.
+
+A frozen encoder's whole-corpus vectors are cached when a cache folder is set (:mod:`rocketkd.search.cache`).
 
 Several processes (torchrun / ``accelerate launch`` with a process group initialised): :func:`encode_corpus` encodes
 only this process's contiguous share of the rows and the main process gathers the shares by row index (see
@@ -15,6 +21,7 @@ Autocast names (``index.autocast`` in the config): ``"auto"``, ``"bf16"``, ``"fp
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,8 +31,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rocketkd.data.tokens import corpus_token_ids, tokenize_texts
 from rocketkd.distributed import gather_rows, shard_rows, world
 from rocketkd.errors import ConfigError
+from rocketkd.search.cache import cache_folder, copy_to, embedding_key
+from rocketkd.search.cache import load as cache_load
+from rocketkd.search.cache import store as cache_store
 
 if TYPE_CHECKING:
     from rocketkd.data.corpus import Corpus
@@ -42,6 +53,8 @@ __all__ = [
 
 AUTOCAST_NAMES = ("auto", "bf16", "fp16", "no")
 CHUNK_BATCHES = 50  # batches per length-sorted chunk of the corpus
+
+logger = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=1)
@@ -120,6 +133,8 @@ def encode_corpus(
     rows: Sequence[int] | np.ndarray | None = None,
     chunk_size: int | None = None,
     distributed: bool | None = None,
+    max_tokens: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> np.ndarray | None:
     """Passage embeddings of ``corpus`` (or of its ``rows``), float32 ``(N, H)``, row i for ``rows[i]``.
 
@@ -127,6 +142,16 @@ def encode_corpus(
     rows in corpus order. ``out_path``: write into a ``.npy`` file memory-mapped on disk (readable with
     ``np.load(path, mmap_mode="r")``) and return it opened read-only; it is filled under a temporary name and renamed
     into place when complete. ``chunk_size``: rows per length-sorted chunk (default ``50 * batch_size``).
+    ``max_tokens``: padded tokens per batch (default by device, see
+    :func:`~rocketkd.models.dual_encoder.default_max_tokens`); a batch also holds at most ``batch_size`` rows.
+
+    Token ids come from :func:`~rocketkd.data.tokens.corpus_token_ids` when most of the corpus is encoded (computed
+    once per corpus, tokenizer and max length, then reused), else the rows are tokenised here in batch calls. Rows
+    go longest first by token count, across the whole corpus when its ids are at hand.
+
+    ``cache_dir`` (else the folder of :func:`~rocketkd.search.cache.embedding_cache`, else
+    ``$ROCKETKD_EMBEDDING_CACHE``; see :mod:`rocketkd.search.cache`): a whole-corpus encode by a frozen encoder
+    (loaded from a folder, weights unchanged) in one process is looked up there first and stored there after.
 
     ``distributed`` (default: True when a process group of several processes is initialised, see
     :mod:`rocketkd.distributed`): every process encodes only its contiguous share of the rows
@@ -146,29 +171,66 @@ def encode_corpus(
     )
     n = len(wanted)
     hidden = int(model.hidden_size)
-    dtype = resolve_autocast(autocast, _model_device(model))
+    device = _model_device(model)
+    dtype = resolve_autocast(autocast, device)
     rank, size = world()
     sharded = size > 1 and distributed is not False
+    # a DualEncoder takes token ids; any other encoder (a test's fake, a wrapper) gets texts through .encode
+    pretokenised = callable(getattr(model, "encode_ids", None)) and getattr(model, "tokenizer", None) is not None
+
+    cached = None
+    folder = cache_folder(cache_dir) if rows is None and not sharded and pretokenised else None
+    source = model.frozen_source() if folder is not None else None
+    if source is not None:
+        key, parts = embedding_key(model, corpus, dtype, device)
+        hit = cache_load(folder, key, (n, hidden))
+        if hit is not None:
+            logger.info("corpus vectors of %s by %s reused from the embedding cache (%s)", corpus.source, source, key)
+            return copy_to(hit, out_path) if out_path is not None else np.array(hit)
+        cached = (key, parts)
+
+    def fill_texts(out: np.ndarray, which: np.ndarray, bar) -> None:
+        for start in range(0, len(which), chunk):
+            chunk_rows = which[start : start + chunk]
+            texts = corpus.texts(chunk_rows)
+            # longest first: least padding per batch, and the largest batch runs first
+            order = np.argsort(
+                -np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)), kind="stable"
+            )
+            emb = model.encode(
+                [texts[i] for i in order],
+                side="passage",
+                batch_size=batch_size,
+                show_progress=False,
+                autocast_dtype=dtype,
+            )
+            emb = _check_output(emb, len(texts), hidden, "encode_corpus")
+            out[start + order] = emb  # (chunk, H) back to corpus order
+            bar.update(len(texts))
+
+    def fill_ids(out: np.ndarray, which: np.ndarray, bar) -> None:
+        max_length = int(model.passage_max_length)
+        if 2 * len(which) >= len(corpus):  # most of the corpus: its token ids, made once and reused
+            tokens = corpus_token_ids(corpus, model.tokenizer, max_length)
+            # longest first over all the rows, so every batch pads to near-equal lengths
+            where = np.argsort(-tokens.lengths(which), kind="stable")
+            fetch = lambda positions: tokens.rows(which[positions])  # noqa: E731
+        else:  # a small share (a test's rows, one of many processes): tokenise just these rows, in batch calls
+            where = np.arange(len(which), dtype=np.int64)
+            fetch = lambda positions: tokenize_texts(  # noqa: E731
+                model.tokenizer, corpus.texts(which[positions]), max_length
+            )
+        for start in range(0, len(where), chunk):
+            positions = where[start : start + chunk]
+            emb = model.encode_ids(
+                fetch(positions), side="passage", batch_size=batch_size, max_tokens=max_tokens, autocast_dtype=dtype
+            )
+            out[positions] = _check_output(emb, len(positions), hidden, "encode_corpus")
+            bar.update(len(positions))
 
     def fill(out: np.ndarray, which: np.ndarray, progress: bool) -> None:
         with tqdm(total=len(which), desc="encode passages", unit="psg", disable=not progress) as bar:
-            for start in range(0, len(which), chunk):
-                chunk_rows = which[start : start + chunk]
-                texts = corpus.texts(chunk_rows)
-                # longest first: least padding per batch, and the largest batch runs first
-                order = np.argsort(
-                    -np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)), kind="stable"
-                )
-                emb = model.encode(
-                    [texts[i] for i in order],
-                    side="passage",
-                    batch_size=batch_size,
-                    show_progress=False,
-                    autocast_dtype=dtype,
-                )
-                emb = _check_output(emb, len(texts), hidden, "encode_corpus")
-                out[start + order] = emb  # (chunk, H) back to corpus order
-                bar.update(len(texts))
+            (fill_ids if pretokenised else fill_texts)(out, which, bar)
 
     local: np.ndarray | None = None
     share = range(n)
@@ -197,6 +259,10 @@ def encode_corpus(
         else:
             assert out is not None
             fill(out, wanted, show_progress)
+        if cached is not None and folder is not None:
+            if cache_store(folder, cached[0], out, cached[1]) is not None:
+                logger.info("corpus vectors of %s by %s stored in the embedding cache (%s)", corpus.source, source,
+                            cached[0])
         if tmp is not None:
             out.flush()  # type: ignore[union-attr]
             del out

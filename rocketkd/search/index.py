@@ -222,11 +222,16 @@ class DenseIndex:
         show_progress: bool = True,
         embeddings_path: str | os.PathLike | None = None,
         distributed: bool | None = None,
+        max_tokens: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
     ) -> DenseIndex | None:
         """Encode ``corpus`` with ``model`` (a DualEncoder or a model folder) and index it.
 
         ``embeddings_path``: keep the passage embeddings in a memory-mapped ``.npy`` there instead of in memory
-        while the index is filled (large corpora).
+        while the index is filled (large corpora). ``max_tokens``: padded tokens per encoding batch.
+        ``cache_dir``: the embedding cache (:mod:`rocketkd.search.cache`; default the folder set by
+        :func:`~rocketkd.search.cache.embedding_cache` or ``$ROCKETKD_EMBEDDING_CACHE``): a frozen encoder's vectors
+        of this corpus are reused from there, or stored there once computed.
 
         Under several processes (``distributed``, default: when a process group of several processes is
         initialised, see :func:`~rocketkd.search.encode.encode_corpus`) every process encodes its share of the corpus and
@@ -247,6 +252,8 @@ class DenseIndex:
             out_path=embeddings_path,
             show_progress=show_progress,
             distributed=distributed,
+            max_tokens=max_tokens,
+            cache_dir=cache_dir,
         )
         if emb is None:  # not the main process of a multi-process run: the main process builds the index
             return None
