@@ -226,8 +226,8 @@ class PipelineConfig:
         "model.reranker_prior: the fitted prior replaces the student's own encoder only when, cross-fitted over "
         "pipeline.prior_folds folds of held-out queries, it beats the student in a paired randomization test at it",
     )
-    prior_folds: int = _f(2, "model.reranker_prior: folds for the prior's cross-fitted evidence (weights fitted on "
-                             "the other folds, measured on each; more folds: each fit sees more queries)")
+    prior_folds: int = _f(5, "model.reranker_prior: folds for the prior's cross-fitted evidence (weights fitted on "
+                             "the other folds, measured on each; 5: each fit sees 80% of the queries)")
     plot: bool = _f(True, "write recall@k and loss curves as PNG next to results.json")
 
 

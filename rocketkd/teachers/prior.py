@@ -13,8 +13,8 @@ online, in the same step (RocketQAv2). Residual learning on a fixed base model i
 "residual" re-rankers; here the prior's weights are fitted on held-out queries.
 
 The prior departs from "no change" only on evidence: its weights are fitted on held-out queries, and it is accepted
-only when, cross-fitted over two folds of those queries (weights fitted on one fold, measured on the other), it beats
-the student in a paired randomization test at ``alpha``. Otherwise the prior is the student's own encoder (``base``,
+only when, cross-fitted over ``pipeline.prior_folds`` folds of those queries (weights fitted on the other folds,
+measured on each), it beats the student in a paired randomization test at ``alpha``. Otherwise the prior is the student's own encoder (``base``,
 weight 1): the re-ranker then starts equal to the student and only what the cross-encoder learns can teach.
 
 Saved beside the cross-encoder as ``rocketkd_prior.json`` (the folder still loads in sentence-transformers'
