@@ -34,7 +34,7 @@ from rocketkd.data.formats import (
     write_trec_run,
 )
 from rocketkd.evaluation.compare import compare_runs
-from rocketkd.evaluation.report import evaluate_systems, write_results
+from rocketkd.evaluation.report import evaluate_systems, system_intervals, write_results
 from rocketkd.io import read_json, write_json
 from rocketkd.models import resolve_model_path
 from rocketkd.models.loading import load_reranker, load_retriever
@@ -538,5 +538,6 @@ def _write_results(cfg: Config, data, out: Path, stages: StageLog) -> dict:
            if "reranker_vs_prior" in stages.done.get("final", {}) else {}),
         "stages": {k: v.get("seconds") for k, v in stages.done.items()},
     }
-    write_results(out, results, curves, plot=cfg.pipeline.plot)
+    write_results(out, results, curves, plot=cfg.pipeline.plot, group_size=cfg.candidates.list_length,
+                  intervals=system_intervals(run_files, data.qrels[test]) if cfg.pipeline.plot else None)
     return results

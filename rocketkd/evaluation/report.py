@@ -15,12 +15,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from rocketkd.data.formats import read_trec_run
+from rocketkd.evaluation.compare import bootstrap_ci
 from rocketkd.evaluation.metrics import evaluate_run
 from rocketkd.evaluation.plots import plot_run
 from rocketkd.io import atomic_write, write_json
 from rocketkd.types import Qrels
 
-__all__ = ["CURVE_KS", "REPORT_METRICS", "evaluate_systems", "load_results", "write_results"]
+__all__ = ["CURVE_KS", "REPORT_METRICS", "evaluate_systems", "load_results", "system_intervals", "write_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +45,23 @@ def evaluate_systems(
     return systems, curves
 
 
-def write_results(out: Path, results: dict, curves: dict[str, dict[int, float]], *, plot: bool = True) -> None:
+def system_intervals(run_files: Mapping[str, Path], qrels: Qrels, metric: str = "nDCG@10",
+                     level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Per system, the percentile bootstrap interval of ``metric``'s mean over the queries (queries resampled)."""
+    out = {}
+    for system, path in run_files.items():
+        if path.exists():
+            per_query = [v[metric] for v in evaluate_run(read_trec_run(path), qrels, [metric]).per_query.values()]
+            out[system] = bootstrap_ci([0.0] * len(per_query), per_query, level=level, samples=2_000)
+    return out
+
+
+def write_results(out: Path, results: dict, curves: dict[str, dict[int, float]], *, plot: bool = True,
+                  intervals: Mapping[str, tuple[float, float]] | None = None, group_size: int | None = None) -> None:
     """Write ``results.json`` and ``results.md`` into ``out``, print the table, and draw ``curves.png`` (when
     ``plot``; a missing matplotlib only logs a warning). ``results`` needs ``dataset``, ``split``,
-    ``num_queries`` and ``systems``."""
+    ``num_queries`` and ``systems``; ``intervals`` (system -> nDCG@10 interval) and ``group_size`` (the lists' G)
+    go to the plot."""
     systems = results["systems"]
     dataset, split, num_queries = results["dataset"], results["split"], results["num_queries"]
     write_json(out / "results.json", results)
@@ -61,7 +75,7 @@ def write_results(out: Path, results: dict, curves: dict[str, dict[int, float]],
         print(f"  {name:<10}" + "  ".join(f"{k}={m[k]:.3f}" for k in REPORT_METRICS))
     if plot:
         try:
-            plot_run(out, curves)
+            plot_run(out, curves, systems=systems, intervals=intervals, group_size=group_size)
         except ImportError as e:  # matplotlib is a dependency; keep results even if a user removed it
             logger.warning("no plot: %s", e)
     logger.info("results written to %s", out / "results.json")
