@@ -25,7 +25,6 @@ from rocketkd.candidates.lists import build_lists
 from rocketkd.candidates.mining import mine
 from rocketkd.candidates.title_queries import apply_data_config, is_title_query
 from rocketkd.config import Config, check_disjoint_splits
-from rocketkd.distributed import barrier, is_main
 from rocketkd.data.formats import (
     load_retrieval_data,
     read_candidates,
@@ -33,6 +32,7 @@ from rocketkd.data.formats import (
     write_candidates,
     write_trec_run,
 )
+from rocketkd.distributed import barrier, is_main
 from rocketkd.evaluation.compare import compare_runs
 from rocketkd.evaluation.report import evaluate_systems, system_intervals, write_results
 from rocketkd.io import read_json, write_json

