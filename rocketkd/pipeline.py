@@ -21,6 +21,8 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
 from rocketkd.candidates.lists import build_lists
 from rocketkd.candidates.mining import mine
 from rocketkd.candidates.title_queries import apply_data_config, is_title_query
@@ -461,11 +463,14 @@ def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str, pr
         if prior_scorer is not None:
             alone = add_prior_to_run({q: dict.fromkeys(s, 0.0) for q, s in reranked[split].items()}, prior_scorer,
                                      queries, data.corpus)
+            spread = _spreads(reranked[split], alone)  # before the sum: reranked holds g alone here
             reranked[split] = {q: {pid: s + alone[q][pid] for pid, s in scores.items()}
                                for q, scores in reranked[split].items()}
             write_trec_run(_run_path(out, "prior", split), alone)
             (cmp,) = compare_runs(alone, reranked[split], data.qrels[split], ["nDCG@10"])
-            checks[split] = cmp.to_dict()
+            checks[split] = {**cmp.to_dict(), **spread}
+            logger.info("%s: per list, the cross-encoder's scores spread %.3f against the prior's %.3f (std)", split,
+                        spread["g_std"], spread["prior_std"])
             logger.info("%s: re-ranker (prior + cross-encoder) nDCG@10 %.4f against the prior alone %.4f (%+.4f, "
                         "p=%.3f, %d queries)", split, cmp.mean_b, cmp.mean_a, cmp.delta, cmp.p_value, cmp.queries)
         write_trec_run(_run_path(out, "reranker-raw", split), reranked[split])  # for the hybrid stage
@@ -483,6 +488,14 @@ def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str, pr
     if checks:
         result["reranker_vs_prior"] = checks
     return result
+
+
+def _spreads(g: dict, prior: dict) -> dict[str, float]:
+    """Mean over queries of the per-list std of the cross-encoder's scores ``g`` and of the prior's: a ``g`` far
+    smaller than the prior cannot reorder what the prior ranks (measured: 0.14 against 2.2 after the demo's 40 steps)."""
+    g_std = [float(np.std(list(scores.values()))) for scores in g.values() if scores]
+    p_std = [float(np.std(list(scores.values()))) for scores in prior.values() if scores]
+    return {"g_std": float(np.mean(g_std)) if g_std else 0.0, "prior_std": float(np.mean(p_std)) if p_std else 0.0}
 
 
 def _stage_hybrid(cfg: Config, data, out: Path, reranker: str) -> dict:

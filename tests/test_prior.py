@@ -148,6 +148,8 @@ def test_pipeline_with_a_prior_reranker(tiny_bert, tiny_data, tmp_path):
     prior = Prior.load(reranker_dir)
     assert prior is not None and prior == Prior.load(out / "prior") and (reranker_dir / PRIOR_FILE).exists()
     assert "reranker_vs_prior" in results and set(results["reranker_vs_prior"]) == {"dev", "test"}
+    for check in results["reranker_vs_prior"].values():  # how far the cross-encoder can move its prior
+        assert check["g_std"] > 0 and check["prior_std"] > 0
     assert results["prior"]["weights"] == prior.weights
     # the final re-ranked scores are g + prior, reproduced here from the saved folder alone
     data = load_retrieval_data(tiny_data)
