@@ -78,4 +78,6 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tiny_bert, tin
     assert all(abs(curve1[k] - curve2[k]) < 1e-6 for k in curve1)
     names = {p.name for p in (tmp_path / "two").iterdir()}
     assert names == {"retriever", "reranker", "config.yaml", "train_log.jsonl", "train_state.json", "dev_start.json",
-                     "dev_curve.json", "COMPLETE", ".rocketkd-output"}
+                     "dev_curve.json", "COMPLETE", ".rocketkd-output",
+                     # what made dev_start.json, the config as given (resume checks), the run's log
+                     "dev_start.json.stamp.json", "config.given.yaml", "rocketkd.log"}

@@ -18,7 +18,7 @@ from rocketkd.cli import main as cli_main
 from rocketkd.distributed import gather_objects, gather_rows, scatter_objects, shard_rows
 
 ROOT = Path(__file__).resolve().parents[1]
-INDEX_FILES = {"index.faiss", "ids.txt", "meta.json", "encoder", ".rocketkd-output"}
+INDEX_FILES = {"index.faiss", "ids.txt", "meta.json", "encoder", ".rocketkd-output", "rocketkd.log"}
 
 
 def _free_port() -> int:
