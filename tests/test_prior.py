@@ -243,3 +243,17 @@ def test_the_joint_step_adds_the_prior_to_the_cross_encoder(tiny_bert, tiny_data
 
     with pytest.raises(Exception, match="carry no prior"):
         loss_from_scores(JointScores(student, g, torch.zeros(2, 4), torch.zeros(6, 4)), _NoPrior, cfg, 0)
+
+
+def test_the_fit_does_not_warn_that_the_student_equals_itself(caplog):
+    """'base' is the student's own encoder: check_teachers' "not better than the student" warning is true by
+    construction in every fold, so the prior's fit keeps it out of the console (the check's logger stays as it was)."""
+    import logging
+
+    candidates, student, members, qrels = _held_out(20, good_share=0.9)
+    check_logger = logging.getLogger("rocketkd.teachers.check")
+    before = check_logger.level
+    with caplog.at_level(logging.WARNING):
+        fit_prior(candidates, student, members, qrels, temperatures={"bm25": 1.0, "base": 1.0}, folds=5)
+    assert not [r for r in caplog.records if r.name == "rocketkd.teachers.check" and r.levelno >= logging.WARNING]
+    assert check_logger.level == before

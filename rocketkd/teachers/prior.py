@@ -23,8 +23,10 @@ Saved beside the cross-encoder as ``rocketkd_prior.json`` (the folder still load
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -157,6 +159,19 @@ def _ensemble_per_query(candidates, members, weights, temperatures, combine, qre
     return {q: v["nDCG@10"] for q, v in evaluate_run(run, qrels, ["nDCG@10"]).per_query.items()}
 
 
+@contextlib.contextmanager
+def _check_warnings_off():
+    """The prior's fits measure the student's own encoder as a member ("base"): check_teachers' warning that it is
+    "not better than the student" is true by construction there, and would repeat once per fold."""
+    check_logger = logging.getLogger("rocketkd.teachers.check")
+    level = check_logger.level
+    check_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        check_logger.setLevel(level)
+
+
 def fit_prior(candidates: Mapping[str, Sequence[str]], student_scores: Mapping[str, Mapping[str, float]],
               members: Mapping[str, Mapping[str, Mapping[str, float]]], qrels: Qrels, *,
               temperatures: Mapping[str, float], combine: str = "arithmetic", alpha: float = 0.05,
@@ -168,6 +183,13 @@ def fit_prior(candidates: Mapping[str, Sequence[str]], student_scores: Mapping[s
     all queries decides: accepted (p < ``alpha`` and a positive mean gain) -> the weights fitted on all queries;
     otherwise :data:`NO_CHANGE`.
     """
+    with _check_warnings_off():
+        return _fit_prior(candidates, student_scores, members, qrels, temperatures=temperatures, combine=combine,
+                          alpha=alpha, grid_step=grid_step, base_model=base_model, folds=folds)
+
+
+def _fit_prior(candidates, student_scores, members, qrels, *, temperatures, combine, alpha, grid_step, base_model,
+               folds) -> Prior:
     qrels = {q: r for q, r in qrels.items() if q in candidates}
     temps = dict(temperatures)
     fit_kwargs = dict(grid_step=grid_step, min_gain=0.0, zero_bad=True, combine=combine,
