@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import tqdm.std
+import yaml
 
 from rocketkd.config import describe, load_config
 from rocketkd.errors import RocketKDError
@@ -103,9 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="retriever folder (or 'packaged' for all-MiniLM-L6-v2)")
     p.add_argument("--corpus", required=True, help="corpus.jsonl (BEIR), collection.tsv (MS MARCO) or a dataset folder")
     p.add_argument("--output", required=True, type=Path, help="index folder to write")
-    p.add_argument("--factory", default="Flat", help="faiss index_factory string, inner product (default Flat)")
-    p.add_argument("--batch-size", type=int, default=128, help="passages per encoding batch")
-    p.add_argument("--autocast", default="auto", choices=["auto", "bf16", "fp16", "no"], help="encoding precision")
+    p.add_argument("--factory", default=None, help="faiss index_factory string, inner product (default: "
+                   "index.factory of the config, Flat)")
+    p.add_argument("--batch-size", type=int, default=None, help="passages per encoding batch (default: "
+                   "index.batch_size, 128)")
+    p.add_argument("--autocast", default=None, choices=["auto", "bf16", "fp16", "no"],
+                   help="encoding precision (default: index.autocast, auto)")
+    p.add_argument("--config", type=Path, help="YAML config: the retriever is built with its model.* settings "
+                   "(lengths, pooling, similarity, as it was trained) and index.* gives the defaults above")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key (repeatable), as for train and pipeline")
 
     p = stage("search", help="retrieve (and re-rank) into a TREC run file", description=(
         "Encode queries with the index's encoder, take the top --k, optionally re-rank with a cross-encoder "
@@ -128,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "1 - fusion weight - this: the pipeline's hybrid system (results.json: hybrid_weights). "
                         "Builds a BM25 index of the corpus at start")
     p.add_argument("--corpus", help="corpus for the texts to re-rank or print (default: from the index metadata)")
+    p.add_argument("--batch-size", type=int, default=128, help="queries per encoding batch (as index's --batch-size)")
+    p.add_argument("--autocast", default=None, choices=["auto", "bf16", "fp16", "no"],
+                   help="query encoding precision (default: the precision the index's passages were encoded in)")
 
     p = stage("evaluate", help="metrics of a run file", description=(
         "MRR@10, nDCG@10 (trec_eval's linear gains), Recall@k and MAP, averaged over the qrels queries that have "
@@ -179,7 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun with changed config keys (else refused): the first "
                    "stage they change and every stage after it are redone")
 
-    stage("config", help="list every config key, its default and meaning")
+    p = stage("config", help="list every config key, its default and meaning; or show a merged config as YAML",
+              description=("Without arguments: every config key with its default and meaning. With --config and/or "
+                           "--set (or --yaml): the merged, checked config as YAML -- what a stage given the same "
+                           "flags would run with (pipe it to a file to keep a recipe)."))
+    p.add_argument("--config", type=Path, help="YAML config to merge over the defaults")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key (repeatable)")
+    p.add_argument("--yaml", action="store_true", help="print the merged config as YAML even without --config/--set")
     return parser
 
 
@@ -235,6 +253,11 @@ _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.
 
 
 def _print_config(args: argparse.Namespace) -> int:
+    if getattr(args, "config", None) or getattr(args, "overrides", None) or getattr(args, "yaml", False):
+        # the same loading (and checks) as every stage: a bad key or value is one line and exit 2, from main()
+        cfg = load_config(args.config, args.overrides)
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False), end="")
+        return 0
     width = max(len(k) for k, _, _ in describe())
     for key, default, help_ in describe():
         print(f"{key:<{width}}  {default:<14} {help_}")

@@ -36,6 +36,7 @@ from rocketkd.evaluation.metrics import (
 )
 from rocketkd.io import claim_output
 from rocketkd.models import CrossEncoderRanker, DualEncoder, resolve_model_path
+from rocketkd.models.loading import load_retriever
 from rocketkd.pipeline import run_pipeline, run_train
 from rocketkd.search.benchmark import benchmark, format_benchmark, write_benchmark
 from rocketkd.search.fusion import fuse_stages
@@ -159,6 +160,11 @@ def _json_or_empty(path: Path) -> dict:
 def cmd_index(args: argparse.Namespace) -> int:
     # Under torchrun / accelerate launch every process encodes its share of the corpus; the main process gathers
     # the vectors in row order, builds and saves the index; the others wait for it, then exit.
+    configured = bool(getattr(args, "config", None) or getattr(args, "overrides", None))
+    cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", None))  # checked before any work
+    for flag, key in (("factory", "factory"), ("batch_size", "batch_size"), ("autocast", "autocast")):
+        if getattr(args, flag, None) is None:  # the command line first, then the config (or its defaults)
+            setattr(args, flag, getattr(cfg.index, key))
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     init_if_launched()
@@ -168,7 +174,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         _refuse_reranker(model_path)  # before the corpus is read
         with main_process_first():  # one process parses the corpus into the Arrow cache, the others then read it
             corpus = _corpus_from(args.corpus)
-        model = DualEncoder.from_pretrained(model_path)
+        # with a config, the encoder as training built it (model.* lengths, pooling); else the folder's own settings
+        model = load_retriever(cfg, model_path) if configured else DualEncoder.from_pretrained(model_path)
         model.to(local_device())
         index = DenseIndex.build(model, corpus, factory=args.factory, batch_size=args.batch_size,
                                  autocast=args.autocast)
@@ -222,6 +229,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ConfigError("--query is empty: type the query text")
     if args.k < 1:
         raise ConfigError(f"--k must be at least 1, got {args.k}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     _file_output(args.output)
     index = DenseIndex.load(args.index)
     corpus = None
@@ -231,7 +240,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         queries = {"query": args.query} if args.query is not None else _queries_from(args.queries, args.split)
     index.encoder.to(local_device())
     # queries in the precision the passages were encoded in (the index records it)
-    run = search_run(index, queries, args.k, autocast=index.meta.get("autocast") or "auto")
+    run = search_run(index, queries, args.k, batch_size=args.batch_size,
+                     autocast=args.autocast or index.meta.get("autocast") or "auto")
     if not is_main():  # its share is in the main process's run
         barrier()
         return 0
