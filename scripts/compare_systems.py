@@ -41,7 +41,16 @@ def main() -> None:
                     help="also distil from each of these teachers alone (one recipe each, run after --modes)")
     ap.add_argument("--output", type=Path, default=Path("outputs/compare"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--paired-only", action="store_true",
+                    help="train nothing: write paired.md from the recipes already finished under --output")
     args = ap.parse_args()
+    if args.paired_only:
+        if not args.output.is_dir():
+            ap.exit(2, f"compare_systems: --output {args.output}: no such folder (nothing finished to compare)\n")
+        paired = _paired(args, [(m, LABELS[m], []) for m in args.modes])
+        (args.output / "paired.md").write_text(paired + "\n")
+        print(paired)
+        return
 
     from rocketkd.config import load_config
     from rocketkd.pipeline import run_pipeline
@@ -89,7 +98,8 @@ def main() -> None:
 
 def _paired(args, recipes) -> str:
     """Paired randomization tests over the test queries, per-query nDCG@10 averaged over the seeds: each recipe in
-    RocketQAv2's ablation order against the next (joint >= static >= contrastive > zero-shot base)."""
+    RocketQAv2's ablation order against the next (joint >= static >= contrastive > zero-shot base), then each
+    recipe's retriever against BM25 and its re-ranked second stage against its retriever."""
     from rocketkd.config import load_config
     from rocketkd.data.formats import load_qrels, read_trec_run
     from rocketkd.evaluation.compare import compare_values
@@ -100,23 +110,27 @@ def _paired(args, recipes) -> str:
     per: dict[str, dict[str, list[float]]] = {}
     for seed in args.seeds:
         for mode, _, _ in recipes:
-            for system, name in (("retriever", mode), ("base", "base")):
+            systems = (("retriever", mode), ("reranked", f"{mode} re-ranked"), ("base", "base"), ("bm25", "bm25"))
+            for system, name in systems:
                 run_file = args.output / f"seed{seed}" / mode / "runs" / f"{system}.{cfg.data.test_split}.trec"
-                if not run_file.exists() or (name == "base" and seed != args.seeds[0]):
-                    continue
+                if not run_file.exists() or (system in ("base", "bm25") and name in per):
+                    continue  # BM25 and the untrained encoder do not depend on the seed: counted once
                 res = evaluate_run(read_trec_run(run_file), qrels, ["nDCG@10"]).per_query
                 for q, v in res.items():
                     per.setdefault(name, {}).setdefault(q, []).append(v["nDCG@10"])
     order = [m for m in ("joint", "auto", "static", "contrastive") if m in per] + (["base"] if "base" in per else [])
+    pairs = list(zip(order, order[1:]))
+    pairs += [(m, "bm25") for m in order if m != "base" and "bm25" in per]
+    pairs += [(f"{m} re-ranked", other) for m in order for other in (m, "base") if f"{m} re-ranked" in per]
     lines = ["| A vs B (test nDCG@10, mean over seeds per query) | A | B | A - B | 95% CI | p (paired randomization) |",
              "|---|---|---|---|---|---|"]
-    for a, b in zip(order, order[1:]):
+    for a, b in pairs:
         va = {q: statistics.mean(v) for q, v in per[a].items()}
         vb = {q: statistics.mean(v) for q, v in per[b].items()}
         c = compare_values(vb, va, metric="nDCG@10")
         lines.append(f"| {a} vs {b} | {c.mean_b:.4f} | {c.mean_a:.4f} | {c.delta:+.4f} | [{c.ci_low:+.4f}, "
                      f"{c.ci_high:+.4f}] | {c.p_value:.3f} |")
-    return "\n".join(lines) if len(order) > 1 else ""
+    return "\n".join(lines) if len(pairs) else ""
 
 
 def _write(args, rows: dict[str, list[dict]], teachers: dict) -> None:

@@ -7,6 +7,8 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,3 +35,25 @@ def test_compare_systems_shares_stages_and_adds_single_teacher_recipes(tiny_bert
     assert "| retriever: contrastive only (labels, in-batch + mined negatives) (n=1) |" in table
     raw = json.loads((out / "raw.json").read_text())
     assert raw["teachers"]["seed1"][0]["recipe"] == "only-bm25"
+
+    paired = (out / "paired.md").read_text()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in paired.splitlines()[2:]}
+    assert set(rows) == {"contrastive vs base", "contrastive vs bm25", "contrastive re-ranked vs contrastive",
+                         "contrastive re-ranked vs base"}
+    # the A column is the recipe's own test nDCG@10 (one seed: the mean over queries of its run)
+    result = json.loads((out / "seed1" / "contrastive" / "results.json").read_text())
+    a = float(rows["contrastive vs bm25"].split(" | ")[1])
+    assert abs(a - result["systems"]["retriever"]["nDCG@10"]) < 1e-4
+    # --paired-only trains nothing and writes the same tests again
+    (out / "paired.md").unlink()
+    monkeypatch.setattr(sys, "argv", [*argv, "--paired-only"])
+    runpy.run_path(str(ROOT / "scripts" / "compare_systems.py"), run_name="__main__")
+    assert (out / "paired.md").read_text() == paired
+
+
+def test_compare_systems_paired_only_refuses_a_missing_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["compare_systems.py", "--output", str(tmp_path / "nope"), "--paired-only"])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(ROOT / "scripts" / "compare_systems.py"), run_name="__main__")
+    assert exc.value.code == 2
+    assert "nope: no such folder" in capsys.readouterr().err
