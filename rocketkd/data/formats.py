@@ -214,6 +214,18 @@ def write_trec_run(
                 f.write(f"{qid} Q0 {pid} {rank} {value!r} {tag}\n")
 
 
+def is_trec_run(path: PathLike) -> bool:
+    """Whether ``path`` reads as a TREC run file (its first line: ``qid Q0 pid rank score tag``): one a rerun of
+    ``rocketkd search`` may replace (:func:`rocketkd.io.output_file`)."""
+    try:
+        for _, line in iter_lines(Path(path)):
+            fields = line.split()
+            return len(fields) == 6 and fields[1] == "Q0" and fields[3].isdigit()
+    except (DataFormatError, OSError):
+        return False
+    return False
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # candidate lists
 
@@ -296,6 +308,11 @@ def write_candidates(
         meta.unlink(missing_ok=True)
         return
     write_json(meta, {**provenance, "num_lists": count, "candidates_fingerprint": file_fingerprint(path)})
+
+
+def is_candidates_file(path: PathLike) -> bool:
+    """Whether ``path`` is a candidate list rocketkd wrote (its ``.meta.json`` provenance beside it)."""
+    return _meta_path(path).is_file()
 
 
 def read_provenance(path: PathLike) -> dict | None:
