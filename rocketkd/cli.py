@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, help="output folder: the TREC run goes into it as run.trec; a path ending in "
                    ".trec, .run or .txt (or .gz) is the run file itself")
     p.add_argument("--k", type=int, default=100, help="passages per query (default 100)")
+    p.add_argument("--tag", default="rocketkd", help="TREC run tag: the run file's 6th column (default rocketkd)")
     p.add_argument("--rerank", help="re-ranker folder: re-score the top-k")
     p.add_argument("--fusion-weight", type=float, default=None,
                    help="weight of the re-ranker in the per-query z-scored fusion (1 = re-ranker alone; default: the "
@@ -148,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("evaluate", help="metrics of a run file", description=(
         "MRR@10, nDCG@10 (trec_eval's linear gains), Recall@k and MAP, averaged over the qrels queries that have "
-        "a relevant passage (a query missing from the run counts 0). Run and qrels may be gzip'd."))
+        "a relevant passage (a query missing from the run counts 0). Run and qrels may be gzip'd. The table's last "
+        "line names the run's tag (its 6th column: search --tag, pipeline --tag)."))
     p.add_argument("--run", required=True, type=Path, help="TREC run file (or .gz)")
     p.add_argument("--qrels", required=True, type=Path, help="qrels (BEIR tsv with header, or TREC 4-column; or .gz)")
     p.add_argument("--metrics", default=None,
@@ -196,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p, "run folder (default: output_dir from the config)")
     p.add_argument("--force", action="store_true", help="rerun with changed config keys (else refused): the first "
                    "stage they change and every stage after it are redone")
+    p.add_argument("--tag", help="TREC run tag of the run files: each system's is TAG-SYSTEM, named in results.json/.md "
+                   "(= --set eval.run_tag=TAG; default rocketkd)")
 
     p = stage("config", help="list every config key, its default and meaning; or show a merged config as YAML",
               description=("Without arguments: every config key with its default and meaning. With --config and/or "

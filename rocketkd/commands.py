@@ -22,9 +22,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from rocketkd.candidates.mining import mine
-from rocketkd.config import load_config
+from rocketkd.config import load_config, validate_config
 from rocketkd.data import Corpus, load_qrels, load_queries, load_retrieval_data, read_trec_run, write_trec_run
-from rocketkd.data.formats import is_candidates_file, is_trec_run
+from rocketkd.data.formats import is_candidates_file, is_trec_run, read_run_tags
 from rocketkd.data.lines import plain_suffix
 from rocketkd.distributed import barrier, init_if_launched, is_main, local_device, main_process_first
 from rocketkd.errors import ConfigError, DataFormatError, OutputError
@@ -250,6 +250,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ConfigError(f"--k must be at least 1, got {args.k}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not args.tag or any(c.isspace() for c in args.tag):
+        raise ConfigError(f"--tag {args.tag!r}: a TREC run tag is one word (no whitespace)")
     output, folder = _one_file_output(args.output, "search") if args.output else (None, None)
     index = DenseIndex.load(args.index)
     corpus = None
@@ -288,7 +290,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(f"{rank:>{width}}. {pid}\t{run['query'][pid]:.4f}\t{corpus.get_text(pid)[:100]}")
     if output is not None:
         with _claimed(folder, "search", main=True):  # only this (main) process writes
-            write_trec_run(output, run)
+            write_trec_run(output, run, tag=args.tag)
         print(f"{len(run)} queries x top-{args.k} -> {output}")
     barrier()
     return 0
@@ -316,8 +318,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(to_json(result.mean))
     else:
         print(format_table(result.mean))
-        print(f"({result.num_queries} queries; {len(result.missing_from_run)} missing from the run counted as 0; "
-              f"{len(result.skipped_no_relevant)} without a relevant passage skipped)")
+        tags = ", ".join(read_run_tags(args.run)) or "none"  # the run's TREC tag (search --tag, pipeline --tag)
+        print(f"(run tag {tags}; {result.num_queries} queries; {len(result.missing_from_run)} missing from the run "
+              f"counted as 0; {len(result.skipped_no_relevant)} without a relevant passage skipped)")
     return 0
 
 
@@ -371,6 +374,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    if args.tag is not None:  # --tag is eval.run_tag (kept as text: --set would read "2024" as a number)
+        cfg.eval.run_tag = args.tag
+        validate_config(cfg)
     with claim_output(cfg.output_dir, "pipeline", main=_launched_main()):  # a rerun continues its own folder
         check_unchanged(cfg.output_dir, cfg, force=args.force, what="pipeline rerun of")
         results = run_pipeline(cfg)

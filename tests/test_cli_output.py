@@ -1,6 +1,7 @@
 """``--output`` means the same on every stage (issue 22): a folder; a stage that writes one file (mine, search,
 benchmark) puts it there under a fixed name, or writes the file itself when the path ends in its suffix. The rules of
-docs/reliability.md hold for both forms: a new path or one rocketkd wrote, nothing of the user's replaced."""
+docs/reliability.md hold for both forms: a new path or one rocketkd wrote, nothing of the user's replaced. And a run
+tag (``search --tag``) is the run file's 6th column, which ``evaluate`` names."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from rocketkd.cli import LOG_FILE, main
 from rocketkd.data import read_candidates, read_trec_run, write_trec_run
-from rocketkd.data.formats import is_trec_run
+from rocketkd.data.formats import is_trec_run, read_run_tags
 from rocketkd.errors import OutputError
 from rocketkd.io import OUTPUT_MARKER, names_a_file, output_file
 from rocketkd.search.benchmark import is_benchmark_table, write_benchmark
@@ -67,6 +68,16 @@ def test_search_and_mine_write_into_an_output_folder(capsys, tiny_bert, tiny_dat
     assert "rocketkd search" in (runs / LOG_FILE).read_text()
     one_error(cli(capsys, *argv[:-1], index), "search", str(index), "not a search output")  # an index folder
 
+    # --tag: the run file's 6th column (default rocketkd), which evaluate names
+    assert read_run_tags(runs / "run.trec") == ["rocketkd"]
+    tagged = tmp_path / "tagged.trec"
+    assert cli(capsys, *argv[:-1], tagged, "--tag", "exp1")[0] == 0
+    assert read_run_tags(tagged) == ["exp1"] and read_trec_run(tagged) == read_trec_run(runs / "run.trec")
+    code, out, _ = cli(capsys, "evaluate", "--run", tagged, "--qrels", tiny_data / "qrels" / "test.tsv")
+    assert code == 0 and "run tag exp1;" in out
+    one_error(cli(capsys, *argv[:-1], tmp_path / "bad.trec", "--tag", "two words"), "search", "--tag", "one word")
+    assert not (tmp_path / "bad.trec").exists()
+
     mined = tmp_path / "mined"
     code, out, _ = cli(capsys, "mine", "--config", TINY_CONFIG, "--set", f"data.path={tiny_data}", "--output", mined)
     assert code == 0 and str(mined / "candidates.jsonl") in out
@@ -81,3 +92,10 @@ def test_a_users_file_is_refused_before_any_work(capsys, tmp_path):
     argv = ["search", "--index", tmp_path / "no-index", "--queries", tmp_path / "q.tsv", "--output", notes]
     one_error(cli(capsys, *argv), "search", str(notes), "not a file rocketkd search writes")
     assert notes.read_text() == "years of work\n"
+
+
+def test_pipeline_tag_is_the_config_key_checked_before_any_work(capsys, tmp_path):
+    out = tmp_path / "p"
+    argv = ["pipeline", "--config", TINY_CONFIG, "--output", out, "--tag", "two words"]
+    one_error(cli(capsys, *argv), "pipeline", "eval.run_tag", "one word")
+    assert not out.exists()

@@ -40,6 +40,7 @@ __all__ = [
     "read_candidates",
     "read_provenance",
     "read_qrels",
+    "read_run_tags",
     "read_trec_run",
     "write_candidates",
     "write_trec_run",
@@ -212,6 +213,16 @@ def write_trec_run(
                 if not math.isfinite(value):
                     raise ValueError(f"score of query {qid!r}, passage {pid!r} is not finite: {score!r}")
                 f.write(f"{qid} Q0 {pid} {rank} {value!r} {tag}\n")
+
+
+def read_run_tags(path: PathLike) -> list[str]:
+    """The run tags (6th column) of a TREC run file, in order of first appearance (one, for a run rocketkd wrote)."""
+    tags: dict[str, None] = {}
+    for _, line in iter_lines(Path(path)):
+        fields = line.split()
+        if len(fields) == 6:
+            tags.setdefault(fields[5])
+    return list(tags)
 
 
 def is_trec_run(path: PathLike) -> bool:
