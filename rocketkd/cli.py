@@ -26,7 +26,7 @@ import yaml
 
 from rocketkd.config import describe, load_config
 from rocketkd.errors import RocketKDError
-from rocketkd.io import RUN_LOG, output_kind
+from rocketkd.io import ONE_FILE_OUTPUTS, RUN_LOG, names_a_file, output_kind
 
 EPILOG = """stages, in the order data flows:
   mine      candidate lists for training (BM25 / dense top-k, denoised by the re-ranker)
@@ -38,6 +38,10 @@ EPILOG = """stages, in the order data flows:
   benchmark one retriever over several BEIR-layout datasets into one table
   pipeline  all of the above, round after round, into one results.json
   config    list every config key with its default and meaning
+
+--output is where a stage writes, on every stage: a folder (a new one, or one rocketkd wrote as the same kind of
+output). Stages that write one file (mine, search, benchmark) put it into the folder under a fixed name, or write
+the file itself when the path ends in its suffix (run.trec, candidates.jsonl, table.md).
 
 example:  rocketkd pipeline --config configs/demo.yaml --output outputs/demo
 """
@@ -94,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Retrieve the top mining.depth passages for each training query (BM25 on the first round, else the "
         "--retriever's index), drop judged positives, denoise with --reranker, mix in sampled negatives, and "
         "write candidate lists (JSONL + .meta.json provenance) that `rocketkd train` reads."))
-    _config_args(p, "candidate list file to write (default: <output_dir>/candidates.jsonl)")
+    _config_args(p, "output folder: candidates.jsonl (+ .meta.json) goes into it; a path ending in .jsonl[.gz] is "
+                 "the file itself (default: <output_dir>/candidates.jsonl)")
     p.add_argument("--retriever", help="retriever folder (default: BM25 or the base encoder, per mining.first_round)")
     p.add_argument("--reranker", help="re-ranker folder used to denoise (default: no denoising)")
 
@@ -124,8 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", help="queries.jsonl / queries.tsv (or a dataset folder with --split)")
     p.add_argument("--split", help="only the queries judged in this qrels split (with a dataset folder)")
     p.add_argument("--query", help="one query typed on the command line")
-    p.add_argument("--output", type=Path, help="TREC run file to write")
+    p.add_argument("--output", type=Path, help="output folder: the TREC run goes into it as run.trec; a path ending in "
+                   ".trec, .run or .txt (or .gz) is the run file itself")
     p.add_argument("--k", type=int, default=100, help="passages per query (default 100)")
+    p.add_argument("--tag", default="rocketkd", help="TREC run tag: the run file's 6th column (default rocketkd)")
     p.add_argument("--rerank", help="re-ranker folder: re-score the top-k")
     p.add_argument("--fusion-weight", type=float, default=None,
                    help="weight of the re-ranker in the per-query z-scored fusion (1 = re-ranker alone; default: the "
@@ -142,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("evaluate", help="metrics of a run file", description=(
         "MRR@10, nDCG@10 (trec_eval's linear gains), Recall@k and MAP, averaged over the qrels queries that have "
-        "a relevant passage (a query missing from the run counts 0). Run and qrels may be gzip'd."))
+        "a relevant passage (a query missing from the run counts 0). Run and qrels may be gzip'd. The table's last "
+        "line names the run's tag (its 6th column: search --tag, pipeline --tag)."))
     p.add_argument("--run", required=True, type=Path, help="TREC run file (or .gz)")
     p.add_argument("--qrels", required=True, type=Path, help="qrels (BEIR tsv with header, or TREC 4-column; or .gz)")
     p.add_argument("--metrics", default=None,
@@ -179,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="nDCG@10,MRR@10,R@100", help="comma-separated metric names")
     p.add_argument("--batch-size", type=int, default=128, help="passages per encoding batch")
     p.add_argument("--autocast", default="auto", choices=["auto", "bf16", "fp16", "no"], help="encoding precision")
-    p.add_argument("--output", type=Path, help="also write the table: .md (Markdown), .tsv or .json")
+    p.add_argument("--output", type=Path, help="also write the table: an output folder gets benchmark.md and "
+                   "benchmark.json; a path ending in .md (Markdown), .tsv or .json is that file")
 
     p = stage("pipeline", help="the whole recipe: mine, warm up, train, re-mine, train, evaluate",
                        description=(
@@ -189,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p, "run folder (default: output_dir from the config)")
     p.add_argument("--force", action="store_true", help="rerun with changed config keys (else refused): the first "
                    "stage they change and every stage after it are redone")
+    p.add_argument("--tag", help="TREC run tag of the run files: each system's is TAG-SYSTEM, named in results.json/.md "
+                   "(= --set eval.run_tag=TAG; default rocketkd)")
 
     p = stage("config", help="list every config key, its default and meaning; or show a merged config as YAML",
               description=("Without arguments: every config key with its default and meaning. With --config and/or "
@@ -296,7 +307,7 @@ def _launched_rank() -> int:
 
 
 def _log_target(args: argparse.Namespace) -> tuple[Path, str] | None:
-    """(output folder, kind of output) of a stage that writes a folder; None for the others."""
+    """(output folder, kind of output) of a stage that writes into a folder; None for the others."""
     if args.stage == "index":
         return Path(args.output), "index"
     if args.stage in ("train", "pipeline"):
@@ -306,6 +317,8 @@ def _log_target(args: argparse.Namespace) -> tuple[Path, str] | None:
             return Path(load_config(args.config, args.overrides).output_dir), args.stage
         except Exception:
             return None
+    if args.stage in ONE_FILE_OUTPUTS and getattr(args, "output", None) and not names_a_file(args.output, args.stage):
+        return Path(args.output), args.stage  # an --output folder of mine / search / benchmark
     return None
 
 

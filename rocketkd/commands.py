@@ -6,7 +6,9 @@ that need them.
 
 Output folders (docs/reliability.md): ``train``, ``pipeline`` and ``index`` claim their ``--output`` before any data
 or model is read (:func:`rocketkd.io.claim_output`): a new folder, an empty one or one rocketkd wrote as the same kind
-of output, marked and locked for the run; anything else is refused with one line. Values the stage checks itself
+of output, marked and locked for the run; anything else is refused with one line. ``mine``, ``search`` and
+``benchmark`` write one file: into their ``--output`` folder (claimed the same way) under a fixed name, or to
+``--output`` itself when it ends in the file's suffix (:func:`rocketkd.io.output_file`). Values the stage checks itself
 (``--k``, ``--batch-size``, ``--query``) are checked first as well.
 """
 
@@ -16,11 +18,13 @@ import argparse
 import json
 import logging
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 from rocketkd.candidates.mining import mine
-from rocketkd.config import load_config
+from rocketkd.config import load_config, validate_config
 from rocketkd.data import Corpus, load_qrels, load_queries, load_retrieval_data, read_trec_run, write_trec_run
+from rocketkd.data.formats import is_candidates_file, is_trec_run, read_run_tags
 from rocketkd.data.lines import plain_suffix
 from rocketkd.distributed import barrier, init_if_launched, is_main, local_device, main_process_first
 from rocketkd.errors import ConfigError, DataFormatError, OutputError
@@ -34,11 +38,11 @@ from rocketkd.evaluation.metrics import (
     to_json,
     write_per_query,
 )
-from rocketkd.io import claim_output
+from rocketkd.io import ONE_FILE_OUTPUTS, claim_output, output_file
 from rocketkd.models import CrossEncoderRanker, DualEncoder, resolve_model_path
 from rocketkd.models.loading import load_retriever
 from rocketkd.pipeline import run_pipeline, run_train
-from rocketkd.search.benchmark import benchmark, format_benchmark, write_benchmark
+from rocketkd.search.benchmark import benchmark, format_benchmark, is_benchmark_table, write_benchmark
 from rocketkd.search.fusion import fuse_stages
 from rocketkd.search.index import DenseIndex, search_run
 from rocketkd.search.rerank import bm25_run, load_fusion_weight, rerank_run
@@ -64,9 +68,24 @@ def _launched_main() -> bool:
 
 
 def _file_output(path: Path | None, flag: str = "--output") -> None:
-    """A file output (run file, candidate lists) must not name a folder: atomic_write would fail after the work."""
+    """A file output (``evaluate --per-query``) must not name a folder: atomic_write would fail after the work."""
     if path is not None and Path(path).is_dir():
         raise OutputError(f"{flag} {path}: is a folder; give the file to write")
+
+
+# What an existing file must be for a rerun of a one-file stage to replace it (rocketkd.io.output_file).
+_REPLACEABLE = {"mine": is_candidates_file, "search": is_trec_run, "benchmark": is_benchmark_table}
+
+
+def _one_file_output(path: Path, kind: str) -> tuple[Path, Path | None]:
+    """(the file a one-file stage writes, its --output folder to claim or None): rocketkd.io.output_file."""
+    return output_file(path, kind, ours=_REPLACEABLE[kind])
+
+
+def _claimed(folder: Path | None, kind: str, main: bool):
+    """The ``with`` of a one-file stage: its --output folder claimed (marked, locked) as train's is, or nothing for a
+    file named by its suffix."""
+    return claim_output(folder, kind, main=main) if folder is not None else nullcontext()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -92,9 +111,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_mine(args: argparse.Namespace) -> int:
     init_if_launched()  # under torchrun / accelerate launch: retrieval and denoising shard across the processes
     cfg = load_config(args.config, args.overrides)
-    output = args.output or Path(cfg.output_dir) / "candidates.jsonl"
-    _file_output(Path(output))
-    result = mine(cfg, output=Path(output), retriever=args.retriever, reranker=args.reranker)
+    output, folder = _one_file_output(args.output or Path(cfg.output_dir) / ONE_FILE_OUTPUTS["mine"][0], "mine")
+    with _claimed(folder, "mine", is_main()):
+        result = mine(cfg, output=output, retriever=args.retriever, reranker=args.reranker)
     if is_main():  # mine() wrote the file on the main process and returned the same result everywhere
         print(f"{result.num_lists} candidate lists for {result.num_queries} queries -> {result.path}")
     return 0
@@ -224,14 +243,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.query is None and args.queries is None:
         raise ConfigError("give --queries FILE (with --output) or --query TEXT")
     if args.query is None and args.output is None:
-        raise ConfigError("--queries needs --output RUN_FILE")
+        raise ConfigError("--queries needs --output (a folder for run.trec, or a .trec file)")
     if args.query is not None and not args.query.strip():
         raise ConfigError("--query is empty: type the query text")
     if args.k < 1:
         raise ConfigError(f"--k must be at least 1, got {args.k}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    _file_output(args.output)
+    if not args.tag or any(c.isspace() for c in args.tag):
+        raise ConfigError(f"--tag {args.tag!r}: a TREC run tag is one word (no whitespace)")
+    output, folder = _one_file_output(args.output, "search") if args.output else (None, None)
     index = DenseIndex.load(args.index)
     corpus = None
     if is_main() and (args.rerank or bm25_weight > 0 or args.query is not None):
@@ -267,9 +288,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         width = len(str(args.k))
         for rank, pid in enumerate(rank_scores(run["query"])[: args.k], 1):
             print(f"{rank:>{width}}. {pid}\t{run['query'][pid]:.4f}\t{corpus.get_text(pid)[:100]}")
-    if args.output is not None:
-        write_trec_run(args.output, run)
-        print(f"{len(run)} queries x top-{args.k} -> {args.output}")
+    if output is not None:
+        with _claimed(folder, "search", main=True):  # only this (main) process writes
+            write_trec_run(output, run, tag=args.tag)
+        print(f"{len(run)} queries x top-{args.k} -> {output}")
     barrier()
     return 0
 
@@ -296,8 +318,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(to_json(result.mean))
     else:
         print(format_table(result.mean))
-        print(f"({result.num_queries} queries; {len(result.missing_from_run)} missing from the run counted as 0; "
-              f"{len(result.skipped_no_relevant)} without a relevant passage skipped)")
+        tags = ", ".join(read_run_tags(args.run)) or "none"  # the run's TREC tag (search --tag, pipeline --tag)
+        print(f"(run tag {tags}; {result.num_queries} queries; {len(result.missing_from_run)} missing from the run "
+              f"counted as 0; {len(result.skipped_no_relevant)} without a relevant passage skipped)")
     return 0
 
 
@@ -334,20 +357,26 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         parse_metric(name)
     if args.k < 1 or args.batch_size < 1:
         raise ConfigError(f"--k and --batch-size must be at least 1, got {args.k} and {args.batch_size}")
-    _file_output(args.output)
+    output, folder = _one_file_output(args.output, "benchmark") if args.output else (None, None)
     model_path = resolve_model_path(None if args.model == "packaged" else args.model)
     _refuse_reranker(model_path)
     model = DualEncoder.from_pretrained(model_path).to(local_device())
     rows = benchmark(model, args.datasets, split=args.split, k=args.k, metrics=metrics, batch_size=args.batch_size,
                      autocast=args.autocast)
     print(format_benchmark(rows, metrics))
-    if args.output:
-        write_benchmark(args.output, rows, metrics)
+    if output is not None:
+        with _claimed(folder, "benchmark", main=True):
+            write_benchmark(output, rows, metrics)
+            if folder is not None:
+                write_benchmark(folder / "benchmark.json", rows, metrics)
     return 0
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    if args.tag is not None:  # --tag is eval.run_tag (kept as text: --set would read "2024" as a number)
+        cfg.eval.run_tag = args.tag
+        validate_config(cfg)
     with claim_output(cfg.output_dir, "pipeline", main=_launched_main()):  # a rerun continues its own folder
         check_unchanged(cfg.output_dir, cfg, force=args.force, what="pipeline rerun of")
         results = run_pipeline(cfg)

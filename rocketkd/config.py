@@ -178,6 +178,7 @@ class EvalConfig:
     k: int = _f(100, "passages retrieved per query")
     rerank_depth: int = _f(100, "retrieved passages re-ranked")
     fuse_rerank: bool = _f(True, "interpolate re-ranker and retriever scores per query, weight chosen on dev")
+    run_tag: str = _f("rocketkd", "TREC run tag (6th column) of the pipeline's runs: each system's is TAG-SYSTEM")
 
 
 @dataclass
@@ -405,10 +406,11 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError(f"config key {dotted!r}: {value!r} is not one of {', '.join(str(c) for c in choices)}")
     if cfg.train.mode == "static" and cfg.train.teacher == "online":
         raise ConfigError("config key 'train.teacher': static mode needs a frozen 'reranker' or 'stored' scores, not 'online'")
+    if not isinstance(cfg.eval.run_tag, str) or cfg.eval.run_tag.split() != [cfg.eval.run_tag]:  # one word
+        raise ConfigError(f"config key 'eval.run_tag': a TREC run tag is one word, got {cfg.eval.run_tag!r}")
     for name in cfg.pipeline.systems:
         if name not in PIPELINE_SYSTEMS:
-            raise ConfigError(f"config key 'pipeline.systems': unknown system {name!r} "
-                              f"(known: {', '.join(PIPELINE_SYSTEMS)})")
+            raise ConfigError(f"config key 'pipeline.systems': unknown system {name!r} (known: {', '.join(PIPELINE_SYSTEMS)})")
     members = cfg.pipeline.teacher_members
     if not members:
         raise ConfigError("config key 'pipeline.teacher_members': name at least one teacher")

@@ -11,6 +11,10 @@ same kind. Anything else (someone's folder, a regular file, the current folder) 
 :class:`~rocketkd.errors.OutputError` before any work starts, so nothing of the user's is ever replaced. Folders
 written before the marker existed are recognised by their files (:data:`_LEGACY`) and get the marker.
 
+Stages whose output is one file (``mine``, ``search``, ``benchmark``) take the same ``--output`` (:func:`output_file`):
+a folder, claimed as above, into which the file goes under a fixed name; or, when the path ends in the file's own
+suffix, that file -- new, or one of the kind the stage writes (a TREC run, a candidate list with its provenance).
+
 A writer holds a lock (:class:`OutputLock`, ``.rocketkd-lock`` in the folder; beside it for an index folder, which is
 replaced whole): a second writer is refused with the holder's pid. A lock whose process has died is taken over.
 
@@ -33,7 +37,7 @@ import secrets
 import shutil
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,6 +60,9 @@ __all__ = [
     "file_fingerprint",
     "fsync_tree",
     "mark_output",
+    "ONE_FILE_OUTPUTS",
+    "names_a_file",
+    "output_file",
     "output_kind",
     "read_json",
     "write_json",
@@ -522,3 +529,44 @@ def claim_output(path: str | os.PathLike, kind: str, *, whole: bool = False, mai
         if created and all(_own_entry(entry.name) for entry in os.scandir(path)):
             shutil.rmtree(path, ignore_errors=True)
         raise
+
+
+# Stages whose output is one file: its name in an --output folder, and the suffixes that make --output the file itself.
+ONE_FILE_OUTPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "mine": ("candidates.jsonl", (".jsonl",)),
+    "search": ("run.trec", (".trec", ".run", ".txt")),
+    "benchmark": ("benchmark.md", (".md", ".tsv", ".json")),
+}
+
+
+def names_a_file(path: str | os.PathLike, kind: str) -> bool:
+    """Whether a ``kind`` stage's ``--output path`` is the file itself (its suffix, through a ``.gz``), not a folder."""
+    path = Path(path)
+    plain = path.with_suffix("") if path.suffix.lower() == ".gz" else path
+    return plain.suffix.lower() in ONE_FILE_OUTPUTS[kind][1]
+
+
+def output_file(path: str | os.PathLike, kind: str, *, ours: Callable[[Path], bool]) -> tuple[Path, Path | None]:
+    """Where a stage whose output is one file writes it: (the file, the folder to :func:`claim_output` or None).
+
+    ``--output`` means a folder on every stage; a ``kind`` stage of :data:`ONE_FILE_OUTPUTS` puts its file there
+    under a fixed name (``run.trec``, ``candidates.jsonl``). A path ending in the file's suffix names the file
+    itself, as before folders were the rule: it must be new, or a file ``ours`` recognises as what this stage writes
+    (a rerun replaces its own run file); anything else of the user's is refused with
+    :class:`~rocketkd.errors.OutputError`, before any work.
+    """
+    path = Path(path)
+    name, suffixes = ONE_FILE_OUTPUTS[kind]
+    if not names_a_file(path, kind):
+        if path.is_file():
+            raise OutputError(f"{_named(path)}: is a file; --output is a folder (rocketkd {kind} writes {name} into "
+                              f"it) or a file ending in {' / '.join(suffixes)}")
+        check_output(path, kind)  # refused before any work, as claim_output will refuse it
+        return path / name, path
+    if path.is_dir():
+        raise OutputError(f"{_named(path)}: is a folder, though named like a file; give a new file, or a folder name "
+                          "without a file suffix")
+    if path.exists() and not ours(path):
+        raise OutputError(f"{_named(path)}: exists and is not a file rocketkd {kind} writes; rocketkd replaces nothing "
+                          "it did not write: give a new file or a folder")
+    return path, None

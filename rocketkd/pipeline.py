@@ -30,6 +30,7 @@ from rocketkd.config import Config, check_disjoint_splits
 from rocketkd.data.formats import (
     load_retrieval_data,
     read_candidates,
+    read_run_tags,
     read_trec_run,
     write_candidates,
     write_trec_run,
@@ -137,6 +138,15 @@ def _run_path(out: Path, system: str, split: str) -> Path:
     return out / "runs" / f"{system}.{split}.trec"
 
 
+def _run_tag(cfg: Config, system: str) -> str:
+    """A system's TREC run tag: ``eval.run_tag``-SYSTEM, so every run file of the pipeline names its system."""
+    return f"{cfg.eval.run_tag}-{system}"
+
+
+def _write_run(cfg: Config, out: Path, system: str, split: str, run: dict) -> None:
+    write_trec_run(_run_path(out, system, split), run, tag=_run_tag(cfg, system))
+
+
 def _stage_baselines(cfg: Config, data, out: Path) -> dict:
     k = cfg.eval.k
     splits = [cfg.data.dev_split, cfg.data.test_split]
@@ -145,8 +155,8 @@ def _stage_baselines(cfg: Config, data, out: Path) -> dict:
     index = DenseIndex.build(base, data.corpus, batch_size=cfg.index.batch_size, autocast=cfg.index.autocast)
     for split in splits:
         queries = data.split_queries(split)
-        write_trec_run(_run_path(out, "bm25", split), bm25.search(queries, k))
-        write_trec_run(_run_path(out, "base", split), search_run(index, queries, k))
+        _write_run(cfg, out, "bm25", split, bm25.search(queries, k))
+        _write_run(cfg, out, "base", split, search_run(index, queries, k))
     return {"systems": ["bm25", "base"]}
 
 
@@ -458,7 +468,7 @@ def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str, pr
     for split in (dev, test):
         queries = data.split_queries(split)
         run = search_run(index, queries, cfg.eval.k)
-        write_trec_run(_run_path(out, "retriever", split), run)
+        _write_run(cfg, out, "retriever", split, run)
         reranked[split] = rerank_run(ranker, run, queries, data.corpus, depth=cfg.eval.rerank_depth)
         if prior_scorer is not None:
             alone = add_prior_to_run({q: dict.fromkeys(s, 0.0) for q, s in reranked[split].items()}, prior_scorer,
@@ -466,20 +476,20 @@ def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str, pr
             spread = _spreads(reranked[split], alone)  # before the sum: reranked holds g alone here
             reranked[split] = {q: {pid: s + alone[q][pid] for pid, s in scores.items()}
                                for q, scores in reranked[split].items()}
-            write_trec_run(_run_path(out, "prior", split), alone)
+            _write_run(cfg, out, "prior", split, alone)
             (cmp,) = compare_runs(alone, reranked[split], data.qrels[split], ["nDCG@10"])
             checks[split] = {**cmp.to_dict(), **spread}
             logger.info("%s: per list, the cross-encoder's scores spread %.3f against the prior's %.3f (std)", split,
                         spread["g_std"], spread["prior_std"])
             logger.info("%s: re-ranker (prior + cross-encoder) nDCG@10 %.4f against the prior alone %.4f (%+.4f, "
                         "p=%.3f, %d queries)", split, cmp.mean_b, cmp.mean_a, cmp.delta, cmp.p_value, cmp.queries)
-        write_trec_run(_run_path(out, "reranker-raw", split), reranked[split])  # for the hybrid stage
+        _write_run(cfg, out, "reranker-raw", split, reranked[split])  # for the hybrid stage
     weight = 1.0
     if cfg.eval.fuse_rerank:
         weight, _ = choose_fusion_weight(read_trec_run(_run_path(out, "retriever", dev)), reranked[dev], data.qrels[dev])
     for split in (dev, test):
         first = read_trec_run(_run_path(out, "retriever", split))
-        write_trec_run(_run_path(out, "reranked", split), fuse_stages(first, [reranked[split]], [1.0 - weight, weight]))
+        _write_run(cfg, out, "reranked", split, fuse_stages(first, [reranked[split]], [1.0 - weight, weight]))
     if Path(reranker).resolve().is_relative_to(out.resolve()):  # a folder this run wrote, never the user's model
         save_fusion_weight(reranker, weight, fitted_on=f"{dev} ({len(data.split_queries(dev))} queries)",
                            first_stage=str(out / "index"), depth=cfg.eval.rerank_depth,
@@ -519,14 +529,14 @@ def _stage_hybrid(cfg: Config, data, out: Path, reranker: str) -> dict:
         else:  # a run finished before the final stage kept the re-ranker's own scores
             ranker = ranker or load_reranker(cfg, reranker, trainable=False)
             raw = rerank_run(ranker, first, queries, data.corpus, depth=depth)
-            write_trec_run(raw_path, raw)
+            write_trec_run(raw_path, raw, tag=_run_tag(cfg, "reranker-raw"))
         lexical = bm25_run(first, queries, data.corpus, depth=depth, bm25=bm25)
         parts[split] = [first, raw, lexical]
     first, raw, lexical = parts[dev]
     weights, dev_value = choose_fusion_weights([head_of_run(first, depth), raw, lexical], data.qrels[dev])
     for split in (dev, test):
         first, raw, lexical = parts[split]
-        write_trec_run(_run_path(out, "hybrid", split), fuse_stages(first, [raw, lexical], weights, depth=depth))
+        _write_run(cfg, out, "hybrid", split, fuse_stages(first, [raw, lexical], weights, depth=depth))
     named = dict(zip(("retriever", "reranker", "bm25"), weights))
     logger.info("hybrid re-ranking weights (fitted on %s, nDCG@10 %.4f): %s", dev, dev_value, named)
     return {"weights": named, "dev_ndcg@10": dev_value}
@@ -543,6 +553,8 @@ def _write_results(cfg: Config, data, out: Path, stages: StageLog) -> dict:
         "split": test,
         "num_queries": len(data.split_queries(test)),
         "systems": systems,
+        # what each run file's 6th column says (read back: a rerun with another eval.run_tag keeps finished runs)
+        "run_tags": {system: ", ".join(read_run_tags(path)) for system, path in run_files.items()},
         "teachers": teachers,
         "fusion_weight": stages.done.get("final", {}).get("fusion_weight"),
         "hybrid_weights": stages.done.get("hybrid", {}).get("weights"),

@@ -31,7 +31,9 @@ from rocketkd.io import read_json, write_json
 logger = logging.getLogger(__name__)
 
 # Keys that say where things go or how often to report, not what a run computes: never compared.
-NOT_COMPARED = frozenset({"output_dir", "data.cache_dir", "train.log_every", "train.keep_checkpoints", "pipeline.plot"})
+# eval.run_tag labels run files: a rerun with another tag tags the runs it writes (results.json reads each file's tag).
+NOT_COMPARED = frozenset({"output_dir", "data.cache_dir", "train.log_every", "train.keep_checkpoints", "pipeline.plot",
+                          "eval.run_tag"})
 STAMP_SUFFIX = ".stamp.json"
 
 

@@ -70,19 +70,36 @@ def test_sentence_transformers_reproduces_both_encodings_shared_towers(tiny_bert
     np.testing.assert_allclose(st.encode(PASSAGES), ours_p, atol=1e-5)  # plain encode: the passage side
 
 
-def test_sentence_transformers_reproduces_both_towers(tiny_bert, tmp_path):
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_sentence_transformers_reproduces_both_towers(tiny_bert, tmp_path, similarity):
+    """Two towers are saved as a sentence-transformers Router: one folder, encode_query through the query tower at
+    the query length, encode_document (and a plain encode) through the passage tower at the passage length."""
     from sentence_transformers import SentenceTransformer
 
-    model = DualEncoder.from_pretrained(tiny_bert, shared=False, query_max_length=6, passage_max_length=24)
+    model = DualEncoder.from_pretrained(tiny_bert, shared=False, similarity=similarity, query_max_length=6,
+                                        passage_max_length=24)
     with torch.no_grad():  # make the towers differ
         next(model.query_encoder.parameters()).add_(0.5)
     folder = model.save(tmp_path / "r")
     ours_q, ours_p = model.encode(QUERIES, side="query"), model.encode(PASSAGES, side="passage")
-    st_passages = SentenceTransformer(str(folder), device="cpu")
-    st_queries = SentenceTransformer(str(folder / "query_encoder"), device="cpu")
-    np.testing.assert_allclose(st_passages.encode_document(PASSAGES), ours_p, atol=1e-5)
-    np.testing.assert_allclose(st_queries.encode_query(QUERIES), ours_q, atol=1e-5)
-    np.testing.assert_allclose(st_queries.encode(QUERIES), ours_q, atol=1e-5)
+    # each side differs from the other tower and from the other length: an equality below is not by chance
+    assert not np.allclose(ours_q, model.encode(QUERIES, side="passage"), atol=1e-3)
+    assert not np.allclose(model.encode(PASSAGES, side="query"), ours_p, atol=1e-3)
+    st = SentenceTransformer(str(folder), device="cpu")
+    np.testing.assert_allclose(st.encode_query(QUERIES), ours_q, atol=1e-5)
+    np.testing.assert_allclose(st.encode_document(PASSAGES), ours_p, atol=1e-5)
+    np.testing.assert_allclose(st.encode(PASSAGES), ours_p, atol=1e-5)  # plain encode: the passage side
+    assert st.similarity_fn_name == similarity
+    assert not (folder / "query_encoder").exists() and not (folder / "config.json").exists()
+    card = (folder / "README.md").read_text()
+    assert "Router" in card and "| shared | false |" in card
+
+    # a folder sentence-transformers re-saves keeps the layout rocketkd reads, to the same weights
+    st.save(str(tmp_path / "resaved"))
+    again = DualEncoder.from_pretrained(tmp_path / "resaved")
+    assert not again.shared and (again.query_max_length, again.passage_max_length) == (6, 24)
+    np.testing.assert_allclose(again.encode(QUERIES, side="query"), ours_q, atol=1e-5)
+    np.testing.assert_allclose(again.encode(PASSAGES, side="passage"), ours_p, atol=1e-5)
 
 
 def test_cross_encoder_predict_ranks_as_rocketkd(tiny_bert, tmp_path):

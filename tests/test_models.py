@@ -214,8 +214,33 @@ def test_separate_towers_save_and_reload(tiny_bert, tmp_path):
         != DualEncoder.from_pretrained(str(tiny_bert)).fingerprint()
     )
 
-    st_query = SentenceTransformer(str(out / "query_encoder"), device="cpu")  # what ST users load for queries
-    np.testing.assert_allclose(st_query.encode(TEXTS, convert_to_numpy=True), queries, atol=1e-5)
+    st = SentenceTransformer(str(out), device="cpu")  # one folder: a Router over the two towers
+    np.testing.assert_allclose(st.encode_query(TEXTS, convert_to_numpy=True), queries, atol=1e-5)
+    np.testing.assert_allclose(st.encode_document(TEXTS, convert_to_numpy=True), passages, atol=1e-5)
+
+
+def test_two_tower_folders_saved_before_the_router_still_load(tiny_bert, tmp_path):
+    """Folders written before the Router layout (passage tower at the top, the query tower as a second full folder
+    in query_encoder/) sit in indexes and runs: they load to the same two towers."""
+    model = DualEncoder.from_pretrained(str(tiny_bert), shared=False, query_max_length=10)
+    _perturb(model.query_encoder)
+    old = tmp_path / "old"
+    DualEncoder(model.passage_encoder, model.tokenizer, query_max_length=10).save(old)
+    DualEncoder(model.query_encoder, model.tokenizer, passage_max_length=10).save(old / "query_encoder")
+    settings = json.loads((old / "rocketkd.json").read_text())
+    (old / "rocketkd.json").write_text(json.dumps({**settings, "shared": False}))
+    again = DualEncoder.from_pretrained(str(old))
+    assert not again.shared and again.fingerprint() == model.fingerprint()
+    np.testing.assert_allclose(again.encode(TEXTS, side="query"), model.encode(TEXTS, side="query"), atol=1e-6)
+
+
+def test_a_router_of_another_shape_is_refused(tiny_bert, tmp_path):
+    out = DualEncoder.from_pretrained(str(tiny_bert), shared=False).save(tmp_path / "r")
+    config = json.loads((out / "router_config.json").read_text())
+    config["structure"]["document"].append("query_0_Transformer")
+    (out / "router_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="Router"):
+        DualEncoder.from_pretrained(str(out))
 
 
 def test_save_replaces_atomically(tiny_bert, tmp_path, monkeypatch):
@@ -230,7 +255,7 @@ def test_save_replaces_atomically(tiny_bert, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(DualEncoder, "_write_st_folder", broken)
+    monkeypatch.setattr("rocketkd.models.dual_encoder.write_st_model", broken)
     with pytest.raises(OSError, match="disk full"):
         model.save(target)
     assert sorted(p.name for p in target.rglob("*")) == before  # the old folder is intact

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from rocketkd.config import load_config
+from rocketkd.data.formats import read_run_tags
 from rocketkd.evaluation.report import REPORT_METRICS
 from rocketkd.pipeline import run_pipeline
 
@@ -18,6 +19,7 @@ def test_pipeline_end_to_end_and_resume(tiny_bert, tiny_data, tmp_path, monkeypa
     out = tmp_path / "run"
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [
         f"data.path={tiny_data}", f"model.retriever={tiny_bert}", f"model.reranker={tiny_bert}", f"output_dir={out}",
+        "eval.run_tag=exp1",
     ])
     results = run_pipeline(cfg)
     assert set(results["systems"]) == {"bm25", "base", "retriever", "reranked", "hybrid"}
@@ -29,6 +31,10 @@ def test_pipeline_end_to_end_and_resume(tiny_bert, tiny_data, tmp_path, monkeypa
     assert "teachers-1" in saved["teachers"] and "weights" in saved["teachers"]["teachers-1"]
     assert (out / "curves.png").stat().st_size > 1000
     assert (out / "index" / "index.faiss").exists() and (out / "runs" / "reranked.test.trec").exists()
+    # the run tag: every run file's 6th column is TAG-SYSTEM, and results.json/.md name them
+    assert saved["run_tags"] == {system: f"exp1-{system}" for system in results["systems"]}
+    assert "Run tags: bm25 `exp1-bm25`" in (out / "results.md").read_text()
+    assert read_run_tags(out / "runs" / "reranker-raw.dev.trec") == ["exp1-reranker-raw"]
     stages = json.loads((out / "stages.json").read_text())
     assert list(stages) == ["baselines", "mine-0", "warmup", "mine-1", "teachers-1", "train-1", "final", "hybrid"]
     assert sum(stages["hybrid"]["weights"].values()) == pytest.approx(1.0)
@@ -54,8 +60,11 @@ def test_pipeline_end_to_end_and_resume(tiny_bert, tiny_data, tmp_path, monkeypa
         raise AssertionError("a finished stage ran again")
 
     monkeypatch.setattr(train_mod, "train", no_training)
+    cfg.eval.run_tag = "exp2"  # a label, not compared: the stages redone tag their runs anew, results.json says so
     again = run_pipeline(cfg)
     assert again["systems"] == results["systems"]
+    assert again["run_tags"] == {**saved["run_tags"], "retriever": "exp2-retriever", "reranked": "exp2-reranked",
+                                 "hybrid": "exp2-hybrid"}
 
 
 def test_pipeline_teacher_members_and_kept_bad_teachers(tiny_bert, tiny_data, tmp_path):

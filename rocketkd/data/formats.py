@@ -40,6 +40,7 @@ __all__ = [
     "read_candidates",
     "read_provenance",
     "read_qrels",
+    "read_run_tags",
     "read_trec_run",
     "write_candidates",
     "write_trec_run",
@@ -214,6 +215,28 @@ def write_trec_run(
                 f.write(f"{qid} Q0 {pid} {rank} {value!r} {tag}\n")
 
 
+def read_run_tags(path: PathLike) -> list[str]:
+    """The run tags (6th column) of a TREC run file, in order of first appearance (one, for a run rocketkd wrote)."""
+    tags: dict[str, None] = {}
+    for _, line in iter_lines(Path(path)):
+        fields = line.split()
+        if len(fields) == 6:
+            tags.setdefault(fields[5])
+    return list(tags)
+
+
+def is_trec_run(path: PathLike) -> bool:
+    """Whether ``path`` reads as a TREC run file (its first line: ``qid Q0 pid rank score tag``): one a rerun of
+    ``rocketkd search`` may replace (:func:`rocketkd.io.output_file`)."""
+    try:
+        for _, line in iter_lines(Path(path)):
+            fields = line.split()
+            return len(fields) == 6 and fields[1] == "Q0" and fields[3].isdigit()
+    except (DataFormatError, OSError):
+        return False
+    return False
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # candidate lists
 
@@ -296,6 +319,11 @@ def write_candidates(
         meta.unlink(missing_ok=True)
         return
     write_json(meta, {**provenance, "num_lists": count, "candidates_fingerprint": file_fingerprint(path)})
+
+
+def is_candidates_file(path: PathLike) -> bool:
+    """Whether ``path`` is a candidate list rocketkd wrote (its ``.meta.json`` provenance beside it)."""
+    return _meta_path(path).is_file()
 
 
 def read_provenance(path: PathLike) -> dict | None:

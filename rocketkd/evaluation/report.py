@@ -3,7 +3,8 @@ numbers), ``results.md`` (one table) and ``curves.png`` (:mod:`rocketkd.evaluati
 
 ``results.json`` holds what :func:`write_results` is given; the pipeline fills it (see
 :func:`rocketkd.pipeline.run_pipeline`) with ``dataset``, ``split``, ``num_queries``, ``systems`` (system ->
-{metric: mean over the split's judged queries}, :data:`REPORT_METRICS`), ``teachers``, ``fusion_weight``,
+{metric: mean over the split's judged queries}, :data:`REPORT_METRICS`), ``run_tags`` (system -> the TREC tag its
+run file carries, ``eval.run_tag``-SYSTEM; results.md lists them under the table), ``teachers``, ``fusion_weight``,
 ``hybrid_weights`` and ``stages`` (seconds per stage).
 """
 
@@ -70,6 +71,8 @@ def write_results(out: Path, results: dict, curves: dict[str, dict[int, float]],
         f.write("| system | " + " | ".join(REPORT_METRICS) + " |\n|---|" + "---|" * len(REPORT_METRICS) + "\n")
         for name, m in systems.items():
             f.write(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in REPORT_METRICS) + " |\n")
+        if results.get("run_tags"):  # the run files' TREC tags (6th column), system by system
+            f.write("\nRun tags: " + ", ".join(f"{name} `{tag}`" for name, tag in results["run_tags"].items()) + "\n")
     print(f"\n{dataset}, {split} split ({num_queries} queries):")
     for name, m in systems.items():
         print(f"  {name:<10}" + "  ".join(f"{k}={m[k]:.3f}" for k in REPORT_METRICS))

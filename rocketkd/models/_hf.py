@@ -2,8 +2,8 @@
 
 * :func:`resolve_model_path`: a model argument (None, :data:`DEFAULT_MODEL`, a folder, a Hub id) -> what
   ``from_pretrained`` opens, or a :class:`~rocketkd.errors.ModelLoadError` naming it;
-* reading a model folder: :func:`read_model_json`, :func:`read_st_layout` (what a sentence-transformers
-  ``modules.json`` says), :func:`load_tokenizer`, :func:`fp32_kwargs`, :func:`load_error`;
+* reading a model folder: :func:`read_model_json`, :func:`load_tokenizer`, :func:`fp32_kwargs`, :func:`load_error`
+  (the sentence-transformers layout itself, read and written, is :mod:`rocketkd.models.st_layout`);
 * writing one: :func:`write_json`, :func:`package_versions` (and :func:`rocketkd.io.atomic_dir`);
 * running one: :func:`enable_checkpointing`, :func:`autocast_context`, :func:`module_device`, :func:`eval_mode`.
 
@@ -18,7 +18,6 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +31,6 @@ ROCKETKD_JSON = "rocketkd.json"
 
 # "org/name" as the Hub spells repository ids; anything else that does not exist locally is a missing folder.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-# sentence-transformers' legacy boolean pooling keys (1_Pooling/config.json before v6) -> mode name.
-_ST_LEGACY_POOLING = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-    "pooling_mode_weightedmean_tokens": "weightedmean",
-    "pooling_mode_lasttoken": "lasttoken",
-}
 
 
 def resolve_model_path(path: str | os.PathLike[str] | None) -> str:
@@ -99,63 +88,6 @@ def read_model_json(root: str, name: str, subfolder: str = "") -> Any | None:
         return json.loads(Path(file).read_text(encoding="utf-8"))
     except Exception:  # missing file, offline, no network: the caller falls back to defaults
         return None
-
-
-@dataclass
-class STLayout:
-    """What a sentence-transformers ``modules.json`` says (all defaults for a plain transformers folder)."""
-
-    is_sentence_transformers: bool = False
-    # where the transformers weights live: "" = top level (current), "0_Transformer" in old ST folders
-    transformer_subfolder: str = ""
-    pooling: str | None = None  # mode from 1_Pooling/config.json, None if there is no Pooling module
-    normalize: bool = False
-    max_seq_length: int | None = None
-    # module types rocketkd does not reproduce (Dense, LogitScore ...)
-    other_modules: list[str] = field(default_factory=list)
-
-
-def read_st_layout(root: str) -> STLayout:
-    """Parse ``modules.json`` (and the Pooling / Transformer configs it points to) of a model folder."""
-    modules = read_model_json(root, "modules.json")
-    if not modules:
-        return STLayout()
-    if not isinstance(modules, list):
-        raise ModelLoadError(f"{root}: modules.json is not a list of modules")
-    layout = STLayout(is_sentence_transformers=True)
-    for entry in modules:
-        kind = str(entry.get("type", "")).rsplit(".", 1)[-1]
-        sub = str(entry.get("path", "")).strip("/")
-        if kind == "Transformer":
-            layout.transformer_subfolder = sub
-        elif kind == "Pooling":
-            layout.pooling = _st_pooling_mode(root, sub)
-        elif kind == "Normalize":
-            layout.normalize = True
-        else:
-            layout.other_modules.append(str(entry.get("type")))
-    sub = layout.transformer_subfolder
-    st_config = read_model_json(root, "sentence_bert_config.json", sub) or {}
-    if st_config.get("max_seq_length"):
-        layout.max_seq_length = int(st_config["max_seq_length"])
-    else:  # sentence-transformers >= 6 keeps it as the tokenizer's model_max_length instead
-        limit = (read_model_json(root, "tokenizer_config.json", sub) or {}).get("model_max_length")
-        # transformers writes ~1e30 for "no limit"
-        if isinstance(limit, (int, float)) and 0 < limit < 1_000_000:
-            layout.max_seq_length = int(limit)
-    return layout
-
-
-def _st_pooling_mode(root: str, subfolder: str) -> str:
-    config = read_model_json(root, "config.json", subfolder) or {}
-    if "pooling_mode" in config:  # sentence-transformers >= 6
-        mode = config["pooling_mode"]
-        modes = [mode] if isinstance(mode, str) else list(mode)
-    else:  # the boolean keys of older versions (the packaged MiniLM uses these)
-        modes = [name for key, name in _ST_LEGACY_POOLING.items() if config.get(key)] or ["mean"]
-    if len(modes) != 1:
-        return "+".join(modes)  # a concatenation of poolings: reported as unsupported by the caller
-    return str(modes[0])
 
 
 def load_error(root: str, what: str, exc: BaseException) -> ModelLoadError:

@@ -41,7 +41,8 @@ scores = model.similarity(queries, passages)
 ```
 
 `encode_query` / `encode_document` reproduce rocketkd's own query and passage encodings (its
-`rocketkd search`); a plain `model.encode` is the passage side. In rocketkd: `rocketkd index --model {path} ...`.""",
+`rocketkd search`); a plain `model.encode` is the passage side. {layout} In rocketkd:
+`rocketkd index --model {path} ...`.""",
     "reranker": """```python
 from sentence_transformers import CrossEncoder
 
@@ -54,6 +55,15 @@ listwise logits, trained with a softmax over each query's candidate list, so a s
 is the re-ranker's distribution over them; they rank exactly as rocketkd's `CrossEncoderRanker` does. They are not
 probabilities, and a sigmoid of one alone means nothing. (A re-ranker trained with `model.reranker_prior` adds its
 prior, `rocketkd_prior.json`, to these scores in `rocketkd search --rerank`.)""",
+}
+
+# how the retriever's folder gives each side its tower and length (rocketkd.models.st_layout)
+_LAYOUT = {
+    True: "One tower encodes both sides; sentence-transformers >= 6.2 gives each call its own length "
+          "(`query_length` / `document_length` in `sentence_bert_config.json`).",
+    False: "The query and passage towers are separate: the folder is a sentence-transformers `Router` (>= 5) whose "
+           "`query` route is the query tower and whose `document` route is the passage tower, each with its own "
+           "length.",
 }
 
 
@@ -72,7 +82,8 @@ def write_model_card(folder: str | Path, *, kind: str, settings: dict[str, Any],
              f"# rocketkd {kind}", "",
              f"{what}, written by [rocketkd](https://github.com/) (RocketQAv2-style joint training: the re-ranker "
              "learns from labels while the retriever is distilled from it).", "",
-             "## Use it", "", _USE[kind].replace("{path}", "PATH/TO/THIS/FOLDER"), "",
+             "## Use it", "", _USE[kind].replace("{path}", "PATH/TO/THIS/FOLDER").replace(
+                 "{layout}", _LAYOUT[bool(settings.get("shared", True))]), "",
              "## Settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {_cell(v)} |" for k, v in settings.items() if k not in ("format", "version")]
     if training:

@@ -42,11 +42,11 @@ from rocketkd.models._hf import (
     load_tokenizer,
     module_device,
     read_model_json,
-    read_st_layout,
     resolve_model_path,
     write_json,
 )
 from rocketkd.models.card import write_model_card
+from rocketkd.models.st_layout import read_st_layout
 from rocketkd.types import check_group_layout, group_view
 
 logger = logging.getLogger(__name__)

@@ -4,23 +4,18 @@ Folder formats it reads and writes
 ----------------------------------
 * a plain transformers encoder folder (``config.json`` + weights + tokenizer): mean pooling, dot product unless
   told otherwise;
-* a sentence-transformers folder (``modules.json`` = Transformer [+ Pooling] [+ Normalize]): pooling mode from
-  ``1_Pooling/config.json`` (mean or cls), cosine when a Normalize module is listed, ``max_seq_length`` from
-  ``sentence_bert_config.json``;
-* a folder written by :meth:`DualEncoder.save`: a sentence-transformers folder of the passage tower (so
-  ``SentenceTransformer(path)`` gives the passage embeddings) plus ``rocketkd.json`` with rocketkd's settings and,
-  when the towers are separate, the query tower as a second full sentence-transformers folder in
-  ``path/query_encoder/`` (sentence-transformers users load that one to embed queries). Its
-  ``sentence_bert_config.json`` also holds ``query_length`` / ``document_length``, which sentence-transformers >= 6.2
-  applies in ``encode_query`` / ``encode_document``: with shared towers ``SentenceTransformer(path)`` then
-  reproduces rocketkd's query *and* passage encodings exactly (tests/test_model_card.py checks both), where
-  ``max_seq_length`` alone gave queries the passage length. A README.md model card comes with it.
+* a sentence-transformers folder (``modules.json`` = Transformer or a query/document Router, [+ Pooling]
+  [+ Normalize]): pooling mode from ``1_Pooling/config.json`` (mean or cls), cosine when a Normalize module is listed,
+  the lengths from each Transformer's ``max_seq_length`` (:mod:`rocketkd.models.st_layout` reads and writes them);
+* a folder written by :meth:`DualEncoder.save`: such a sentence-transformers folder -- one Transformer for shared
+  towers, a Router over the two towers otherwise -- plus ``rocketkd.json`` with rocketkd's settings and a README.md
+  model card. ``SentenceTransformer(path).encode_query`` / ``encode_document`` reproduce rocketkd's query and passage
+  encodings exactly, each tower with its own length (tests/test_model_card.py checks both layouts);
+* a two-tower folder saved before the Router (the query tower as a second full folder in ``query_encoder/``): still
+  read, since indexes and runs hold such folders and reading them costs one folder name.
 
-The folder helpers it shares with the cross-encoder (:func:`resolve_model_path`, reading a sentence-transformers
-layout, ...) live in :mod:`rocketkd.models._hf`; padding and batching of token ids in :mod:`rocketkd.models.batching`.
-
-Why over 500 lines: the retriever's three faces -- loading every folder format, the training forward, inference from
-texts or token ids -- and the save that must round-trip with the load, read together in one class.
+The folder helpers it shares with the cross-encoder (:func:`resolve_model_path`, ...) live in
+:mod:`rocketkd.models._hf`; padding and batching of token ids in :mod:`rocketkd.models.batching`.
 """
 
 from __future__ import annotations
@@ -52,20 +47,19 @@ from rocketkd.models._hf import (
     load_error,
     load_tokenizer,
     module_device,
-    package_versions,
     read_model_json,
-    read_st_layout,
     resolve_model_path,
     write_json,
 )
 from rocketkd.models.batching import default_max_tokens, pad_token_ids, token_batches
 from rocketkd.models.card import write_model_card
 from rocketkd.models.pooling import POOLINGS
+from rocketkd.models.st_layout import read_st_layout, write_st_model
 from rocketkd.types import check_group_layout, group_view
 
 logger = logging.getLogger(__name__)
 
-QUERY_SUBFOLDER = "query_encoder"
+LEGACY_QUERY_SUBFOLDER = "query_encoder"  # where two-tower folders saved before the Router layout keep queries
 SIMILARITIES = ("dot", "cosine")
 
 
@@ -158,15 +152,16 @@ class DualEncoder(nn.Module):
 
         Each setting left at None is read from the folder, else defaulted:
 
-        * ``shared``: ``rocketkd.json``, else True;
+        * ``shared``: ``rocketkd.json``, else False for a query/document Router with a tower per route, else True;
         * ``pooling``: ``rocketkd.json``, else ``1_Pooling/config.json`` (mean or cls), else "mean";
         * ``similarity``: ``rocketkd.json``, else "cosine" if ``modules.json`` lists Normalize, else "dot";
         * ``passage_max_length``: ``rocketkd.json``, else the folder's ``max_seq_length``, else 256;
-        * ``query_max_length``: ``rocketkd.json``, else min(64, the folder's ``max_seq_length``), else 64.
+        * ``query_max_length``: ``rocketkd.json``, else the query tower's ``max_seq_length`` (or ``query_length``),
+          else min(64, the folder's ``max_seq_length``), else 64.
 
         Both lengths are capped at the model's ``max_position_embeddings``. ``shared=False`` on a folder with one
-        tower starts the query tower as a deep copy of the passage tower (separate weights); on a folder saved with
-        separate towers it loads ``query_encoder/``. Weights load in float32. Raises :class:`ModelLoadError`
+        tower starts the query tower as a deep copy of the passage tower (separate weights); on a two-tower folder it
+        loads the Router's query route (or ``query_encoder/`` of an older folder). Weights load in float32. Raises :class:`ModelLoadError`
         naming the folder when it cannot be loaded.
         """
         root = resolve_model_path(path)
@@ -177,7 +172,7 @@ class DualEncoder(nn.Module):
         if layout.other_modules:
             raise ModelLoadError(
                 f"{root}: modules.json lists {layout.other_modules}, which rocketkd's DualEncoder does not reproduce "
-                "(it supports Transformer, Pooling (mean/cls) and Normalize)"
+                "(it supports Transformer or a query/document Router of two, Pooling (mean/cls) and Normalize)"
             )
 
         if pooling is None:
@@ -189,27 +184,28 @@ class DualEncoder(nn.Module):
                 )
         if similarity is None:
             similarity = own.get("similarity") or ("cosine" if layout.normalize else "dot")
-        folder_shared = bool(own.get("shared", True))
+        # a Router with a tower per route is two towers even without rocketkd.json (e.g. built in sentence-transformers)
+        folder_shared = bool(own.get("shared", layout.query_subfolder is None))
         if shared is None:
             shared = folder_shared
         explicit_lengths = {"query_max_length": query_max_length, "passage_max_length": passage_max_length}
         if passage_max_length is None:
             passage_max_length = own.get("passage_max_length") or layout.max_seq_length or 256
         if query_max_length is None:
-            query_max_length = own.get("query_max_length") or min(64, layout.max_seq_length or 64)
+            query_max_length = (own.get("query_max_length") or layout.query_max_seq_length
+                                or min(64, layout.max_seq_length or 64))
 
         tokenizer = load_tokenizer(root, layout.transformer_subfolder)
         passage_encoder = _load_backbone(root, layout.transformer_subfolder, attn_implementation)
         query_encoder = None
         if not shared:
             if not folder_shared:
-                query_encoder = _load_backbone(root, QUERY_SUBFOLDER, attn_implementation)
+                query_sub = layout.query_subfolder or LEGACY_QUERY_SUBFOLDER  # the Router's route, or an old folder
+                query_encoder = _load_backbone(root, query_sub, attn_implementation)
             else:
                 query_encoder = copy.deepcopy(passage_encoder)
         elif not folder_shared:
-            logger.warning(
-                "%s was saved with separate towers; shared=True keeps only the passage tower", root
-            )
+            logger.warning("%s was saved with separate towers; shared=True keeps only the passage tower", root)
 
         # Absolute position embeddings cannot go past max_position_embeddings: cap, and say so if it was asked for.
         limit = getattr(passage_encoder.config, "max_position_embeddings", None)
@@ -448,77 +444,22 @@ class DualEncoder(nn.Module):
         }
 
     def save(self, path: str | os.PathLike[str], *, card: dict[str, Any] | None = None) -> Path:
-        """Write a folder that ``SentenceTransformer(path)`` loads as the passage encoder, atomically.
+        """Write a folder that ``SentenceTransformer(path)`` loads with rocketkd's query and passage encodings, atomically.
 
-        ``README.md`` is its model card (:mod:`rocketkd.models.card`), with ``card``'s training details when given.
-
-        Layout: transformers weights + tokenizer at the top level, ``modules.json``, ``sentence_bert_config.json``
-        (``max_seq_length`` = passage_max_length), ``1_Pooling/config.json``, ``2_Normalize/`` when cosine,
-        ``config_sentence_transformers.json`` (similarity_fn_name), and ``rocketkd.json``. With separate towers,
-        ``query_encoder/`` holds the query tower as a second complete sentence-transformers folder
-        (``max_seq_length`` = query_max_length). The folder is built beside ``path`` and renamed into place; an
-        existing ``path`` is replaced only once the new folder is complete.
+        The sentence-transformers files (:func:`~rocketkd.models.st_layout.write_st_model`): shared towers as one
+        Transformer with ``query_length`` / ``document_length``; separate towers as a Router whose "query" route is
+        the query tower (query_max_length) and whose "document" route, also a plain ``encode``'s, is the passage
+        tower (passage_max_length). Beside them ``rocketkd.json`` (:meth:`settings`) and ``README.md``, the model
+        card (:mod:`rocketkd.models.card`) with ``card``'s training details when given. The folder is built beside
+        ``path`` and renamed into place; an existing ``path`` is replaced only once the new folder is complete.
         """
         with atomic_dir(path) as tmp:
-            # shared: encode_query / encode_document of this folder are rocketkd's query / passage encodings; two
-            # towers: this folder is the passage tower, query_encoder/ the query tower (either call, query length)
-            query_length = self.query_max_length if self.shared else self.passage_max_length
-            self._write_st_folder(tmp, self.passage_encoder, self.passage_max_length, query_length)
-            if not self.shared:
-                self._write_st_folder(tmp / QUERY_SUBFOLDER, self.query_encoder, self.query_max_length,
-                                      self.query_max_length)
+            write_st_model(tmp, passage=self.passage_encoder, query=None if self.shared else self.query_encoder,
+                           tokenizer=self.tokenizer, pooling=self.pooling, similarity=self.similarity,
+                           query_length=self.query_max_length, passage_length=self.passage_max_length)
             write_json(tmp / ROCKETKD_JSON, self.settings())
             write_model_card(tmp, kind="retriever", settings=self.settings(), training=card)
         return Path(path)
-
-    def _write_st_folder(self, folder: Path, encoder: nn.Module, max_length: int, query_length: int) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        encoder.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
-        # Module type names in the pre-v6 spelling: sentence-transformers 6 still resolves them (the packaged
-        # MiniLM uses them), and 3.x-5.x only know these.
-        modules = [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        ]
-        if self.similarity == "cosine":
-            modules.append(
-                {
-                    "idx": 2,
-                    "name": "2",
-                    "path": "2_Normalize",
-                    "type": "sentence_transformers.models.Normalize",
-                }
-            )
-            (folder / "2_Normalize").mkdir()
-        write_json(folder / "modules.json", modules)
-        # sentence-transformers >= 6.2 truncates encode_query at query_length and encode_document at document_length
-        # (older versions read max_seq_length alone: the passage length, for both sides)
-        write_json(folder / "sentence_bert_config.json", {
-            "max_seq_length": max_length, "do_lower_case": False,
-            "query_length": query_length, "document_length": max_length,
-        })
-        # Legacy boolean keys: read by every sentence-transformers version (6.x converts them silently).
-        write_json(
-            folder / "1_Pooling" / "config.json",
-            {
-                "word_embedding_dimension": self.hidden_size,
-                "pooling_mode_cls_token": self.pooling == "cls",
-                "pooling_mode_mean_tokens": self.pooling == "mean",
-                "pooling_mode_max_tokens": False,
-                "pooling_mode_mean_sqrt_len_tokens": False,
-            },
-        )
-        write_json(
-            folder / "config_sentence_transformers.json",
-            {
-                "__version__": package_versions(),
-                "model_type": "SentenceTransformer",
-                "prompts": {},
-                "default_prompt_name": None,
-                "similarity_fn_name": "cosine" if self.similarity == "cosine" else "dot",
-            },
-        )
 
     def fingerprint(self) -> str:
         """16 hex digits of sha256 over the settings, the tokenizer's size and every parameter/buffer's bytes.

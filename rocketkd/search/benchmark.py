@@ -81,6 +81,16 @@ def format_benchmark(rows: Sequence[dict], metrics: Sequence[str], *, style: str
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
 
 
+def is_benchmark_table(path: str | Path) -> bool:
+    """Whether ``path`` holds a table :func:`write_benchmark` wrote (Markdown, TSV or JSON): one a rerun may replace."""
+    try:
+        head = Path(path).read_text(encoding="utf-8")[:200]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return head.startswith(("| dataset ", "dataset\tqueries\tpassages")) or (
+        head.startswith("[") and '"dataset"' in head)
+
+
 def write_benchmark(path: str | Path, rows: Sequence[dict], metrics: Sequence[str]) -> Path:
     """The table to ``path``: JSON for ``.json``, TSV for ``.tsv``, else Markdown. Written atomically."""
     path = Path(path)
