@@ -17,7 +17,7 @@ from rocketkd.data import Corpus, load_retrieval_data
 from rocketkd.data import tokens as tokens_mod
 from rocketkd.data.tokens import corpus_token_ids, tokenize_texts
 from rocketkd.models import DualEncoder
-from rocketkd.models.batching import pad_token_ids, token_batches
+from rocketkd.models.batching import check_batches, pad_token_ids, token_batches
 from rocketkd.pipeline import run_pipeline
 from rocketkd.search.cache import embedding_cache
 from rocketkd.search.encode import encode_corpus
@@ -107,6 +107,24 @@ def test_sorted_budget_encoding_equals_plain_encoding_in_order(model, data):
     shuffled = model.encode([texts[i] for i in perm], side="passage", batch_size=6, max_tokens=100)
     np.testing.assert_allclose(shuffled, reference[perm], atol=1e-5, rtol=0)
 
+
+
+def test_caller_planned_batches_run_as_given(model, data, monkeypatch):
+    texts = data.corpus.texts(range(len(data.corpus)))
+    seqs = tokenize_texts(model.tokenizer, texts, model.passage_max_length)
+    reference = _plain_encode(model, texts, batch_size=7)
+    plan = [slice(0, 5), slice(5, 6), slice(6, 31), slice(31, 60)]  # unsorted rows, unequal sizes: run as given
+    seen = []
+    pad = model.pad_ids
+    monkeypatch.setattr(model, "pad_ids", lambda rows: seen.append([list(map(int, r)) for r in rows]) or pad(rows))
+    got = model.encode_ids(seqs, batch_size=2, max_tokens=1, batches=plan)  # row and token bounds unused
+    assert seen == [[list(map(int, r)) for r in seqs[b]] for b in plan]
+    np.testing.assert_allclose(got, reference, atol=1e-5, rtol=0)
+    check_batches([], 0)
+    for bad in ([slice(0, 5)], [slice(0, 5), slice(6, 60)], [slice(0, 0), slice(0, 60)], [slice(0, 61)],
+                [slice(0, 60, 2)]):
+        with pytest.raises(ValueError):
+            check_batches(bad, 60)
 
 # ----------------------------------------------------------------------------------------------------------------
 # token ids: once

@@ -157,6 +157,28 @@ _HELPERS_SCRIPT = textwrap.dedent(
         assert sorted(p.name for p in out.parent.iterdir()) == ["passages.npy"]
     else:
         assert emb is None
+    # bf16: the batches of a one-process run dealt out to the two processes, so the same bits as one process
+    # (batch_size 3 and a 40-token budget: many batches of unequal rows and padding, an odd count of them)
+    import torch.distributed as dist
+
+    bf16 = dict(batch_size=3, max_tokens=40, chunk_size=5, autocast="bf16", show_progress=False)
+    ran = []  # the padded input_ids of every batch this process runs, in order
+    pad = model.pad_ids
+    model.pad_ids = lambda seqs: ran.append(pad(seqs)["input_ids"].tolist()) or pad(seqs)
+    emb = encode_corpus(model, corpus, **bf16)
+    each = [None] * world
+    dist.all_gather_object(each, ran)
+    if rank == 0:
+        ran.clear()
+        alone = encode_corpus(model, corpus, distributed=False, **bf16)
+        assert len(ran) > 5 and len({len(b[0]) for b in ran}) > 1, ran  # many batches, two padded lengths
+        for r in range(world):  # batch i of one process ran on rank i % world: same rows, order and padding
+            assert each[r] == ran[r::world], r
+        assert emb.dtype == alone.dtype and emb.shape == alone.shape == (len(corpus), model.hidden_size)
+        assert np.array_equal(emb, alone), np.abs(emb - alone).max()
+        fp32 = encode_corpus(model, corpus, batch_size=3, max_tokens=40, autocast="no", show_progress=False,
+                             distributed=False)
+        assert np.abs(emb - fp32).max() > 0  # bf16 did run: its rounding shows
     d.barrier()
     if rank == 0:
         with open(sys.argv[1], "w") as f:

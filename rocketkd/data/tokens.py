@@ -36,7 +36,8 @@ __all__ = ["TOKENIZE_BLOCK", "TokenIds", "corpus_token_ids", "tokenize_texts", "
 
 logger = logging.getLogger(__name__)
 
-TOKENIZE_BLOCK = 8192  # texts per batch call of the tokenizer
+TOKENIZE_BLOCK = 2048  # texts per batch call of the tokenizer: plenty for its thread pool; its output for
+# 2,048 texts (Rust encodings + Python lists, about 250 bytes per token) is the largest thing tokenising holds
 _FORMAT = 1  # bump when the stored layout changes
 _MEMO_SIZE = 8  # (corpus, tokenizer, length) entries kept in this process
 _memo: OrderedDict[str, TokenIds] = OrderedDict()

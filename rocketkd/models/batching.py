@@ -9,7 +9,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CPU_MAX_TOKENS", "GPU_MAX_TOKENS", "default_max_tokens", "pad_token_ids", "token_batches"]
+__all__ = [
+    "CPU_MAX_TOKENS",
+    "GPU_MAX_TOKENS",
+    "check_batches",
+    "default_max_tokens",
+    "pad_token_ids",
+    "token_batches",
+]
 
 CPU_MAX_TOKENS = 8192  # padded tokens per batch on a CPU: 32 rows of 256 tokens, more when shorter
 GPU_MAX_TOKENS = 131_072  # on a GPU: large batches keep it busy (MiniLM: 512 rows of 256 tokens)
@@ -30,6 +37,17 @@ def token_batches(sorted_lengths: np.ndarray, max_rows: int, max_tokens: int) ->
         batches.append(slice(start, min(n, start + rows)))
         start += rows
     return batches
+
+
+def check_batches(batches: Sequence[slice], n: int) -> None:
+    """Raise ValueError unless ``batches`` are non-empty consecutive slices (step 1) covering ``0..n-1`` in order."""
+    start = 0
+    for b in batches:
+        if b.start != start or b.stop is None or b.stop <= start or b.stop > n or b.step not in (None, 1):
+            raise ValueError(f"batches must be consecutive non-empty slices covering 0..{n - 1}; got {b} at row {start}")
+        start = b.stop
+    if start != n:
+        raise ValueError(f"batches cover rows 0..{start - 1} of {n}")
 
 
 def pad_token_ids(seqs: Sequence[Sequence[int] | np.ndarray], tokenizer: Any) -> dict[str, torch.Tensor]:

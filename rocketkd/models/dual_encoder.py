@@ -51,7 +51,7 @@ from rocketkd.models._hf import (
     resolve_model_path,
     write_json,
 )
-from rocketkd.models.batching import default_max_tokens, pad_token_ids, token_batches
+from rocketkd.models.batching import check_batches, default_max_tokens, pad_token_ids, token_batches
 from rocketkd.models.card import write_model_card
 from rocketkd.models.pooling import POOLINGS
 from rocketkd.models.st_layout import read_st_layout, write_st_model
@@ -387,6 +387,7 @@ class DualEncoder(nn.Module):
         max_tokens: int | None = None,
         show_progress: bool = False,
         autocast_dtype: torch.dtype | None = None,
+        batches: Sequence[slice] | None = None,
     ) -> np.ndarray:
         """Embed pre-tokenised texts: float32 array (N, H) in the order of ``seqs``.
 
@@ -397,6 +398,11 @@ class DualEncoder(nn.Module):
         ``torch.bfloat16``) the towers run under autocast; cosine vectors are re-normalised in float32 afterwards.
         On a GPU the padded batches are copied from pinned memory without blocking and the vectors stay on the
         device until the end, so the host never waits for a batch.
+
+        ``batches``: batches planned by the caller (consecutive slices covering ``seqs``, see
+        :func:`~rocketkd.models.batching.check_batches`), each run as one batch exactly as given -- same rows, same
+        order, same padding -- with no sort and no cut (``batch_size`` and ``max_tokens`` are then unused).
+        :func:`~rocketkd.search.encode.encode_corpus` plans them so that every process count runs the same batches.
         """
         if side not in ("query", "passage"):
             raise ValueError(f"side must be 'query' or 'passage', got {side!r}")
@@ -406,15 +412,20 @@ class DualEncoder(nn.Module):
         n = len(seqs)
         if not n:
             return np.empty((0, self.hidden_size), dtype=np.float32)
-        budget = default_max_tokens(dev) if max_tokens is None else int(max_tokens)
-        lengths = np.fromiter((len(x) for x in seqs), dtype=np.int64, count=n)
-        order = np.argsort(-lengths, kind="stable")  # longest first; equal lengths keep their input order
+        if batches is None:
+            budget = default_max_tokens(dev) if max_tokens is None else int(max_tokens)
+            lengths = np.fromiter((len(x) for x in seqs), dtype=np.int64, count=n)
+            order = np.argsort(-lengths, kind="stable")  # longest first; equal lengths keep their input order
+            batches = token_batches(lengths[order], batch_size, budget)
+        else:
+            order = np.arange(n, dtype=np.int64)  # the caller's batches, in the caller's order
+            check_batches(batches, n)
         embed = self.encode_queries if side == "query" else self.encode_passages
         out = torch.empty((n, self.hidden_size), dtype=torch.float32, device=dev)
         pin = dev.type == "cuda"
         with eval_mode(self), torch.inference_mode():
             with tqdm(total=n, desc=f"encode {side}s", unit="text", disable=not show_progress) as bar:
-                for batch in token_batches(lengths[order], batch_size, budget):
+                for batch in batches:
                     rows = order[batch]
                     inputs = self.pad_ids([seqs[i] for i in rows.tolist()])
                     inputs = {k: (v.pin_memory() if pin else v).to(dev, non_blocking=True) for k, v in inputs.items()}

@@ -3,23 +3,27 @@
 A :class:`~rocketkd.models.DualEncoder` encodes token ids, not texts: the corpus's ids for its tokenizer and passage
 max length are made once (:mod:`rocketkd.data.tokens`: stored next to the corpus's Arrow file, memory-mapped) and
 reused by every later encode. Rows are sorted by token count (longest first, so padding is small and an
-out-of-memory error shows on the first batch rather than the last), walked in chunks of ``CHUNK_BATCHES *
-batch_size`` rows, encoded in batches bounded by rows and by padded tokens, and written back to their rows of a
-preallocated output array: either in memory or a ``.npy`` file memory-mapped on disk. No step holds the texts of the
-whole corpus. Any other encoder object (one with an ``encode(texts, ...)`` method only) gets each chunk's texts,
-sorted by characters.
+out-of-memory error shows on the first batch rather than the last) and cut into batches bounded by rows and by padded
+tokens; the batches go to the encoder about ``CHUNK_BATCHES * batch_size`` rows at a time and their vectors are
+written back to their rows of a preallocated output array: either in memory or a ``.npy`` file memory-mapped on
+disk. No step holds the texts or the token ids of the whole corpus. A small subset of the rows (under half the
+corpus) is tokenised here instead, in chunks of rows that the encoder sorts and cuts. Any other encoder object (one
+with an ``encode(texts, ...)`` method only) gets each chunk's texts, sorted by characters.
 
 A frozen encoder's whole-corpus vectors are cached when a cache folder is set (:mod:`rocketkd.search.cache`).
 
-Several processes (torchrun / ``accelerate launch`` with a process group initialised): :func:`encode_corpus` encodes
-only this process's contiguous share of the rows and the main process gathers the shares by row index (see
-:mod:`rocketkd.distributed`); the other processes get None. ``distributed=False`` encodes everything locally.
+Several processes (torchrun / ``accelerate launch`` with a process group initialised): :func:`encode_corpus` plans
+the batches (or chunks) of a one-process run and deals them out, batch i to rank i % world; the main process gathers
+the vectors by row index (see :mod:`rocketkd.distributed`) and the other processes get None. Each batch has the rows,
+order and padding it has in one process, so the index is the same bits whatever the number of processes (bf16
+included; tests/test_multiprocess_index.py). ``distributed=False`` encodes everything locally.
 
 Autocast names (``index.autocast`` in the config): ``"auto"``, ``"bf16"``, ``"fp16"``, ``"no"``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -32,8 +36,9 @@ import torch
 from tqdm.auto import tqdm
 
 from rocketkd.data.tokens import corpus_token_ids, tokenize_texts
-from rocketkd.distributed import gather_rows, shard_rows, world
+from rocketkd.distributed import gather_rows, main_process_first, world
 from rocketkd.errors import ConfigError
+from rocketkd.models.batching import default_max_tokens, token_batches
 from rocketkd.search.cache import cache_folder, copy_to, embedding_key
 from rocketkd.search.cache import load as cache_load
 from rocketkd.search.cache import store as cache_store
@@ -141,21 +146,23 @@ def encode_corpus(
     ``rows``: a subset of corpus rows, in the order the output should have (e.g. one process's shard); default all
     rows in corpus order. ``out_path``: write into a ``.npy`` file memory-mapped on disk (readable with
     ``np.load(path, mmap_mode="r")``) and return it opened read-only; it is filled under a temporary name and renamed
-    into place when complete. ``chunk_size``: rows per length-sorted chunk (default ``50 * batch_size``).
+    into place when complete. ``chunk_size``: rows per encoder call (whole batches; default ``50 * batch_size``),
+    and rows per chunk of a subset tokenised here.
     ``max_tokens``: padded tokens per batch (default by device, see
     :func:`~rocketkd.models.dual_encoder.default_max_tokens`); a batch also holds at most ``batch_size`` rows.
 
     Token ids come from :func:`~rocketkd.data.tokens.corpus_token_ids` when most of the corpus is encoded (computed
     once per corpus, tokenizer and max length, then reused), else the rows are tokenised here in batch calls. Rows
-    go longest first by token count, across the whole corpus when its ids are at hand.
+    go longest first by token count, across all the rows when the corpus's ids are at hand, else within a chunk.
 
     ``cache_dir`` (else the folder of :func:`~rocketkd.search.cache.embedding_cache`, else
     ``$ROCKETKD_EMBEDDING_CACHE``; see :mod:`rocketkd.search.cache`): a whole-corpus encode by a frozen encoder
     (loaded from a folder, weights unchanged) in one process is looked up there first and stored there after.
 
     ``distributed`` (default: True when a process group of several processes is initialised, see
-    :mod:`rocketkd.distributed`): every process encodes only its contiguous share of the rows
-    (:func:`~rocketkd.distributed.shard_rows`) and the main process gathers the shares by row index. The main process
+    :mod:`rocketkd.distributed`): the batches of a one-process run are dealt out (batch i to rank i % world; chunks
+    likewise), so the vectors are bit-identical to one process's, and the main process gathers them by row index.
+    The main process
     returns the full ``(N, H)`` array (and alone writes ``out_path``); **every other process returns None**. Every
     process must call it (it is a collective). ``False``: encode every row here, as in one process.
     """
@@ -189,55 +196,89 @@ def encode_corpus(
             return copy_to(hit, out_path) if out_path is not None else np.array(hit)
         cached = (key, parts)
 
-    def fill_texts(out: np.ndarray, which: np.ndarray, bar) -> None:
-        for start in range(0, len(which), chunk):
-            chunk_rows = which[start : start + chunk]
-            texts = corpus.texts(chunk_rows)
-            # longest first: least padding per batch, and the largest batch runs first
+    # The plan: `where` orders the output rows, `units` cut it into consecutive slices. With the corpus's token ids
+    # at hand, `where` is every row longest first by token count and a unit is one batch (rows and padded tokens
+    # bounded); otherwise `where` is the input order and a unit is a chunk of rows, which the encoder sorts and cuts
+    # itself. The plan depends on the rows alone, never on the number of processes: several processes deal out the
+    # units (unit i to rank i % world), so each batch has the rows, order and padding of a one-process run and its
+    # vectors are the same bits (bf16 included).
+    tokens = None
+    if pretokenised and 2 * n >= len(corpus):  # most of the corpus: its token ids, made once and reused
+        with main_process_first() if sharded else contextlib.nullcontext():  # one process tokenises and stores
+            tokens = corpus_token_ids(corpus, model.tokenizer, int(model.passage_max_length))
+    if tokens is not None:
+        lengths = tokens.lengths(wanted)
+        where = np.argsort(-lengths, kind="stable")
+        budget = default_max_tokens(device) if max_tokens is None else int(max_tokens)
+        units = token_batches(lengths[where], batch_size, budget)
+    else:
+        where = np.arange(n, dtype=np.int64)
+        units = [slice(s, min(n, s + chunk)) for s in range(0, n, chunk)]
+    mine = units[rank::size] if sharded else units
+
+    def calls():
+        """This process's units grouped into encoder calls: whole batches up to ``chunk`` rows, or one chunk."""
+        group: list[slice] = []
+        for unit in mine:
+            group.append(unit)
+            if tokens is None or sum(u.stop - u.start for u in group) >= chunk:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def encode(group: list[slice]) -> tuple[np.ndarray, np.ndarray]:
+        """(output positions, their vectors (b, H)) of one call."""
+        positions = np.concatenate([where[u] for u in group])
+        if tokens is not None:
+            sizes = np.cumsum([0] + [u.stop - u.start for u in group])
+            emb = model.encode_ids(
+                tokens.rows(wanted[positions]),
+                side="passage",
+                autocast_dtype=dtype,
+                batches=[slice(int(a), int(b)) for a, b in zip(sizes[:-1], sizes[1:])],
+            )
+        elif pretokenised:  # a small share: tokenise just these rows, in batch calls
+            seqs = tokenize_texts(model.tokenizer, corpus.texts(wanted[positions]), int(model.passage_max_length))
+            emb = model.encode_ids(
+                seqs, side="passage", batch_size=batch_size, max_tokens=max_tokens, autocast_dtype=dtype
+            )
+        else:  # an encoder of texts: longest first by characters, the least padding it can get from us
+            texts = corpus.texts(wanted[positions])
             order = np.argsort(
                 -np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)), kind="stable"
             )
-            emb = model.encode(
-                [texts[i] for i in order],
-                side="passage",
-                batch_size=batch_size,
-                show_progress=False,
-                autocast_dtype=dtype,
+            emb = np.empty((len(texts), hidden), dtype=np.float32)
+            emb[order] = _check_output(
+                model.encode([texts[i] for i in order], side="passage", batch_size=batch_size,
+                             show_progress=False, autocast_dtype=dtype),
+                len(texts), hidden, "encode_corpus",
             )
-            emb = _check_output(emb, len(texts), hidden, "encode_corpus")
-            out[start + order] = emb  # (chunk, H) back to corpus order
-            bar.update(len(texts))
+        return positions, _check_output(emb, len(positions), hidden, "encode_corpus")
 
-    def fill_ids(out: np.ndarray, which: np.ndarray, bar) -> None:
-        max_length = int(model.passage_max_length)
-        if 2 * len(which) >= len(corpus):  # most of the corpus: its token ids, made once and reused
-            tokens = corpus_token_ids(corpus, model.tokenizer, max_length)
-            # longest first over all the rows, so every batch pads to near-equal lengths
-            where = np.argsort(-tokens.lengths(which), kind="stable")
-            fetch = lambda positions: tokens.rows(which[positions])  # noqa: E731
-        else:  # a small share (a test's rows, one of many processes): tokenise just these rows, in batch calls
-            where = np.arange(len(which), dtype=np.int64)
-            fetch = lambda positions: tokenize_texts(  # noqa: E731
-                model.tokenizer, corpus.texts(which[positions]), max_length
-            )
-        for start in range(0, len(where), chunk):
-            positions = where[start : start + chunk]
-            emb = model.encode_ids(
-                fetch(positions), side="passage", batch_size=batch_size, max_tokens=max_tokens, autocast_dtype=dtype
-            )
-            out[positions] = _check_output(emb, len(positions), hidden, "encode_corpus")
-            bar.update(len(positions))
-
-    def fill(out: np.ndarray, which: np.ndarray, progress: bool) -> None:
-        with tqdm(total=len(which), desc="encode passages", unit="psg", disable=not progress) as bar:
-            (fill_ids if pretokenised else fill_texts)(out, which, bar)
+    def fill(out: np.ndarray, progress: bool) -> np.ndarray | None:
+        """Encode this process's units into `out` (at their output rows; sharded: in dealing order, and return the
+        output rows of `out`'s rows)."""
+        taken: list[np.ndarray] = []
+        at = 0
+        total = sum(u.stop - u.start for u in mine)
+        with tqdm(total=total, desc="encode passages", unit="psg", disable=not progress) as bar:
+            for group in calls():
+                positions, emb = encode(group)
+                if sharded:
+                    out[at : at + len(positions)] = emb
+                    taken.append(positions)
+                    at += len(positions)
+                else:
+                    out[positions] = emb
+                bar.update(len(positions))
+        return np.concatenate(taken) if taken else np.zeros(0, dtype=np.int64)
 
     local: np.ndarray | None = None
-    share = range(n)
-    if sharded:  # this process's rows first, in memory; the main process then gathers every share into `out`
-        share = shard_rows(n, rank, size)
-        local = np.empty((len(share), hidden), dtype=np.float32)
-        fill(local, wanted[share.start : share.stop], show_progress and rank == 0)
+    local_rows: np.ndarray | None = None
+    if sharded:  # this process's units first, in memory; the main process then gathers every unit into `out`
+        local = np.empty((sum(u.stop - u.start for u in mine), hidden), dtype=np.float32)
+        local_rows = fill(local, show_progress and rank == 0)
 
     tmp: Path | None = None
     out: np.ndarray | None = None
@@ -252,13 +293,13 @@ def encode_corpus(
 
     try:
         if sharded:
-            assert local is not None
-            out = gather_rows(local, share, n, out=out)
+            assert local is not None and local_rows is not None
+            out = gather_rows(local, local_rows, n, out=out)  # each vector travels with its output row
             if out is None:  # not the main process: its share is with the main process now
                 return None
         else:
             assert out is not None
-            fill(out, wanted, show_progress)
+            fill(out, show_progress)
         if cached is not None and folder is not None:
             if cache_store(folder, cached[0], out, cached[1]) is not None:
                 logger.info("corpus vectors of %s by %s stored in the embedding cache (%s)", corpus.source, source,
