@@ -164,3 +164,19 @@ def package_versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "pytorch": torch.__version__,
     }
+
+
+def load_backbone(root: str, subfolder: str, attn_implementation: str | None) -> nn.Module:
+    """The bare encoder of a retriever tower (AutoModel: last_hidden_state out) of a folder; a classification head, if any, is dropped."""
+    from transformers import AutoModel  # start-up time: transformers takes seconds to import
+
+    kwargs: dict[str, Any] = fp32_kwargs()
+    if subfolder:
+        kwargs["subfolder"] = subfolder
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        return AutoModel.from_pretrained(root, **kwargs)
+    except Exception as exc:
+        where = f"{root}/{subfolder}" if subfolder else root
+        raise load_error(where, "encoder", exc) from exc

@@ -43,8 +43,7 @@ from rocketkd.models._hf import (
     autocast_context,
     enable_checkpointing,
     eval_mode,
-    fp32_kwargs,
-    load_error,
+    load_backbone,
     load_tokenizer,
     module_device,
     read_model_json,
@@ -196,12 +195,12 @@ class DualEncoder(nn.Module):
                                 or min(64, layout.max_seq_length or 64))
 
         tokenizer = load_tokenizer(root, layout.transformer_subfolder)
-        passage_encoder = _load_backbone(root, layout.transformer_subfolder, attn_implementation)
+        passage_encoder = load_backbone(root, layout.transformer_subfolder, attn_implementation)
         query_encoder = None
         if not shared:
             if not folder_shared:
                 query_sub = layout.query_subfolder or LEGACY_QUERY_SUBFOLDER  # the Router's route, or an old folder
-                query_encoder = _load_backbone(root, query_sub, attn_implementation)
+                query_encoder = load_backbone(root, query_sub, attn_implementation)
             else:
                 query_encoder = copy.deepcopy(passage_encoder)
         elif not folder_shared:
@@ -493,18 +492,3 @@ class DualEncoder(nn.Module):
                 digest.update(flat.view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:16]
 
-
-def _load_backbone(root: str, subfolder: str, attn_implementation: str | None) -> nn.Module:
-    """The bare encoder (AutoModel: last_hidden_state out) of a folder; a classification head, if any, is dropped."""
-    from transformers import AutoModel  # start-up time: transformers takes seconds to import
-
-    kwargs: dict[str, Any] = fp32_kwargs()
-    if subfolder:
-        kwargs["subfolder"] = subfolder
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    try:
-        return AutoModel.from_pretrained(root, **kwargs)
-    except Exception as exc:
-        where = f"{root}/{subfolder}" if subfolder else root
-        raise load_error(where, "encoder", exc) from exc
