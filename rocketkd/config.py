@@ -196,7 +196,7 @@ class PipelineConfig:
     round_mode: str = _f(
         "auto",
         "how each round trains the retriever: auto (teachers checked on dev decide: joint with the best ensemble, or "
-        "labels only when none helps), joint (online re-ranker alone, RocketQAv2), static (frozen warmed-up re-ranker), "
+        "labels only when none helps), joint (online re-ranker alone, RocketQAv2), static (frozen copy of the round's re-ranker), "
         "contrastive (labels only, no teacher)",
     )
     teacher_min_gain: float = _f(0.005, "a teacher (or ensemble) must beat the student on dev nDCG@10 by this to teach")

@@ -3,7 +3,7 @@
 
     python scripts/compare_systems.py --config configs/demo.yaml --seeds 1 2 3 --output outputs/compare
 
-Recipes (pipeline.round_mode): contrastive (labels only), static (frozen warmed-up re-ranker), joint (online
+Recipes (pipeline.round_mode): contrastive (labels only), static (frozen copy of the round's re-ranker), joint (online
 re-ranker, RocketQAv2), auto (teachers checked on dev, ensemble). ``--teachers bm25 base`` adds one recipe per
 named teacher: the retriever distilled from that teacher alone, kept even where it fails the dev check
 (pipeline.teacher_members=[NAME], pipeline.zero_bad_teachers=false) -- what each teacher does to the student. For one seed the recipes share the stages before
@@ -25,7 +25,7 @@ SEED_FREE = ("baselines",)  # BM25 and the untrained encoder do not depend on th
 MODES = ("contrastive", "static", "joint", "auto")
 LABELS = {
     "contrastive": "contrastive only (labels, in-batch + mined negatives)",
-    "static": "static distillation (frozen warmed-up re-ranker)",
+    "static": "static distillation (frozen copy of the round's re-ranker)",
     "joint": "joint, online re-ranker alone (RocketQAv2)",
     "auto": "joint, teachers checked on dev (ensemble)",
 }
