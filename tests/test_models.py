@@ -379,6 +379,22 @@ def test_load_reranker_trainable_or_frozen(tiny_bert):
     assert fixed == ["model.classifier.bias"]  # shift-invariant listwise loss: the head's bias stays put
 
 
+def test_load_reranker_with_a_prior_says_the_new_head_starts_at_zero(tiny_bert, caplog):
+    """Over a prior a new head is the plan (it starts at zero), not a mistake: no warning to train it first."""
+    cfg = Config()
+    cfg.model.reranker_max_length = 24
+    with caplog.at_level(logging.INFO, logger="rocketkd"):
+        load_reranker(cfg, str(tiny_bert))
+    assert "head is new" in caplog.text  # without a prior: the warning stays
+    caplog.clear()
+    cfg.model.reranker_prior = True
+    with caplog.at_level(logging.INFO, logger="rocketkd"):
+        ranker = load_reranker(cfg, str(tiny_bert))
+    assert "head is new" not in caplog.text and "starts at zero" in caplog.text
+    assert not [r for r in caplog.records if r.name.startswith("rocketkd") and r.levelno >= logging.WARNING]
+    assert float(ranker.model.classifier.weight.abs().sum()) == 0.0
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Paths and errors
 # ------------------------------------------------------------------------------------------------------------------

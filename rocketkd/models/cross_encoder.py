@@ -110,6 +110,7 @@ class CrossEncoderRanker(nn.Module):
         max_length: int | None = None,
         attn_implementation: str | None = "sdpa",
         gradient_checkpointing: bool = False,
+        warn_new_head: bool = True,
     ) -> CrossEncoderRanker:
         """Load a re-ranker; None = the packaged MiniLM (a bi-encoder: its head is new).
 
@@ -118,6 +119,7 @@ class CrossEncoderRanker(nn.Module):
         bi-encoder folder, for which a one-score head is freshly initialised and a warning says it must be trained
         (warm-up) before it can teach. ``max_length`` None = ``rocketkd.json``, else the folder's
         ``max_seq_length``, else 256; capped at the model's positions. Weights load in float32.
+        ``warn_new_head`` False: the caller expects a new head (a re-ranker over a prior starts it at zero).
         """
         # start-up time: transformers takes seconds to import
         from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -155,13 +157,14 @@ class CrossEncoderRanker(nn.Module):
         except Exception as exc:
             raise load_error(where, "cross-encoder", exc) from exc
         missing = sorted(info.get("missing_keys") or [])
-        if missing or not has_head:
+        if (missing or not has_head) and warn_new_head:
             logger.warning(
                 "%s: the re-ranker's classification head is new (freshly initialised: %s); it must be trained "
                 "(warm-up) before its scores can teach a retriever",
                 where,
                 ", ".join(missing) or "head",
             )
+        if missing or not has_head:
             if layout.is_sentence_transformers and layout.pooling not in (None, "cls") and reset_pooler(model):
                 logger.info(
                     "%s: a %s-pooling bi-encoder never trained its [CLS] pooler; it is reset to tanh(identity) so "

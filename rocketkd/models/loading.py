@@ -7,6 +7,8 @@ Model settings left empty in the config (``model.pooling``, ``model.similarity``
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -16,6 +18,8 @@ from rocketkd.errors import ModelLoadError
 from rocketkd.models._hf import resolve_model_path
 from rocketkd.models.cross_encoder import CrossEncoderRanker
 from rocketkd.models.dual_encoder import DualEncoder
+
+logger = logging.getLogger(__name__)
 
 
 def load_retriever(cfg: Config, path: str | None, *, for_training: bool = False) -> DualEncoder:
@@ -60,9 +64,12 @@ def load_reranker(cfg: Config, path: str | None, *, trainable: bool = True) -> C
         resolve_model_path(path),
         max_length=cfg.model.reranker_max_length,
         gradient_checkpointing=trainable and cfg.train.gradient_checkpointing,
+        warn_new_head=not cfg.model.reranker_prior,  # with a prior a new head is expected: it starts at zero
     )
     if cfg.model.reranker_prior and reranker.new_head:  # a new head adds nothing to its prior until it learns
         zero_output_layer(reranker)
+        logger.info("%s: the cross-encoder's output layer is new and starts at zero: the re-ranker starts as its "
+                    "prior and g learns from the labels", path or "the packaged MiniLM")
     if not trainable:
         return reranker.eval().requires_grad_(False).to(local_device())
     # A listwise softmax is shift-invariant, so the one-logit head's bias gets an exactly-zero gradient; Adam would
