@@ -179,6 +179,22 @@ _HELPERS_SCRIPT = textwrap.dedent(
         fp32 = encode_corpus(model, corpus, batch_size=3, max_tokens=40, autocast="no", show_progress=False,
                              distributed=False)
         assert np.abs(emb - fp32).max() > 0  # bf16 did run: its rounding shows
+    # queries likewise: one process's batches (longest first, 3 rows, 40 padded tokens) dealt out, the same bits
+    from rocketkd.search.encode import encode_queries
+
+    qtexts = [" ".join(t.split()[: 2 + i % 11]) for i, t in enumerate(corpus.texts(np.arange(23)))]
+    ran.clear()
+    q = encode_queries(model, qtexts, batch_size=3, max_tokens=40, autocast="bf16")
+    dist.all_gather_object(each, ran)
+    if rank == 0:
+        ran.clear()
+        alone = encode_queries(model, qtexts, batch_size=3, max_tokens=40, autocast="bf16", distributed=False)
+        assert len(ran) > 5 and len({len(b[0]) for b in ran}) > 2, ran
+        for r in range(world):
+            assert each[r] == ran[r::world], r
+        assert q.shape == alone.shape == (23, model.hidden_size) and np.array_equal(q, alone)
+    else:
+        assert q is None
     d.barrier()
     if rank == 0:
         with open(sys.argv[1], "w") as f:
@@ -198,7 +214,8 @@ def test_helpers_across_two_processes(tiny_bert, tmp_path):
 @pytest.mark.slow
 def test_index_and_search_with_two_processes_equal_one_process(tiny_bert, tiny_data, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    index_args = ("index", "--model", tiny_bert, "--corpus", tiny_data, "--batch-size", "8", "--autocast", "no")
+    # bf16: both sides are batched as one process batches them, so index and run are the same bits (not just close)
+    index_args = ("index", "--model", tiny_bert, "--corpus", tiny_data, "--batch-size", "8", "--autocast", "bf16")
     _cli_alone(*index_args, "--output", one / "index")
     _cli_two(*index_args, "--output", two / "index")
 
@@ -206,7 +223,7 @@ def test_index_and_search_with_two_processes_equal_one_process(tiny_bert, tiny_d
     assert (one / "index" / "ids.txt").read_text() == (two / "index" / "ids.txt").read_text()
     a, b = _vectors(one / "index"), _vectors(two / "index")
     assert a.shape == b.shape == (60, 32)
-    np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)
+    assert np.array_equal(a, b), np.abs(a - b).max()
     assert {p.name for p in (two / "index").iterdir()} == INDEX_FILES
     assert {p.name for p in two.iterdir()} == {"index"}
     meta1 = json.loads((one / "index" / "meta.json").read_text())
@@ -225,7 +242,7 @@ def test_index_and_search_with_two_processes_equal_one_process(tiny_bert, tiny_d
     assert list(r1) == list(r2) and len(r1) == 7  # the same queries in the same order
     for qid in r1:
         assert [p for p, _ in r1[qid]] == [p for p, _ in r2[qid]], qid  # the same top-10, in the same order
-        np.testing.assert_allclose([s for _, s in r2[qid]], [s for _, s in r1[qid]], atol=1e-5, rtol=0)
+        assert [s for _, s in r2[qid]] == [s for _, s in r1[qid]], qid
     assert {p.name for p in two.iterdir()} == {"index", "run.trec"}
     assert {p.name for p in (two / "index").iterdir()} == INDEX_FILES
 

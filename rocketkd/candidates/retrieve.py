@@ -69,14 +69,9 @@ def first_stage(cfg: Config, data: Any, retriever: Any, show_progress: bool) -> 
     def search(queries: Mapping[str, str], k: int) -> Run | None:
         if world()[1] == 1:
             return search_run(index, queries, k, batch_size=ix.batch_size, autocast=ix.autocast)
-        # each process encodes its share of the queries; the main process searches them all against its index
+        # the queries are encoded across the processes in one process's batches; the main process searches them
         qids = list(queries)
-        share = shard_rows(len(qids), *world())
-        emb = encode_queries(
-            model, [queries[q] for q in qids[share.start : share.stop]], batch_size=ix.batch_size,
-            autocast=ix.autocast,
-        )
-        emb = gather_rows(emb, share, len(qids))
+        emb = encode_queries(model, [queries[q] for q in qids], batch_size=ix.batch_size, autocast=ix.autocast)
         if index is None or emb is None:
             return None
         result = index.search(emb, k)

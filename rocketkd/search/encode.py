@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rocketkd.data.tokens import corpus_token_ids, tokenize_texts
-from rocketkd.distributed import gather_rows, main_process_first, world
+from rocketkd.distributed import gather_rows, main_process_first, shard_rows, world
 from rocketkd.errors import ConfigError
 from rocketkd.models.batching import default_max_tokens, token_batches
 from rocketkd.search.cache import cache_folder, copy_to, embedding_key
@@ -323,14 +323,45 @@ def encode_queries(
     batch_size: int = 128,
     autocast: str = "auto",
     show_progress: bool = False,
-) -> np.ndarray:
-    """Query embeddings, float32 ``(Q, H)`` in the order given (queries are short: one call, no chunking)."""
+    max_tokens: int | None = None,
+    distributed: bool | None = None,
+) -> np.ndarray | None:
+    """Query embeddings, float32 ``(Q, H)`` in the order given (queries are short: one call, no chunking).
+
+    ``distributed`` (default: True when a process group of several processes is initialised): as in
+    :func:`encode_corpus`, the batches of a one-process run (longest first by token count, at most ``batch_size``
+    rows and ``max_tokens`` padded tokens) are dealt out, batch i to rank i % world, so every query vector is the
+    same bits whatever the number of processes (bf16 included); the main process gathers and returns them, **every
+    other process returns None** (a collective: every process calls it with the same texts).
+    """
     texts = list(texts)
     hidden = int(model.hidden_size)
+    rank, size = world()
+    sharded = size > 1 and distributed is not False
     if not texts:
-        return np.zeros((0, hidden), dtype=np.float32)
-    dtype = resolve_autocast(autocast, _model_device(model))
-    emb = model.encode(
-        texts, side="query", batch_size=batch_size, show_progress=show_progress, autocast_dtype=dtype
-    )
-    return _check_output(emb, len(texts), hidden, "encode_queries")
+        return None if sharded and rank != 0 else np.zeros((0, hidden), dtype=np.float32)
+    device = _model_device(model)
+    dtype = resolve_autocast(autocast, device)
+    if not sharded:
+        emb = model.encode(texts, side="query", batch_size=batch_size, show_progress=show_progress,
+                           autocast_dtype=dtype, **({"max_tokens": max_tokens} if max_tokens is not None else {}))
+        return _check_output(emb, len(texts), hidden, "encode_queries")
+    if callable(getattr(model, "encode_ids", None)) and getattr(model, "tokenizer", None) is not None:
+        seqs = tokenize_texts(model.tokenizer, texts, int(model.query_max_length))
+        lengths = np.fromiter((len(x) for x in seqs), dtype=np.int64, count=len(seqs))
+        order = np.argsort(-lengths, kind="stable")  # the one-process plan of DualEncoder.encode_ids
+        budget = default_max_tokens(device) if max_tokens is None else int(max_tokens)
+        mine = token_batches(lengths[order], batch_size, budget)[rank::size]
+        positions = np.concatenate([order[u] for u in mine]) if mine else np.zeros(0, dtype=np.int64)
+        sizes = np.cumsum([0] + [u.stop - u.start for u in mine])
+        emb = (model.encode_ids([seqs[i] for i in positions.tolist()], side="query", autocast_dtype=dtype,
+                                batches=[slice(int(a), int(b)) for a, b in zip(sizes[:-1], sizes[1:])])
+               if mine else np.zeros((0, hidden), dtype=np.float32))
+    else:  # an encoder of texts: a contiguous share each (its own batching is not ours to plan)
+        share = shard_rows(len(texts), rank, size)
+        positions = np.arange(share.start, share.stop, dtype=np.int64)
+        emb = (model.encode(texts[share.start : share.stop], side="query", batch_size=batch_size,
+                            show_progress=False, autocast_dtype=dtype)
+               if len(share) else np.zeros((0, hidden), dtype=np.float32))
+    emb = _check_output(np.asarray(emb, dtype=np.float32), len(positions), hidden, "encode_queries")
+    return gather_rows(emb, positions, len(texts))

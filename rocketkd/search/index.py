@@ -23,8 +23,9 @@ to float rounding and the order of tied scores); otherwise FAISS on the CPU.
 
 Several processes (torchrun / ``accelerate launch``, a process group initialised; see :mod:`rocketkd.distributed`):
 :meth:`DenseIndex.build` has every process encode its share of the corpus and returns the index on the main process
-only (None elsewhere); :func:`search_run` has every process search its share of the queries and returns the merged
-run on the main process only (None elsewhere). Both are collectives: every process must call them, or pass
+only (None elsewhere); :func:`search_run` has every process encode its share of the queries' batches and the main
+process search them all, returning the run there only (None elsewhere). Shares are the batches of a one-process run,
+dealt out, so vectors and run are the same bits whatever the number of processes. Both are collectives: every process must call them, or pass
 ``distributed=False`` to work in this process alone (e.g. inside an ``if is_main():`` block).
 
 Why over 500 lines: one class and its on-disk format -- build, save, the checks :meth:`DenseIndex.load` makes (each
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 
 from rocketkd import __version__
-from rocketkd.distributed import gather_objects, local_device, shard_rows, world
+from rocketkd.distributed import local_device, world
 from rocketkd.errors import DataFormatError, IndexError_
 from rocketkd.io import atomic_dir, atomic_write, check_output, mark_output, read_json, write_json
 from rocketkd.models import DualEncoder
@@ -564,26 +565,23 @@ def search_run(
 ) -> Run | None:
     """A run: query id -> {passage id: inner product} with each query's top ``k`` passages.
 
-    ``distributed`` (default: when a process group of several processes is initialised): every process, each with
-    the same index loaded, encodes and searches its contiguous share of the queries (in the mapping's order); the
-    main process gathers the results by query position and returns the whole run, in the mapping's order. **The
-    other processes return None.** Every process must call it.
+    ``distributed`` (default: when a process group of several processes is initialised): the queries are encoded
+    across the processes exactly as one process batches them (:func:`~rocketkd.search.encode.encode_queries`), so
+    each vector is the same bits as in one process, and the main process searches them all, as one process would,
+    and returns the whole run in the mapping's order. **The other processes return None.** Every process must
+    call it.
     """
     qids = list(queries)
-    rank, size = world()
-    sharded = size > 1 and distributed is not False
-    share = shard_rows(len(qids), rank, size) if sharded else range(len(qids))
-    mine = qids[share.start : share.stop]
-    result = index.search_texts([queries[q] for q in mine], k, batch_size=batch_size, autocast=autocast)
-    hits = [
-        {pid: float(s) for pid, s in zip(pids, scores.tolist())} for pids, scores in zip(result.ids, result.scores)
-    ]
-    if sharded:
-        gathered = gather_objects(hits, share, len(qids))
-        if gathered is None:
-            return None
-        hits = gathered
-    return dict(zip(qids, hits))
+    sharded = world()[1] > 1 and distributed is not False
+    emb = encode_queries(index.encoder, [queries[q] for q in qids], batch_size=batch_size, autocast=autocast,
+                         distributed=sharded)
+    if emb is None:  # not the main process: its vectors are with the main process now
+        return None
+    result = index.search(emb, k)
+    return {
+        qid: {pid: float(s) for pid, s in zip(pids, scores.tolist())}
+        for qid, pids, scores in zip(qids, result.ids, result.scores)
+    }
 
 
 def retrieve(
