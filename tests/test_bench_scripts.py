@@ -199,3 +199,17 @@ def test_bench_device_cuda_is_refused_without_cuda(tmp_path):
     proc = _run_script("bench_memory.py", ["--device", "cuda", "--lengths", "4"], tmp_path, timeout=120)
     assert proc.returncode != 0
     assert "--device cuda" in proc.stderr and "no CUDA device" in proc.stderr
+
+
+def test_bench_index_process_times_both_whole_processes(tmp_path):
+    # the tiny collection through both whole processes; the ratio and both indexes' quality come back
+    proc = _run_script("bench_index_process.py", ["--data", str(TINY_DATA), "--model", str(TINY_BERT), "--reps", "1",
+                                                  "--batch-size", "8"], tmp_path)
+    result = _last_json(proc)
+    assert result["bench"] == "index_process" and len(result["results"]) == 1
+    r = result["results"][0]
+    assert r["passages"] == 60 and len(r["seconds"]["rocketkd"]) == len(r["seconds"]["st"]) == 1
+    assert _positive(r["ratio"]) and r["ratio"] == pytest.approx(r["st_median_s"] / r["rocketkd_median_s"], rel=0.02)
+    # the same model and texts on both sides: the two indexes rank the test queries alike
+    assert 0 < r["ndcg10_rocketkd"] and r["ndcg10_rocketkd"] == pytest.approx(r["ndcg10_st"], abs=0.05)
+    assert "| ST + bf16 script (median s) | ratio |" in proc.stdout

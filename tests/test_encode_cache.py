@@ -267,16 +267,22 @@ def test_the_pipeline_encodes_each_model_and_corpus_once(tiny_bert, tiny_data, t
     ])
     corpus_size = len(load_retrieval_data(tiny_data).corpus)
     seen: Counter = Counter()
+    rows: Counter = Counter()  # passages encoded by a frozen model, whole corpus or not (the prior's scorers too)
     real = DualEncoder.encode_ids
 
     def counting(self, seqs, **kwargs):
+        key = (self.fingerprint(), str(kwargs.get("autocast_dtype")))
         if kwargs.get("side") == "passage" and len(seqs) == corpus_size:
-            seen[(self.fingerprint(), str(kwargs.get("autocast_dtype")))] += 1
+            seen[key] += 1
+        if kwargs.get("side") == "passage" and self.frozen_source() is not None:
+            rows[key] += len(seqs)
         return real(self, seqs, **kwargs)
 
     monkeypatch.setattr(DualEncoder, "encode_ids", counting)
     with caplog.at_level(logging.INFO, logger="rocketkd.search.encode"):
         run_pipeline(cfg)
     assert seen and max(seen.values()) == 1, seen
+    # no frozen model encodes more passages than the corpus holds at any one precision: each passage once
+    assert rows and max(rows.values()) <= corpus_size, rows
     assert "reused from the embedding cache" in caplog.text
     assert list((tmp_path / "run" / "embedding-cache").glob("emb-*"))

@@ -20,13 +20,14 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from rocketkd.search.bm25 import BM25Retriever
+from rocketkd.search.cache import cache_folder
+from rocketkd.search.encode import encode_corpus
 from rocketkd.types import CandidateList
 
 if TYPE_CHECKING:
-    import torch
-
     from rocketkd.data.corpus import Corpus
     from rocketkd.models import CrossEncoderRanker, DualEncoder
     from rocketkd.types import Queries
@@ -42,6 +43,7 @@ __all__ = [
     "scores_on_candidates",
 ]
 
+_MAX_CACHED_BYTES = 2 << 30  # whole-corpus vectors a scorer holds in memory: 1.4M passages of 384 floats
 _RERANK_CHUNK = 50_000  # (query, passage) pairs per CrossEncoderRanker.predict call
 
 Group = tuple[str, Sequence[str]]  # (query id, candidate passage ids)
@@ -150,11 +152,32 @@ class RetrieverScorer(Scorer):
             texts, side=side, batch_size=self.batch_size, autocast_dtype=self.autocast_dtype, device=self.device
         )
 
+    def _cached_corpus_vectors(self, corpus: Corpus) -> np.ndarray | None:
+        """Inside a run with an embedding cache (the pipeline's), a frozen model's whole-corpus vectors at this
+        scorer's precision: encoded once, then every scorer of the same model and corpus looks its passages up
+        instead of encoding them again (the prior's members score the same corpus in several stages). None
+        elsewhere, for a model being trained, on a GPU placement of its own, or above ``_MAX_CACHED_BYTES``."""
+        if cache_folder(None) is None or self.device is not None or self.model.frozen_source() is None:
+            return None
+        if len(corpus) * int(self.model.hidden_size) * 4 > _MAX_CACHED_BYTES:
+            return None
+        name = {None: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.autocast_dtype)
+        if name is None:
+            return None
+        emb = encode_corpus(self.model, corpus, batch_size=self.batch_size, autocast=name, show_progress=False,
+                            distributed=False)  # this process alone: the scorer may run on the main process only
+        self._corpus = corpus
+        return emb
+
     def score_groups(self, groups: Sequence[Group], queries: Queries, corpus: Corpus) -> list[np.ndarray]:
+        if self.passage_embeddings is not None and getattr(self, "_corpus", corpus) is not corpus:
+            self.passage_embeddings = None  # vectors of another corpus, looked up by cache
         qids = list(dict.fromkeys(qid for qid, _ in groups))
         q_emb = self._encode([_query_text(queries, q) for q in qids], "query")  # (Q, H)
         q_row = {q: i for i, q in enumerate(qids)}
         rows = list(dict.fromkeys(corpus.row_of(pid) for _, pids in groups for pid in pids))
+        if self.passage_embeddings is None:
+            self.passage_embeddings = self._cached_corpus_vectors(corpus)
         if self.passage_embeddings is not None:
             if len(self.passage_embeddings) != len(corpus):
                 raise ValueError(
