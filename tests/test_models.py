@@ -395,6 +395,26 @@ def test_load_reranker_with_a_prior_says_the_new_head_starts_at_zero(tiny_bert, 
     assert float(ranker.model.classifier.weight.detach().abs().sum()) == 0.0
 
 
+def test_a_zero_head_predicts_zeros_without_running_the_body(tiny_bert, monkeypatch):
+    cfg = Config()
+    cfg.model.reranker_max_length = 24
+    cfg.model.reranker_prior = True
+    ranker = load_reranker(cfg, str(tiny_bert), trainable=False)
+    pairs = [("a query", "a passage"), ("another query", "another, longer passage about it")]
+    assert ranker.output_is_zero()
+    body = ranker.model.forward
+    monkeypatch.setattr(ranker.model, "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
+    assert ranker.predict(pairs).tolist() == [0.0, 0.0]
+    monkeypatch.setattr(ranker.model, "forward", body)
+    with torch.no_grad():  # what the body gives: exactly 0
+        assert ranker(ranker.tokenize_pairs([q for q, _ in pairs], [p for _, p in pairs])).tolist() == [0.0, 0.0]
+    with torch.no_grad():
+        ranker.model.classifier.weight[0, 0] = 1e-3  # one step away from zero: the body runs again
+    assert not ranker.output_is_zero()
+    scores = ranker.predict(pairs)
+    assert scores.shape == (2,) and np.abs(scores).max() > 0
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Paths and errors
 # ------------------------------------------------------------------------------------------------------------------

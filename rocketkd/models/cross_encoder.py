@@ -255,6 +255,9 @@ class CrossEncoderRanker(nn.Module):
         out = np.empty(len(pairs), dtype=np.float32)
         if not pairs:
             return out
+        if self.output_is_zero():  # a head that starts at zero (a re-ranker over a prior): every logit is 0
+            out.fill(0.0)
+            return out
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]), reverse=True)
         head = self._fp32_output_layer() if autocast_dtype is not None else nullcontext()
         with eval_mode(self), torch.inference_mode(), head:
@@ -268,6 +271,16 @@ class CrossEncoderRanker(nn.Module):
                     out[rows] = scores.cpu().numpy()
                     bar.update(len(rows))
         return out
+
+    def output_is_zero(self) -> bool:
+        """True when the one-logit output layer is exactly zero (weight and bias): then every logit is 0, whatever
+        the body computes, and :meth:`predict` returns zeros without running the body (the re-ranker over a prior
+        checked before its first step costs nothing beyond the prior)."""
+        heads = [m for m in self.model.modules() if isinstance(m, nn.Linear) and m.out_features == 1]
+        if not heads:
+            return False
+        head = heads[-1]
+        return not bool(head.weight.detach().any()) and (head.bias is None or not bool(head.bias.detach().any()))
 
     @contextmanager
     def _fp32_output_layer(self) -> Iterator[None]:
