@@ -213,3 +213,26 @@ def test_bench_index_process_times_both_whole_processes(tmp_path):
     # the same model and texts on both sides: the two indexes rank the test queries alike
     assert 0 < r["ndcg10_rocketkd"] and r["ndcg10_rocketkd"] == pytest.approx(r["ndcg10_st"], abs=0.05)
     assert "| ST + bf16 script (median s) | ratio |" in proc.stdout
+
+
+def test_bench_token_budget_times_each_budget_against_the_first(tmp_path):
+    # two budgets on the tiny collection: both timed each round, the first is the reference, the vectors agree
+    proc = _run_script("bench_token_budget.py", ["--data", str(TINY_DATA), "--model", str(TINY_BERT), "--reps", "2",
+                                                 "--budgets", "64", "32", "--batch-size", "8", "--passages", "20",
+                                                 "--autocast", "no"], tmp_path)
+    result = _last_json(proc)
+    assert result["bench"] == "token_budget" and len(result["results"]) == 1
+    r = result["results"][0]
+    assert r["passages"] == 20 and set(r["budgets"]) == {"64", "32"}
+    first, other = r["budgets"]["64"], r["budgets"]["32"]
+    assert first["speed_vs_first"] == 1.0 and len(first["seconds"]) == len(other["seconds"]) == 2
+    assert _positive(other["speed_vs_first"])
+    assert other["speed_vs_first"] == pytest.approx(first["median_s"] / other["median_s"], rel=0.05)
+    assert first["max_abs_diff_vs_first"] == 0 and other["max_abs_diff_vs_first"] < 1e-4  # fp32: same vectors
+    assert "| token budget | median s | speed vs first |" in proc.stdout
+
+
+def test_bench_token_budget_rejects_a_zero_budget(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_token_budget.py"), "--budgets", "0"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "must be positive" in proc.stderr
