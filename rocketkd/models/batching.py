@@ -19,8 +19,8 @@ __all__ = [
 ]
 
 CPU_MAX_TOKENS = 4096  # padded tokens per batch on a CPU: 16 rows of 256 tokens, more when shorter. Half of the
-# earlier 8192: a MiniLM batch's activations then stay nearer the cache, and bf16 encoding ran ~10 % faster on the
-# 2-core AVX-512 machine (docs/benchmarks.md)
+# earlier 8192: a MiniLM batch's activations then stay nearer the cache (a quiet A/B on the 2-core AVX-512 machine:
+# 8-9 % faster in bf16; not yet confirmed by scripts/bench_token_budget.py, see docs/benchmarks.md)
 GPU_MAX_TOKENS = 131_072  # on a GPU: large batches keep it busy (MiniLM: 512 rows of 256 tokens)
 
 
