@@ -175,6 +175,13 @@ def test_save_loads_in_sentence_transformers(tiny_bert, tmp_path, pooling, simil
     out = model.save(tmp_path / "retriever")
     assert (out / "rocketkd.json").is_file() and (out / "2_Normalize").is_dir() == (similarity == "cosine")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left behind
+    # the versions come from package metadata (saving no longer imports sentence-transformers): the installed ones
+    import sentence_transformers
+    import transformers
+
+    versions = json.loads((out / "config_sentence_transformers.json").read_text())["__version__"]
+    assert versions == {"sentence_transformers": sentence_transformers.__version__,
+                        "transformers": transformers.__version__, "pytorch": torch.__version__}
 
     st = SentenceTransformer(str(out), device="cpu")
     assert st.max_seq_length == 16
@@ -302,6 +309,10 @@ def test_cross_encoder_new_head_round_trips(tiny_bert, tmp_path, caplog):
     np.testing.assert_allclose(grouped.flatten().numpy(), ours, atol=1e-5)
 
     out = ranker.save(tmp_path / "reranker")
+    import sentence_transformers
+
+    saved = json.loads((out / "config.json").read_text())["sentence_transformers"]
+    assert saved["version"] == sentence_transformers.__version__
     st = CrossEncoder(str(out), device="cpu")
     assert isinstance(st.activation_fn, torch.nn.Identity)
     np.testing.assert_allclose(st.predict(PAIRS, convert_to_numpy=True), ours, atol=1e-5)

@@ -18,6 +18,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from importlib.metadata import version as distribution_version
 from pathlib import Path
 from typing import Any
 
@@ -155,13 +156,13 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 
 
 def package_versions() -> dict[str, str]:
-    """The library versions a saved sentence-transformers folder records."""
-    import sentence_transformers  # start-up time: only saving a model needs them
-    import transformers  # start-up time, as above
+    """The library versions a saved sentence-transformers folder records.
 
+    Read from the installed distributions' metadata: importing sentence-transformers only for its version took a
+    second of every `rocketkd index` (docs/benchmarks.md)."""
     return {
-        "sentence_transformers": sentence_transformers.__version__,
-        "transformers": transformers.__version__,
+        "sentence_transformers": distribution_version("sentence-transformers"),
+        "transformers": distribution_version("transformers"),
         "pytorch": torch.__version__,
     }
 

@@ -35,6 +35,7 @@ from rocketkd.io import atomic_dir
 from rocketkd.models._hf import (
     ROCKETKD_JSON,
     autocast_context,
+    distribution_version,
     enable_checkpointing,
     eval_mode,
     fp32_kwargs,
@@ -315,8 +316,6 @@ class CrossEncoderRanker(nn.Module):
         max_length. Built beside ``path`` and renamed into place; an existing ``path`` is replaced only once the new
         folder is complete.
         """
-        import sentence_transformers  # start-up time: only saving needs it
-
         settings = {"format": "rocketkd.cross_encoder", "version": 1, "max_length": self.max_length,
                     "truncation": TRUNCATION, "activation": "identity (raw logits)"}
         with atomic_dir(path) as tmp:
@@ -327,7 +326,7 @@ class CrossEncoderRanker(nn.Module):
             config = json.loads(config_file.read_text(encoding="utf-8"))
             config["sentence_transformers"] = {
                 "activation_fn": IDENTITY_ACTIVATION,
-                "version": sentence_transformers.__version__,
+                "version": distribution_version("sentence-transformers"),
             }
             config["sbert_ce_default_activation_function"] = IDENTITY_ACTIVATION
             write_json(config_file, config)
