@@ -19,8 +19,9 @@ __all__ = [
 ]
 
 CPU_MAX_TOKENS = 4096  # padded tokens per batch on a CPU: 16 rows of 256 tokens, more when shorter. Half of the
-# earlier 8192: a MiniLM batch's activations then stay nearer the cache (a quiet A/B on the 2-core AVX-512 machine:
-# 8-9 % faster in bf16; not yet confirmed by scripts/bench_token_budget.py, see docs/benchmarks.md)
+# earlier 8192: a MiniLM batch's activations then stay nearer the cache (scripts/bench_token_budget.py on the 2-core
+# AVX-512 machine, bf16: 1.15-1.16x faster than 8192 on Cranfield and SciFact; 2048 gained nothing clear over 4096;
+# docs/benchmarks.md)
 GPU_MAX_TOKENS = 131_072  # on a GPU: large batches keep it busy (MiniLM: 512 rows of 256 tokens)
 
 
