@@ -71,6 +71,17 @@ logger = logging.getLogger(__name__)
 
 # The config sections each kind of stage depends on (its stamp, rocketkd.stamps); any other stage: every section.
 STAGE_KEYS = {"baselines": ("data", "model", "index", "eval"), "mine": ("data", "model", "mining", "candidates", "index")}
+# Keys that only the training step reads (its length, rates, loss weights, precision, bookkeeping). The stages that
+# run before a round's training -- the prior's fit, the teachers' check -- do not depend on them, so a rerun that
+# changes one redoes that round's training and what follows, not the quarter-hour of prior fitting and checking
+# before it (SciFact). A key not listed counts as a dependency; tests/test_stamps.py checks that none of these is
+# read outside rocketkd/training.
+TRAINING_ONLY_KEYS = frozenset(f"train.{k}" for k in (
+    "max_steps", "epochs", "lr_retriever", "lr_reranker", "lr_reranker_head", "weight_decay", "warmup_ratio",
+    "gradient_accumulation_steps", "max_grad_norm", "distill_loss", "distill_weight", "retriever_ce_weight",
+    "reranker_ce_weight", "distill_to_reranker", "in_batch_negatives", "mixed_precision", "dropout", "keep_best",
+    "eval_every", "save_every", "num_workers"))
+BEFORE_TRAINING = ("prior", "teachers")  # stage kinds that ignore TRAINING_ONLY_KEYS
 
 
 class StageLog:
@@ -92,7 +103,9 @@ class StageLog:
         self.fresh = False
 
     def _stamp(self, name: str, cfg) -> dict:
-        return make_stamp(cfg, STAGE_KEYS.get(name.split("-")[0]), **self.inputs)
+        kind = name.split("-")[0]
+        ignore = TRAINING_ONLY_KEYS if kind in BEFORE_TRAINING else frozenset()
+        return make_stamp(cfg, STAGE_KEYS.get(kind), ignore=ignore, **self.inputs)
 
     def _check(self, name: str, now: dict) -> None:
         """Decide ``redo`` and ``fresh`` for stage ``name`` whose stamp today is ``now``."""

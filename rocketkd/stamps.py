@@ -49,11 +49,13 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_values(cfg: Any, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """The compared config keys of ``cfg`` (a Config or its dict), only those of ``sections`` if given."""
+def config_values(cfg: Any, sections: tuple[str, ...] | None = None,
+                  ignore: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The compared config keys of ``cfg`` (a Config or its dict), only those of ``sections`` if given, none of
+    ``ignore`` (dotted keys the output does not depend on)."""
     tree = cfg if isinstance(cfg, dict) else cfg.to_dict()
     flat = flatten(tree)
-    return {k: _plain(v) for k, v in flat.items() if k not in NOT_COMPARED
+    return {k: _plain(v) for k, v in flat.items() if k not in NOT_COMPARED and k not in ignore
             and (sections is None or k.split(".")[0] in sections)}
 
 
@@ -68,9 +70,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def make_stamp(cfg: Any, sections: tuple[str, ...] | None = None, **inputs: Any) -> dict:
-    """The stamp of an output made from ``cfg``'s ``sections`` (all if None) and ``inputs`` (name -> fingerprint)."""
-    return {"config": config_values(cfg, sections), "inputs": {k: _plain(v) for k, v in inputs.items()}}
+def make_stamp(cfg: Any, sections: tuple[str, ...] | None = None, *, ignore: frozenset[str] = frozenset(),
+               **inputs: Any) -> dict:
+    """The stamp of an output made from ``cfg``'s ``sections`` (all if None) less the keys in ``ignore``, and
+    ``inputs`` (name -> fingerprint)."""
+    return {"config": config_values(cfg, sections, ignore), "inputs": {k: _plain(v) for k, v in inputs.items()}}
 
 
 def differences(old: dict, new: dict) -> list[str]:

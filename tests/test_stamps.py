@@ -205,4 +205,36 @@ def test_forced_pipeline_rerun_redoes_the_changed_stage_and_every_later_one(tmp_
     ran.clear()
     lr = load_config(TINY_CONFIG, ["mining.depth=3", "train.lr_retriever=0.5"])
     run_all(lr, new.to_dict())
+    # a training-only key: the teachers' check before the round's training is kept, the training starts over
+    assert ran == [("train-1", True), ("final", True)]
+    ran.clear()
+    temp = load_config(TINY_CONFIG, ["mining.depth=3", "train.lr_retriever=0.5", "train.temperature=2.0"])
+    run_all(temp, lr.to_dict())  # the teachers' check reads train.temperature: redone
     assert ran == [("teachers-1", True), ("train-1", True), ("final", True)]
+
+
+def test_training_only_keys_are_train_keys_read_only_by_the_training_step():
+    """What lets a rerun keep the prior and the teachers' check when a training-only key changes: no module outside
+    rocketkd/training reads one of them (the config and CLI define and set them, stamps.py names one in an example; the pipeline's stage functions before
+    training are checked one by one, the rest of pipeline.py builds the training config from them)."""
+    import inspect
+    import re
+    from dataclasses import fields
+
+    import rocketkd.pipeline as pipeline_mod
+    from rocketkd.config import TrainConfig
+
+    names = {k.removeprefix("train.") for k in pipeline_mod.TRAINING_ONLY_KEYS}
+    assert names <= {f.name for f in fields(TrainConfig)}
+    root = Path(__file__).resolve().parents[1] / "rocketkd"
+    sources = {path.relative_to(root).as_posix(): path.read_text(encoding="utf-8") for path in root.rglob("*.py")}
+    sources = {rel: text for rel, text in sources.items()
+               if not rel.startswith("training/") and rel not in ("config.py", "cli.py", "pipeline.py", "stamps.py")}
+    for fn in (pipeline_mod._stage_prior, pipeline_mod._stage_prior_teachers, pipeline_mod._stage_teachers,
+               pipeline_mod._check_queries):
+        sources[f"pipeline.py:{fn.__name__}"] = inspect.getsource(fn)
+    readers = {name: rel for rel, text in sources.items() for name in names
+               if re.search(rf"\.{name}\b|[\"']{name}[\"']", text)}
+    assert readers == {}
+    # and the check can fail: a key the teachers' check does read is found
+    assert re.search(r"\.temperature\b", sources["pipeline.py:_stage_prior_teachers"])
