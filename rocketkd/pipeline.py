@@ -112,6 +112,8 @@ class StageLog:
         before = self._stamp(name, self.previous) if self.previous is not None else None
         if name in self.done and not self.redo:
             old = self.stamps.get(name, before)
+            if old is not None and name.split("-")[0] in BEFORE_TRAINING:  # stamped before those keys were ignored
+                old = {**old, "config": {k: v for k, v in (old.get("config") or {}).items() if k not in TRAINING_ONLY_KEYS}}
             changed = differences(old, now) if old is not None else []
             if changed:
                 logger.warning("stage %s: made with other settings, redone with every stage after it: %s", name,

@@ -211,6 +211,14 @@ def test_forced_pipeline_rerun_redoes_the_changed_stage_and_every_later_one(tmp_
     temp = load_config(TINY_CONFIG, ["mining.depth=3", "train.lr_retriever=0.5", "train.temperature=2.0"])
     run_all(temp, lr.to_dict())  # the teachers' check reads train.temperature: redone
     assert ran == [("teachers-1", True), ("train-1", True), ("final", True)]
+    ran.clear()
+    # a run stamped before the training-only keys were ignored: its teachers' stamp holds them, and is still kept
+    stamps = json.loads((tmp_path / "stages.stamps.json").read_text())
+    stamps["teachers-1"]["config"]["train.lr_retriever"] = 0.5
+    (tmp_path / "stages.stamps.json").write_text(json.dumps(stamps))
+    rate = load_config(TINY_CONFIG, ["mining.depth=3", "train.lr_retriever=0.25", "train.temperature=2.0"])
+    run_all(rate, temp.to_dict())
+    assert ran == [("train-1", True), ("final", True)]
 
 
 def test_training_only_keys_are_train_keys_read_only_by_the_training_step():
