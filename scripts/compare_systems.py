@@ -10,6 +10,13 @@ named teacher: the retriever distilled from that teacher alone, kept even where 
 they differ -- the first-round candidates, the warm-up and the first re-mining -- and every seed shares the
 baselines: they are run once and copied, and the pipeline resumes from there. Rerunning the command resumes where
 it stopped. After each recipe, --output gets table.md (mean ± std over the seeds so far) and raw.json.
+
+Paired tests of finished runs, nothing trained: ``--paired-only`` (paired.md, the test split), ``--split dev``
+(paired.dev.md: the split to decide on), ``--against DIR`` (the same recipes run with other keys: each recipe
+paired with its namesake there, and a recipe finished only there, e.g. contrastive, joins the ablation order):
+
+    python scripts/compare_systems.py --config configs/scifact.yaml --seeds 1 2 3 --modes joint static \
+        --set train.retriever_ce_weight=1.0 --output OUT_B1 --paired-only --against OUT --split dev
 """
 
 from __future__ import annotations
@@ -43,12 +50,19 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--paired-only", action="store_true",
                     help="train nothing: write paired.md from the recipes already finished under --output")
+    ap.add_argument("--split", default=None,
+                    help="split of the paired tests (default: data.test_split; another one writes paired.SPLIT.md): "
+                         "compare on dev to decide, on test to report")
+    ap.add_argument("--against", type=Path, default=None, metavar="DIR",
+                    help="another --output of this script (e.g. the same recipes under other --set keys): a recipe "
+                         "finished in both is also paired with its namesake there, and one finished only there "
+                         "(e.g. contrastive) joins the ablation order")
     args = ap.parse_args()
     if args.paired_only:
         if not args.output.is_dir():
             ap.exit(2, f"compare_systems: --output {args.output}: no such folder (nothing finished to compare)\n")
         paired = _paired(args, [(m, LABELS[m], []) for m in args.modes])
-        (args.output / "paired.md").write_text(paired + "\n")
+        (args.output / _paired_name(args)).write_text(paired + "\n")
         print(paired)
         return
 
@@ -92,8 +106,12 @@ def main() -> None:
     print(_table(rows, args))
     paired = _paired(args, recipes)
     if paired:
-        (args.output / "paired.md").write_text(paired + "\n")
+        (args.output / _paired_name(args)).write_text(paired + "\n")
         print(paired)
+
+
+def _paired_name(args) -> str:
+    return "paired.md" if args.split is None else f"paired.{args.split}.md"
 
 
 def _paired(args, recipes) -> str:
@@ -106,23 +124,40 @@ def _paired(args, recipes) -> str:
     from rocketkd.evaluation.metrics import evaluate_run
 
     cfg = load_config(args.config, args.overrides)
-    qrels = load_qrels(Path(cfg.data.path) / "qrels" / f"{cfg.data.test_split}.tsv")
+    split = args.split or cfg.data.test_split
+    qrels = load_qrels(Path(cfg.data.path) / "qrels" / f"{split}.tsv")
     per: dict[str, dict[str, list[float]]] = {}
+
+    def read(root: Path, seed: int, mode: str, suffix: str = "") -> None:
+        systems = (("retriever", mode), ("reranked", f"{mode} re-ranked"), ("base", "base"), ("bm25", "bm25"))
+        for system, name in systems:
+            name += suffix if system in ("retriever", "reranked") else ""
+            run_file = root / f"seed{seed}" / mode / "runs" / f"{system}.{split}.trec"
+            if not run_file.exists() or (system in ("base", "bm25") and name in per):
+                continue  # BM25 and the untrained encoder do not depend on the seed: counted once
+            res = evaluate_run(read_trec_run(run_file), qrels, ["nDCG@10"]).per_query
+            for q, v in res.items():
+                per.setdefault(name, {}).setdefault(q, []).append(v["nDCG@10"])
+
+    namesakes = []
     for seed in args.seeds:
-        for mode, _, _ in recipes:
-            systems = (("retriever", mode), ("reranked", f"{mode} re-ranked"), ("base", "base"), ("bm25", "bm25"))
-            for system, name in systems:
-                run_file = args.output / f"seed{seed}" / mode / "runs" / f"{system}.{cfg.data.test_split}.trec"
-                if not run_file.exists() or (system in ("base", "bm25") and name in per):
-                    continue  # BM25 and the untrained encoder do not depend on the seed: counted once
-                res = evaluate_run(read_trec_run(run_file), qrels, ["nDCG@10"]).per_query
-                for q, v in res.items():
-                    per.setdefault(name, {}).setdefault(q, []).append(v["nDCG@10"])
+        for mode in [m for m, _, _ in recipes] + [m for m in MODES if args.against and m not in [r[0] for r in recipes]]:
+            here = (args.output / f"seed{seed}" / mode / "runs").is_dir()
+            there = args.against is not None and (args.against / f"seed{seed}" / mode / "runs").is_dir()
+            if here:
+                read(args.output, seed, mode)
+            if there:
+                suffix = f" [{args.against.name}]" if here else ""
+                read(args.against, seed, mode, suffix)
+                if suffix and mode not in namesakes:
+                    namesakes.append(mode)
     order = [m for m in ("joint", "auto", "static", "contrastive") if m in per] + (["base"] if "base" in per else [])
     pairs = list(zip(order, order[1:]))
     pairs += [(m, "bm25") for m in order if m != "base" and "bm25" in per]
     pairs += [(f"{m} re-ranked", other) for m in order for other in (m, "base") if f"{m} re-ranked" in per]
-    lines = ["| A vs B (test nDCG@10, mean over seeds per query) | A | B | A - B | 95% CI | p (paired randomization) |",
+    tag = f" [{args.against.name}]" if args.against else ""
+    pairs += [(f"{m}{r}", f"{m}{r}{tag}") for m in namesakes for r in ("", " re-ranked") if f"{m}{r}{tag}" in per]
+    lines = [f"| A vs B ({split} nDCG@10, mean over seeds per query) | A | B | A - B | 95% CI | p (paired randomization) |",
              "|---|---|---|---|---|---|"]
     for a, b in pairs:
         va = {q: statistics.mean(v) for q, v in per[a].items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -49,6 +50,26 @@ def test_compare_systems_shares_stages_and_adds_single_teacher_recipes(tiny_bert
     monkeypatch.setattr(sys, "argv", [*argv, "--paired-only"])
     runpy.run_path(str(ROOT / "scripts" / "compare_systems.py"), run_name="__main__")
     assert (out / "paired.md").read_text() == paired
+
+    # --against: the same recipe finished elsewhere is paired with its namesake (here the same runs: no difference),
+    # a recipe finished only there joins the ablation order; --split dev writes paired.dev.md from the dev runs
+    other = tmp_path / "other"
+    shutil.copytree(out / "seed1" / "contrastive", other / "seed1" / "contrastive")
+    shutil.copytree(out / "seed1" / "contrastive", other / "seed1" / "static")
+    monkeypatch.setattr(sys, "argv", [*argv, "--paired-only", "--against", str(other), "--split", "dev"])
+    runpy.run_path(str(ROOT / "scripts" / "compare_systems.py"), run_name="__main__")
+    dev = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in
+           (out / "paired.dev.md").read_text().splitlines()[2:]}
+    assert {"static vs contrastive", "contrastive vs contrastive [other]",
+            "contrastive re-ranked vs contrastive re-ranked [other]"} <= set(dev)
+    assert float(dev["contrastive vs contrastive [other]"][3]) == 0.0
+    assert "(dev nDCG@10" in (out / "paired.dev.md").read_text().splitlines()[0]
+    from rocketkd.data.formats import load_qrels, read_trec_run
+    from rocketkd.evaluation.metrics import evaluate_run
+
+    own = evaluate_run(read_trec_run(out / "seed1" / "contrastive" / "runs" / "retriever.dev.trec"),
+                       load_qrels(tiny_data / "qrels" / "dev.tsv"), ["nDCG@10"]).mean["nDCG@10"]
+    assert abs(float(dev["contrastive vs contrastive [other]"][1]) - own) < 1e-4
 
 
 def test_compare_systems_paired_only_refuses_a_missing_folder(tmp_path, monkeypatch, capsys):
