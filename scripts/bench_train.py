@@ -159,7 +159,9 @@ def main(argv=None) -> dict:
     from rocketkd.training import JointCollator, JointModel, check_gradients, param_groups, step_loss
     from rocketkd.training.dataset import GroupDataset
 
-    overrides = []
+    # The peer implements the two losses over the cross-encoder's own scores; a config's re-ranker prior (the demo's
+    # model.reranker_prior) adds fixed per-pair scores that need stored lists and no model work: off for both sides.
+    overrides = ["model.reranker_prior=false"]
     if args.data:
         overrides.append(f"data.path={args.data}")
     if args.quick:

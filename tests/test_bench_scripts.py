@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_DATA = Path(__file__).parent / "resources" / "tiny"
@@ -130,9 +131,13 @@ def test_bench_encode_device_auto_falls_back_and_reports_mfu(tmp_path):
 
 @needs_no_cuda
 def test_bench_train_device_auto_two_lengths_with_mfu(tmp_path):
+    # a config with the demo's re-ranker prior on (the default config's): the bench compares the bare losses
+    config = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    config["model"]["reranker_prior"] = True
+    (tmp_path / "prior.yaml").write_text(yaml.safe_dump(config))
     proc = _run_script(
         "bench_train.py",
-        ["--quick", "--device", "auto", "--config", str(REPO / "configs" / "tiny.yaml"), "--data", str(TINY_DATA),
+        ["--quick", "--device", "auto", "--config", str(tmp_path / "prior.yaml"), "--data", str(TINY_DATA),
          "--model", str(TINY_BERT), "--lengths", "3", "5", "--batch", "2", "--threads", "1",
          "--matmul-n", "64", "--matmul-reps", "2"],
         tmp_path,
