@@ -102,18 +102,21 @@ class StageLog:
         self.redo = False  # once a stage is redone, every later one is
         self.fresh = False
 
+    @staticmethod
+    def _ignored(name: str) -> frozenset[str]:
+        return TRAINING_ONLY_KEYS if name.split("-")[0] in BEFORE_TRAINING else frozenset()
+
     def _stamp(self, name: str, cfg) -> dict:
-        kind = name.split("-")[0]
-        ignore = TRAINING_ONLY_KEYS if kind in BEFORE_TRAINING else frozenset()
-        return make_stamp(cfg, STAGE_KEYS.get(kind), ignore=ignore, **self.inputs)
+        return make_stamp(cfg, STAGE_KEYS.get(name.split("-")[0]), ignore=self._ignored(name), **self.inputs)
 
     def _check(self, name: str, now: dict) -> None:
         """Decide ``redo`` and ``fresh`` for stage ``name`` whose stamp today is ``now``."""
         before = self._stamp(name, self.previous) if self.previous is not None else None
         if name in self.done and not self.redo:
             old = self.stamps.get(name, before)
-            if old is not None and name.split("-")[0] in BEFORE_TRAINING:  # stamped before those keys were ignored
-                old = {**old, "config": {k: v for k, v in (old.get("config") or {}).items() if k not in TRAINING_ONLY_KEYS}}
+            ignore = self._ignored(name)
+            if old is not None and ignore:  # a stamp written before these keys were ignored may still hold them
+                old = {**old, "config": {k: v for k, v in (old.get("config") or {}).items() if k not in ignore}}
             changed = differences(old, now) if old is not None else []
             if changed:
                 logger.warning("stage %s: made with other settings, redone with every stage after it: %s", name,

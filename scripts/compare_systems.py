@@ -115,9 +115,10 @@ def _paired_name(args) -> str:
 
 
 def _paired(args, recipes) -> str:
-    """Paired randomization tests over the test queries, per-query nDCG@10 averaged over the seeds: each recipe in
-    RocketQAv2's ablation order against the next (joint >= static >= contrastive > zero-shot base), then each
-    recipe's retriever against BM25 and its re-ranked second stage against its retriever."""
+    """Paired randomization tests over the queries of ``--split`` (default: test), per-query nDCG@10 averaged over
+    the seeds: each recipe in RocketQAv2's ablation order against the next (joint >= static >= contrastive >
+    zero-shot base), then each recipe's retriever against BM25 and its re-ranked second stage against its retriever;
+    with ``--against``, each recipe against its namesake there."""
     from rocketkd.config import load_config
     from rocketkd.data.formats import load_qrels, read_trec_run
     from rocketkd.evaluation.compare import compare_values
@@ -141,7 +142,8 @@ def _paired(args, recipes) -> str:
 
     namesakes = []
     for seed in args.seeds:
-        for mode in [m for m, _, _ in recipes] + [m for m in MODES if args.against and m not in [r[0] for r in recipes]]:
+        modes = [m for m, _, _ in recipes]
+        for mode in modes + ([m for m in MODES if m not in modes] if args.against else []):
             here = (args.output / f"seed{seed}" / mode / "runs").is_dir()
             there = args.against is not None and (args.against / f"seed{seed}" / mode / "runs").is_dir()
             if here:
