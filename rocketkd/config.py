@@ -2,6 +2,9 @@
 
 An unknown section or key, or a value of the wrong type, is a ``ConfigError`` that names the key. The resolved
 config is written next to every output (``config.yaml``) so a result can always be traced to its settings.
+
+It is long (over 500 lines) because every key is declared here once, with the help text ``--help`` and
+``rocketkd config`` print, and the checks that refuse a bad value at load time sit beside the keys they check.
 """
 
 from __future__ import annotations
@@ -87,7 +90,8 @@ class TrainConfig:
         "joint",
         "joint: re-ranker CE on labels + retriever distilled from it in the same step (RocketQAv2); "
         "warmup: both models on labels only; contrastive: retriever on labels only; "
-        "static: retriever distilled from a frozen re-ranker or stored teacher scores",
+        "static: retriever distilled from a frozen re-ranker or stored teacher scores; "
+        "reranker: the re-ranker alone on labels (the retriever is saved unchanged)",
     )
     teacher: str = _f("online", "static mode: 'reranker' (frozen model.reranker) or 'stored' (teacher_scores in the lists)")
     distill_loss: str = _f("kl", "retriever distillation loss: kl, kl_reverse, mse, js, wasserstein")
@@ -229,6 +233,14 @@ class PipelineConfig:
     )
     prior_folds: int = _f(5, "model.reranker_prior: folds for the prior's cross-fitted evidence (weights fitted on "
                              "the other folds, measured on each; 5: each fit sees 80% of the queries)")
+    reranker_pretrain: int = _f(
+        0,
+        "model.reranker_prior: inverse-cloze queries (a sentence cut out of a passage; no label read) on which the "
+        "cross-encoder g learns over its prior before round 1, label-free (0 = off). The pre-trained g is kept only "
+        "when prior + g beats the prior alone on the dev + train queries in a paired test at pipeline.prior_alpha",
+    )
+    reranker_pretrain_steps: int | None = _f(None, "optimizer steps of that pre-training (empty = one pass over its "
+                                                   "lists)")
     plot: bool = _f(True, "write recall@k and loss curves as PNG next to results.json")
 
 
@@ -386,7 +398,7 @@ PIPELINE_TEACHERS = ("reranker", "bm25", "base", "random")  # pipeline.teacher_m
 PIPELINE_SYSTEMS = ("bm25", "base", "retriever", "reranked", "hybrid")
 
 _CHOICES = {
-    "train.mode": ("joint", "warmup", "contrastive", "static"),
+    "train.mode": ("joint", "warmup", "contrastive", "static", "reranker"),
     "train.teacher": ("online", "reranker", "stored"),
     "train.teacher_combine": ("arithmetic", "geometric"),
     "candidates.source": ("sampled", "mined"),
@@ -425,6 +437,15 @@ def validate_config(cfg: Config) -> None:
             raise ConfigError(f"config key 'train.teachers': unknown teacher {name!r} (known: {', '.join(OFFLINE_TEACHERS)})")
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight >= 0:
             raise ConfigError(f"config key 'train.teachers': weight of {name!r} must be a number >= 0, got {weight!r}")
+    if cfg.pipeline.reranker_pretrain < 0:
+        raise ConfigError(f"config key 'pipeline.reranker_pretrain': must be >= 0 (0 = off), got "
+                          f"{cfg.pipeline.reranker_pretrain}")
+    if cfg.pipeline.reranker_pretrain and not cfg.model.reranker_prior:
+        raise ConfigError("config key 'pipeline.reranker_pretrain': pre-trains the cross-encoder over its prior; "
+                          "set model.reranker_prior: true (or pipeline.reranker_pretrain: 0)")
+    if cfg.pipeline.reranker_pretrain_steps is not None and cfg.pipeline.reranker_pretrain_steps < 1:
+        raise ConfigError(f"config key 'pipeline.reranker_pretrain_steps': must be at least 1 (or empty), got "
+                          f"{cfg.pipeline.reranker_pretrain_steps}")
     if cfg.data.title_queries < 0:
         raise ConfigError(f"config key 'data.title_queries': must be >= 0 (0 = off), got {cfg.data.title_queries}")
     if cfg.candidates.list_length < 2:
@@ -445,6 +466,9 @@ def validate_config(cfg: Config) -> None:
 
 def _check_train_values(t: TrainConfig) -> None:
     """Values that would fail deep inside training (or train on something else than asked): refused at load."""
+    if t.mode == "reranker" and t.chunk_size:
+        raise ConfigError("config key 'train.chunk_size': cached-gradient chunks split the retriever's rows; "
+                          "train.mode=reranker runs no retriever (leave train.chunk_size empty)")
     if t.gradient_accumulation_steps < 1:
         raise ConfigError(f"config key 'train.gradient_accumulation_steps': must be at least 1, got "
                           f"{t.gradient_accumulation_steps}")

@@ -2,6 +2,8 @@
 
     baselines  BM25 and the untrained encoder on dev and test (runs kept for the teacher check and results)
     mine-0     first-round candidates (BM25 or the base encoder)
+    prior      (model.reranker_prior) the re-ranker's label-free prior, fitted on held-out queries
+    pretrain   (pipeline.reranker_pretrain) its cross-encoder pre-trained over the prior on inverse-cloze queries
     warmup     both models on labels only: a re-ranker with a fresh head is a random teacher
     for each round r = 1..rounds:
       mine-r      candidates from the current retriever, denoised by the current re-ranker
@@ -65,6 +67,7 @@ from rocketkd.teachers.prior import (
 )
 from rocketkd.teachers.targets import HeldOut, build_targets, teacher_lists, teachers_rejected
 from rocketkd.training import TrainResult, finished, load_result, train
+from rocketkd.training.pretrain import pretrain_reranker
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +85,10 @@ TRAINING_ONLY_KEYS = frozenset(f"train.{k}" for k in (
     "reranker_ce_weight", "distill_to_reranker", "in_batch_negatives", "mixed_precision", "dropout", "keep_best",
     "eval_every", "save_every", "num_workers"))
 BEFORE_TRAINING = ("prior", "teachers")  # stage kinds that ignore TRAINING_ONLY_KEYS
+# The re-ranker's label-free pre-training trains the cross-encoder alone: the retriever's keys do not touch it.
+RETRIEVER_ONLY_KEYS = frozenset(f"train.{k}" for k in (
+    "max_steps", "epochs", "lr_retriever", "distill_loss", "distill_weight", "retriever_ce_weight",
+    "distill_to_reranker", "in_batch_negatives", "keep_best", "eval_every"))
 
 
 class StageLog:
@@ -104,7 +111,8 @@ class StageLog:
 
     @staticmethod
     def _ignored(name: str) -> frozenset[str]:
-        return TRAINING_ONLY_KEYS if name.split("-")[0] in BEFORE_TRAINING else frozenset()
+        kind = name.split("-")[0]
+        return TRAINING_ONLY_KEYS if kind in BEFORE_TRAINING else RETRIEVER_ONLY_KEYS if kind == "pretrain" else frozenset()
 
     def _stamp(self, name: str, cfg) -> dict:
         return make_stamp(cfg, STAGE_KEYS.get(name.split("-")[0]), ignore=self._ignored(name), **self.inputs)
@@ -397,8 +405,13 @@ def _run_stages(cfg: Config) -> dict:
     prior: Prior | None = None
 
     def fit_prior(lists_path: Path) -> Prior:  # once, on the first lists there are, before anything learns labels
+        nonlocal reranker
         stages.run("prior", _stage_prior, cfg, data, out, lists_path)
-        return Prior.load(out / "prior")
+        fitted = Prior.load(out / "prior")
+        if p.reranker_pretrain:  # g learns over the prior on inverse-cloze queries, kept only on held-out evidence
+            reranker = stages.run("pretrain", lambda: pretrain_reranker(
+                cfg, data, out / "pretrain", fitted, resume=not stages.fresh))["reranker"]
+        return fitted
 
     if p.warmup:
         round0 = out / "round0" / "candidates.jsonl"
@@ -413,7 +426,8 @@ def _run_stages(cfg: Config) -> dict:
             lists = read_candidates(round0, corpus=data.corpus, queries=data.all_queries())
             if prior is not None:
                 lists = attach_prior(data, lists, prior)
-            res = train(wcfg, lists, data=data, output_dir=out / "warmup", resume=not stages.fresh)
+            res = train(wcfg, lists, data=data, output_dir=out / "warmup", resume=not stages.fresh,
+                        reranker_path=reranker)
             if prior is not None:
                 prior.save(res.reranker_dir)
             return {"retriever": str(res.retriever_dir), "reranker": str(res.reranker_dir), "steps": res.steps}
@@ -577,6 +591,7 @@ def _write_results(cfg: Config, data, out: Path, stages: StageLog) -> dict:
         "fusion_weight": stages.done.get("final", {}).get("fusion_weight"),
         "hybrid_weights": stages.done.get("hybrid", {}).get("weights"),
         **({"prior": stages.done["prior"]} if "prior" in stages.done else {}),
+        **({"reranker_pretrain": stages.done["pretrain"]} if "pretrain" in stages.done else {}),
         **({"reranker_vs_prior": stages.done["final"]["reranker_vs_prior"]}
            if "reranker_vs_prior" in stages.done.get("final", {}) else {}),
         "stages": {k: v.get("seconds") for k, v in stages.done.items()},

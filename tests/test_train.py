@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -110,6 +111,28 @@ def test_train_tiny_saves_both_models_loadable_by_sentence_transformers(tiny_ber
     # the models changed: training did something
     before = DualEncoder.from_pretrained(str(tiny_bert)).encode(["wing flutter"], side="passage")
     assert abs(before - mine).max() > 1e-4
+
+
+def test_reranker_mode_trains_the_reranker_alone(tiny_bert, tiny_data, tmp_path):
+    # the loss is the re-ranker's listwise CE and nothing else; the retriever neither runs nor changes
+    scores = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]], requires_grad=True)
+    parts = compute_objective(load_config(None, ["train.mode=reranker"]).train, None, scores)
+    expected = F.cross_entropy(scores.detach(), torch.zeros(2, dtype=torch.long))
+    assert set(parts.parts) == {"reranker_ce"}
+    torch.testing.assert_close(parts.total.detach(), expected)
+
+    cfg = tiny_cfg(tiny_bert, tiny_data, tmp_path / "run", "train.mode=reranker", "train.max_steps=3")
+    result = train(cfg)
+    assert result.steps == 3 and {"reranker_ce"} <= set(result.history[-1]) and "distill" not in result.history[-1]
+    text = ["wing flutter"]
+    before = DualEncoder.from_pretrained(str(tiny_bert)).encode(text, side="passage")
+    after = DualEncoder.from_pretrained(str(result.retriever_dir)).encode(text, side="passage")
+    np.testing.assert_array_equal(before, after)
+    pair = [("wing", "wing report")]
+    g0 = CrossEncoderRanker.from_pretrained(str(tiny_bert)).predict(pair)
+    assert abs(CrossEncoderRanker.from_pretrained(str(result.reranker_dir)).predict(pair) - g0).max() > 1e-6
+    with pytest.raises(ConfigError, match="train.chunk_size"):
+        tiny_cfg(tiny_bert, tiny_data, tmp_path / "x", "train.mode=reranker", "train.chunk_size=4")
 
 
 def test_list_length_larger_than_candidates_is_a_config_error(tiny_bert, tiny_data, tmp_path):

@@ -23,12 +23,13 @@ class JointBatch:
 
     query_inputs:   tokenised queries, one row per list (each query encoded once, not once per candidate)  (B, Lq)
     passage_inputs: tokenised passages, B*G rows in the group layout                                      (B*G, Lp)
+                    (both None when the mode trains the re-ranker alone: the retriever does not run)
     pair_inputs:    tokenised (query, passage) pairs for the cross-encoder, same row order as passages   (B*G, Lx)
     teacher_scores: stored teacher scores for static distillation, or None                                (B, G)
     """
 
-    query_inputs: dict[str, torch.Tensor]
-    passage_inputs: dict[str, torch.Tensor]
+    query_inputs: dict[str, torch.Tensor] | None
+    passage_inputs: dict[str, torch.Tensor] | None
     pair_inputs: dict[str, torch.Tensor] | None
     group_size: int
     qids: list[str] = field(default_factory=list)
@@ -37,6 +38,8 @@ class JointBatch:
 
     @property
     def batch_size(self) -> int:
+        if self.query_inputs is None:
+            return int(self.pair_inputs["input_ids"].shape[0]) // self.group_size
         return int(self.query_inputs["input_ids"].shape[0])
 
     def to(self, device: torch.device | str) -> JointBatch:
@@ -51,14 +54,14 @@ class JointBatch:
 class JointCollator:
     """Tokenises a list of groups from ``GroupDataset``.
 
-    ``tokenize_queries``/``tokenize_passages`` come from the retriever, ``tokenize_pairs`` from the re-ranker
-    (None when the mode trains no re-ranker: no pair tokens are built then).
+    ``tokenize_queries``/``tokenize_passages`` come from the retriever (None when the mode trains the re-ranker
+    alone), ``tokenize_pairs`` from the re-ranker (None when the mode trains no re-ranker: no pair tokens then).
     """
 
     query_text: Callable[[str], str]
     passage_text: Callable[[str], str]
-    tokenize_queries: Callable[[list[str]], dict]
-    tokenize_passages: Callable[[list[str]], dict]
+    tokenize_queries: Callable[[list[str]], dict] | None
+    tokenize_passages: Callable[[list[str]], dict] | None
     tokenize_pairs: Callable[[list[str], list[str]], dict] | None = None
 
     def __call__(self, items: list[dict]) -> JointBatch:
@@ -74,8 +77,8 @@ class JointCollator:
         if items[0]["teacher_scores"] is not None:
             teacher = torch.tensor([it["teacher_scores"] for it in items], dtype=torch.float32)  # (B, G)
         return JointBatch(
-            query_inputs=self.tokenize_queries(queries),
-            passage_inputs=self.tokenize_passages(passages),
+            query_inputs=self.tokenize_queries(queries) if self.tokenize_queries else None,
+            passage_inputs=self.tokenize_passages(passages) if self.tokenize_passages else None,
             pair_inputs=pairs,
             group_size=group_size,
             qids=[it["qid"] for it in items],

@@ -108,7 +108,8 @@ class DevTracker:
 
     def __init__(self, retriever: DualEncoder, data, cfg: Config, out: Path, start: str | None = None) -> None:
         self.data, self.cfg = data, cfg
-        self.values: dict[str, float] = dev_start(retriever, data, cfg, out, start) if cfg.train.eval_dev else {}
+        self.measures = cfg.train.eval_dev and cfg.train.mode != "reranker"  # that mode leaves the retriever as it is
+        self.values: dict[str, float] = dev_start(retriever, data, cfg, out, start) if self.measures else {}
         self.best = BestRetriever(out, keep=cfg.train.keep_best)
         if "start" in self.values and self.best.value is None and is_main():  # a fresh run: the start is a candidate
             self.best.offer(retriever, self.values["start"], 0)
@@ -116,7 +117,7 @@ class DevTracker:
     def due(self, step: int, total_steps: int) -> bool:
         """Whether the retriever is measured after ``step`` (every ``train.eval_every`` steps, the last one aside)."""
         t = self.cfg.train
-        return bool(t.eval_dev and t.eval_every and step % t.eval_every == 0 and step < total_steps
+        return bool(self.measures and t.eval_every and step % t.eval_every == 0 and step < total_steps
                     and self.cfg.data.dev_split in self.data.qrels)
 
     def measure(self, retriever: DualEncoder, step: int, total_steps: int) -> None:
@@ -130,7 +131,7 @@ class DevTracker:
         """Measure the last step (every process), then, with keep-best, put the best step's weights back into
         ``retriever`` (main process). Returns ``values``."""
         cfg, dev = self.cfg, self.values
-        if cfg.train.eval_dev and cfg.data.dev_split in self.data.qrels:  # every process: the encoding is shared
+        if self.measures and cfg.data.dev_split in self.data.qrels:  # every process: the encoding is shared
             end = dev_ndcg(retriever, self.data, cfg)
             if end is not None and "start" in dev:
                 dev["end"] = end

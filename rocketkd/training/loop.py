@@ -89,6 +89,8 @@ def train(
     accelerator.wait_for_everyone()
     dataset = GroupDataset(lists, cfg.candidates.list_length, seed=t.seed)
     retriever, reranker, teacher_model = _load_models(cfg, lists, retriever_path, reranker_path)
+    if t.mode == "reranker":  # the retriever neither runs nor changes: no gradient for DDP to wait for
+        retriever.requires_grad_(False)
     dev = DevTracker(retriever, data, cfg, out, retriever_path)  # measures (or reads back) the start's dev nDCG@10
     loader = _loader(dataset, data, cfg, retriever, reranker or teacher_model)
     model = JointModel(retriever, reranker, score_scale=cfg.model.score_scale)
@@ -173,13 +175,15 @@ def _load_models(cfg: Config, lists: list[CandidateList], retriever_path: str | 
 
 
 def _loader(dataset: GroupDataset, data, cfg: Config, retriever, pair_model) -> torch.utils.data.DataLoader:
-    """Batches of ``JointBatch``; pair tokens only where a re-ranker (online or frozen) scores the pairs."""
+    """Batches of ``JointBatch``; pair tokens only where a re-ranker (online or frozen) scores the pairs, retriever
+    tokens only where the retriever runs (not in ``train.mode=reranker``)."""
     queries = data.all_queries()
+    alone = cfg.train.mode == "reranker"
     collator = JointCollator(
         query_text=queries.__getitem__,
         passage_text=data.corpus.get_text,
-        tokenize_queries=retriever.tokenize_queries,
-        tokenize_passages=retriever.tokenize_passages,
+        tokenize_queries=None if alone else retriever.tokenize_queries,
+        tokenize_passages=None if alone else retriever.tokenize_passages,
         tokenize_pairs=pair_model.tokenize_pairs if pair_model else None,
     )
     # Its own generator: creating an iterator draws a worker seed, and drawing it from the global RNG would shift

@@ -5,6 +5,7 @@ joint (RocketQAv2, arXiv 2110.07367, eq. 4-6):
     where teacher = s_rerank, detached unless ``distill_to_reranker`` (the released code detached it; the paper
     lets the KL reach both models).
 warmup:       w_ce · CE(s_rerank) + CE(s_retr)         (labels only: a fresh re-ranker head is a random teacher)
+reranker:     w_ce · CE(s_rerank)                      (the re-ranker alone, e.g. pre-trained on inverse-cloze lists)
 contrastive:  CE(s_retr)                                (the no-teacher baseline)
 static:       α · D(s_retr ‖ frozen teacher) + β · CE(s_retr)
 
@@ -22,8 +23,9 @@ from rocketkd.losses import get_distill_loss, listwise_ce
 
 
 def needs_reranker(cfg: Config) -> bool:
-    """Whether the run trains a re-ranker online (joint, warmup) — static uses a frozen one outside the optimizer."""
-    return cfg.train.mode in ("joint", "warmup")
+    """Whether the run trains a re-ranker online (joint, warmup, reranker) — static uses a frozen one outside the
+    optimizer."""
+    return cfg.train.mode in ("joint", "warmup", "reranker")
 
 
 @dataclass
@@ -54,7 +56,7 @@ def mix_teachers(stored: torch.Tensor, online: torch.Tensor, weight: float, temp
 
 def compute_objective(
     cfg: TrainConfig,
-    retriever: torch.Tensor,
+    retriever: torch.Tensor | None,
     reranker: torch.Tensor | None,
     teacher: torch.Tensor | None = None,
     retriever_inbatch: torch.Tensor | None = None,
@@ -65,8 +67,13 @@ def compute_objective(
     is the teacher.
     """
     parts: dict[str, torch.Tensor] = {}
-    total = retriever.new_zeros(())
     mode = cfg.mode
+    if mode == "reranker":
+        if reranker is None:
+            raise ValueError("train.mode=reranker needs re-ranker scores")
+        parts["reranker_ce"] = listwise_ce(reranker)
+        return LossParts(cfg.reranker_ce_weight * parts["reranker_ce"], {k: v.detach() for k, v in parts.items()})
+    total = retriever.new_zeros(())
     if mode in ("joint", "warmup"):
         if reranker is None:
             raise ValueError(f"train.mode={mode} needs re-ranker scores")

@@ -61,7 +61,7 @@ def loss_from_scores(scores: JointScores, batch: JointBatch, cfg: Config, step: 
             raise TrainingError("model.reranker_prior: the candidate lists carry no prior (stored teacher scores)")
         teacher = batch.teacher_scores.to(frozen_teacher.dtype) + frozen_teacher  # the frozen re-ranker's full score
     inbatch = None
-    if t.in_batch_negatives:
+    if t.in_batch_negatives and scores.passage_emb is not None:
         p_all, offset = gather_passages(scores.passage_emb)  # (W*B*G, H)
         positive_cols = offset + torch.arange(batch.batch_size, device=p_all.device) * batch.group_size
         inbatch = in_batch_ce(scores.query_emb, p_all, positive_cols, cfg.model.score_scale)

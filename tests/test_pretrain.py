@@ -1,0 +1,109 @@
+"""The re-ranker's label-free pre-training (rocketkd.training.pretrain, pipeline.reranker_pretrain): its data, its
+check against the prior on held-out queries, and the pipeline stage that keeps it only on that evidence."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import rocketkd.pipeline as pipeline_mod
+import rocketkd.training.pretrain as pretrain_mod
+from rocketkd.candidates.inverse_cloze import ICT_QUERY_PREFIX
+from rocketkd.config import load_config
+from rocketkd.data.formats import load_retrieval_data
+from rocketkd.errors import ConfigError
+from rocketkd.models import resolve_model_path
+from rocketkd.pipeline import run_pipeline
+from rocketkd.teachers.prior import PRIOR_FILE, Prior
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sentences(tiny_data: Path) -> Path:
+    """The tiny collection with every passage made of three sentences (its words in three runs), so each can be cut."""
+    path = tiny_data / "corpus.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    with path.open("w") as f:
+        for i, row in enumerate(rows):
+            words = (row["text"] + f" extra{i} words here").split()
+            third = len(words) // 3
+            parts = [words[:third], words[third:2 * third], words[2 * third:]]
+            row["text"] = " ".join(" ".join(p) + " ." for p in parts)
+            f.write(json.dumps(row) + "\n")
+    return tiny_data
+
+
+def _cfg(tiny_bert, tiny_data, out, *extra):
+    return load_config(ROOT / "configs" / "tiny.yaml", [
+        f"data.path={tiny_data}", f"model.retriever={tiny_bert}", f"model.reranker={tiny_bert}", f"output_dir={out}",
+        "model.reranker_prior=true", "pipeline.warmup=false", "pipeline.prior_alpha=1e-12",
+        "pipeline.reranker_pretrain=30", "pipeline.reranker_pretrain_steps=2", "mining.depth=6", *extra])
+
+
+def test_inverse_cloze_data_is_a_train_split_of_cut_sentences(tiny_bert, tiny_data, tmp_path):
+    cfg = _cfg(tiny_bert, _sentences(tiny_data), tmp_path / "run", "data.min_positive_grade=2")
+    data = load_retrieval_data(cfg.data.path)
+    ict = pretrain_mod.inverse_cloze_data(cfg, data)
+    assert list(ict.qrels) == ["train"] and 0 < len(ict.queries) <= 30
+    for qid, judged in ict.qrels["train"].items():
+        (pid, grade), = judged.items()
+        assert qid == ICT_QUERY_PREFIX + pid and grade == 2  # the lowest grade that counts as a positive
+        assert ict.queries[qid] in data.corpus.get_text(pid) and ict.queries[qid] not in ict.corpus.get_text(pid)
+    assert not ict.unlabeled_queries
+
+
+def test_pretrain_needs_the_prior_and_sane_values(tiny_bert, tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="pipeline.reranker_pretrain.*model.reranker_prior"):
+        _cfg(tiny_bert, tiny_data, tmp_path, "model.reranker_prior=false")
+    with pytest.raises(ConfigError, match="pipeline.reranker_pretrain'"):
+        _cfg(tiny_bert, tiny_data, tmp_path, "pipeline.reranker_pretrain=-1")
+    with pytest.raises(ConfigError, match="pipeline.reranker_pretrain_steps"):
+        _cfg(tiny_bert, tiny_data, tmp_path, "pipeline.reranker_pretrain_steps=0")
+
+
+@pytest.mark.parametrize("evidence", ["none", "significant"])
+def test_the_pipeline_keeps_the_pretrained_reranker_only_on_evidence(tiny_bert, tiny_data, tmp_path, monkeypatch,
+                                                                     evidence):
+    out = tmp_path / "run"
+    cfg = _cfg(tiny_bert, _sentences(tiny_data), out)
+    check = pretrain_mod.check_pretrained
+    measured = {}
+
+    def checked(*args, **kwargs):
+        result = check(*args, **kwargs)
+        measured.update(result)
+        if evidence == "significant":  # the tiny collection cannot show it: pretend it did
+            result = {**result, "delta": 0.01, "p_value": 0.0}
+        return result
+
+    monkeypatch.setattr(pretrain_mod, "check_pretrained", checked)
+    starts = []
+    teachers = pipeline_mod._stage_prior_teachers
+
+    def spy(cfg, data, out, r, retriever, reranker, *rest):
+        starts.append(reranker)
+        return teachers(cfg, data, out, r, retriever, reranker, *rest)
+
+    monkeypatch.setattr(pipeline_mod, "_stage_prior_teachers", spy)
+    results = run_pipeline(cfg)
+    stages = json.loads((out / "stages.json").read_text())
+    assert list(stages)[:5] == ["baselines", "mine-1", "prior", "pretrain", "teachers-1"]
+    pre = stages["pretrain"]
+    assert pre["steps"] == 2 and pre["lists"] == pre["queries"] > 0
+    pretrained = Path(pre["pretrained"])
+    assert Prior.load(pretrained) == Prior.load(out / "prior") and (pretrained / PRIOR_FILE).exists()
+    # the check: prior + g against the prior alone on dev + train, as measured
+    assert measured["queries"] == len(load_retrieval_data(cfg.data.path).qrels["dev"]) + len(
+        load_retrieval_data(cfg.data.path).qrels["train"])
+    assert measured["delta"] == pytest.approx(measured["reranker_ndcg@10"] - measured["prior_ndcg@10"])
+    assert measured["g_std"] > 0  # the cross-encoder moved off zero
+    assert results["reranker_pretrain"]["accepted"] is (evidence == "significant")
+    if evidence == "significant":
+        assert starts == [str(pretrained)] and pre["reranker"] == str(pretrained)
+    else:  # no evidence: round 1 starts from model.reranker, its head at zero
+        assert starts == [resolve_model_path(cfg.model.reranker)]
+    # a train.* key of the retriever alone does not redo the pre-training
+    again = _cfg(tiny_bert, cfg.data.path, out, "train.retriever_ce_weight=0.5")
+    run_pipeline(again)
+    redone = json.loads((out / "stages.json").read_text())
+    assert redone["pretrain"] == pre
