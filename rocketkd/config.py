@@ -239,6 +239,9 @@ class PipelineConfig:
         "cross-encoder g learns over its prior before round 1, label-free (0 = off). The pre-trained g is kept only "
         "when prior + g beats the prior alone on the dev + train queries in a paired test at pipeline.prior_alpha",
     )
+    reranker_pretrain_cut: str = _f("sentence", "what each pre-training query is: a sentence cut out of its passage "
+                                                "(the inverse cloze task) or the passage's title (every passage "
+                                                "then loses its title)")
     reranker_pretrain_steps: int | None = _f(None, "optimizer steps of that pre-training (empty = one pass over its "
                                                    "lists)")
     plot: bool = _f(True, "write recall@k and loss curves as PNG next to results.json")
@@ -407,6 +410,7 @@ _CHOICES = {
     "candidates.mined_by": ("bm25", "base", None),
     "index.autocast": ("auto", "bf16", "fp16", "no"),
     "pipeline.round_mode": ("auto", "joint", "static", "contrastive"),
+    "pipeline.reranker_pretrain_cut": ("sentence", "title"),
 }
 
 

@@ -1,5 +1,7 @@
 """Inverse-cloze queries (rocketkd.candidates.inverse_cloze): which sentence is cut, what the cut corpus holds."""
 
+import pytest
+
 from rocketkd.candidates.inverse_cloze import ICT_QUERY_PREFIX, inverse_cloze, sentences
 from rocketkd.data import Corpus
 
@@ -54,3 +56,14 @@ def test_choice_is_fixed_limited_and_avoids_held_out_queries():
     assert ICT_QUERY_PREFIX + "a" not in kept.queries and ICT_QUERY_PREFIX + "b" in kept.queries
     # the cut corpus is the same whatever became a query: negatives and positives lose a sentence alike
     assert kept.corpus.get_text("a") == first.corpus.get_text("a")
+
+
+def test_title_cut_asks_the_title_of_a_passage_that_lost_it():
+    ict = inverse_cloze(_corpus(), limit=10, cut="title")
+    # "short" has fewer than 4 words: no query, but every passage loses its title alike
+    assert ict.queries == {ICT_QUERY_PREFIX + "b": "flow over a flat plate ."}
+    assert ict.corpus.get_text("b").startswith("the boundary layer")  # the repeated title went with it
+    assert ict.corpus.get_text("a") == CASED  # no title left in front
+    assert "short" not in ict.corpus.get_text("c")
+    with pytest.raises(ValueError, match="cut must be one of"):
+        inverse_cloze(_corpus(), limit=10, cut="abstract")

@@ -107,3 +107,28 @@ def test_the_pipeline_keeps_the_pretrained_reranker_only_on_evidence(tiny_bert, 
     run_pipeline(again)
     redone = json.loads((out / "stages.json").read_text())
     assert redone["pretrain"] == pre
+
+
+def test_the_script_runs_the_stage_alone_and_resumes(tiny_bert, tiny_data, tmp_path, capsys):
+    import importlib.util
+
+    from rocketkd.models.loading import retriever_settings
+
+    spec = importlib.util.spec_from_file_location("pretrain_script", ROOT / "scripts" / "pretrain_reranker.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cfg = _cfg(tiny_bert, _sentences(tiny_data), tmp_path / "unused")
+    Prior({"bm25": 0.5, "base": 0.5}, {"bm25": 1.0, "base": 1.0}, base_model=str(tiny_bert),
+          base_settings=retriever_settings(cfg)).save(tmp_path)
+    args = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--prior", str(tmp_path), "--output", str(tmp_path / "o"),
+            *[x for kv in [f"data.path={cfg.data.path}", f"model.retriever={tiny_bert}", f"model.reranker={tiny_bert}",
+                           "model.reranker_prior=true", "pipeline.reranker_pretrain=30",
+                           "pipeline.reranker_pretrain_steps=2", "mining.depth=6"] for x in ("--set", kv)]]
+    assert script.main(args) == 0
+    first = json.loads((tmp_path / "o" / "pretrain.json").read_text())
+    assert first["steps"] == 2 and first["check"]["queries"] > 0 and "prior + g nDCG@10" in capsys.readouterr().out
+    assert script.main(args) == 0  # resumed: the finished training is read back, the check gives the same
+    assert json.loads((tmp_path / "o" / "pretrain.json").read_text())["check"] == first["check"]
+    with pytest.raises(SystemExit):
+        script.main(["--prior", str(tmp_path / "o" / "nothing"), "--output", str(tmp_path / "x")])
+    assert "no rocketkd_prior.json" in capsys.readouterr().err

@@ -7,6 +7,9 @@ the cut sentence still shares the passage's topic, entities and findings, but no
 the encoder -- the prior -- rank the passage well but not perfectly, and what cross-attention can see about the pair
 is left for ``g`` to learn. Scientific claims (SciFact) are close to such sentences.
 
+With ``cut="title"`` the query is the passage's title instead and every passage loses its title: titles are
+written by the passages' authors as a summary of their finding, close to a claim (SciFact) or a topic.
+
 Every passage of the corpus loses one sentence (the same rule for positives and negatives, so "a sentence is
 missing" says nothing about which candidate is the positive). A sentence that nearly repeats a judged query of any
 split is never made a query (content-word Jaccard, :func:`rocketkd.candidates.title_queries.near_held_out`): the
@@ -21,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from rocketkd.candidates.title_queries import content_words, near_held_out
+from rocketkd.candidates.title_queries import MIN_TITLE_WORDS, content_words, near_held_out
 from rocketkd.data.corpus import Corpus
 
 ICT_QUERY_PREFIX = "ict:"
@@ -66,8 +69,23 @@ def _cut(pid: str, title: str, text: str) -> tuple[str, str | None]:
     return " ".join(parts[:i] + parts[i + 1:]), parts[i]
 
 
-def inverse_cloze(corpus: Any, limit: int, avoid: Iterable[str] = ()) -> InverseCloze:
-    """Up to ``limit`` inverse-cloze queries from ``corpus``, none near a query text of ``avoid``.
+def _cut_title(title: str, text: str) -> tuple[str, str | None]:
+    """(text without the title, the title) -- or (text, None) for a title too short to ask anything (or no text)."""
+    title, text = " ".join(title.split()), " ".join(text.split())
+    after = text[len(title):] if title and text.startswith(title) else None
+    if after is not None and (title[-1] in ".!?" or after[:1] in ".!?"):  # the title is the text's first sentence
+        text = after.lstrip(".!? ")  # (Cranfield), not merely its first words
+    if len(title.split()) < MIN_TITLE_WORDS or not text:
+        return text or title, None
+    return text, title
+
+
+CUTS = ("sentence", "title")
+
+
+def inverse_cloze(corpus: Any, limit: int, avoid: Iterable[str] = (), cut: str = "sentence") -> InverseCloze:
+    """Up to ``limit`` inverse-cloze queries from ``corpus``, none near a query text of ``avoid``; ``cut`` is what
+    the query is: a ``sentence`` of the passage, or its ``title``.
 
     Passages become queries in the order of a hash of their id, so the choice is fixed for a corpus and does not
     favour its first lines. Returns the cut corpus (every passage with a cuttable text loses its sentence) with them.
@@ -77,16 +95,22 @@ def inverse_cloze(corpus: Any, limit: int, avoid: Iterable[str] = ()) -> Inverse
     for i, words in enumerate(held_out):
         for w in words:
             index.setdefault(w, []).append(i)
-    records, cut = [], []
+    if cut not in CUTS:
+        raise ValueError(f"cut must be one of {CUTS}, got {cut!r}")
+    records, made = [], []
     for pid, title, text in zip(corpus.column("id"), corpus.column("title"), corpus.column("text")):
-        rest, sentence = _cut(pid, title or "", text or "")
-        records.append({"_id": pid, "title": title or "", "text": rest})
+        if cut == "title":
+            rest, sentence = _cut_title(title or "", text or "")
+            records.append({"_id": pid, "title": "", "text": rest})
+        else:
+            rest, sentence = _cut(pid, title or "", text or "")
+            records.append({"_id": pid, "title": title or "", "text": rest})
         if sentence is not None:
-            cut.append((_hash("query", pid), pid, sentence))
-    cut.sort()
+            made.append((_hash("query", pid), pid, sentence))
+    made.sort()
     queries: dict[str, str] = {}
     positives: dict[str, str] = {}
-    for _, pid, sentence in cut:
+    for _, pid, sentence in made:
         if len(queries) == limit:
             break
         if held_out and near_held_out(sentence, held_out, index):

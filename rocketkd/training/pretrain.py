@@ -49,7 +49,8 @@ def inverse_cloze_data(cfg: Config, data) -> RetrievalData:
     """The collection the pre-training runs on: the cut corpus, the inverse-cloze queries as ``data.train_split``
     (each judged on its own passage at the lowest grade that counts as a positive), no dev, test or unlabeled queries.
     No sentence near a judged query of any split becomes a query (the check reads dev and train)."""
-    ict = inverse_cloze(data.corpus, cfg.pipeline.reranker_pretrain, avoid=data.queries.values())
+    ict = inverse_cloze(data.corpus, cfg.pipeline.reranker_pretrain, avoid=data.queries.values(),
+                        cut=cfg.pipeline.reranker_pretrain_cut)
     grade = max(1, cfg.data.min_positive_grade)
     qrels = {qid: {pid: grade} for qid, pid in ict.positives.items()}
     return RetrievalData(corpus=ict.corpus, queries=dict(ict.queries), qrels={cfg.data.train_split: qrels},
