@@ -4,7 +4,8 @@
     mine-0     first-round candidates (BM25 or the base encoder)
     prior      (model.reranker_prior) the re-ranker's label-free prior, fitted on held-out queries
     pretrain   (pipeline.reranker_pretrain) its cross-encoder pre-trained over the prior on inverse-cloze queries
-    warmup     both models on labels only: a re-ranker with a fresh head is a random teacher
+    warmup     both models on labels only: a re-ranker with a fresh head is a random teacher (the re-ranker
+               alone with pipeline.warmup_retriever false: round 1 would drop a warmed-up retriever)
     for each round r = 1..rounds:
       mine-r      candidates from the current retriever, denoised by the current re-ranker
       teachers-r  every teacher (re-ranker, BM25, base encoder) measured on dev beside the student; an ensemble is
@@ -420,9 +421,9 @@ def _run_stages(cfg: Config) -> dict:
             prior = fit_prior(round0)
 
         def warm() -> dict:
-            wcfg = _train_cfg(cfg, mode="warmup", max_steps=p.warmup_steps or cfg.train.max_steps)
-            if not p.warmup_retriever:  # its retriever is dropped: measuring it on dev would be wasted work
-                wcfg.train.eval_dev = False
+            # A retriever the round would drop is not trained at all: the re-ranker learns alone (same loss for it)
+            wcfg = _train_cfg(cfg, mode="warmup" if p.warmup_retriever else "reranker",
+                              max_steps=p.warmup_steps or cfg.train.max_steps)
             lists = read_candidates(round0, corpus=data.corpus, queries=data.all_queries())
             if prior is not None:
                 lists = attach_prior(data, lists, prior)

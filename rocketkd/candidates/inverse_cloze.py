@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from rocketkd.candidates.title_queries import MIN_TITLE_WORDS, content_words, near_held_out
-from rocketkd.data.corpus import Corpus
+from rocketkd.data.corpus import Corpus, EmptyPassageWarning
 
 ICT_QUERY_PREFIX = "ict:"
 MIN_WORDS, MAX_WORDS = 6, 60  # a sentence shorter names nothing; a longer one is usually a split that failed
@@ -117,4 +118,7 @@ def inverse_cloze(corpus: Any, limit: int, avoid: Iterable[str] = (), cut: str =
             continue
         queries[ICT_QUERY_PREFIX + pid] = sentence
         positives[ICT_QUERY_PREFIX + pid] = pid
-    return InverseCloze(Corpus.from_records(records, source=f"{corpus.source} (inverse cloze)"), queries, positives)
+    with warnings.catch_warnings():  # its empty passages are the corpus's own, which said so when it loaded
+        warnings.simplefilter("ignore", EmptyPassageWarning)
+        cut_corpus = Corpus.from_records(records, source=f"{corpus.source} (inverse cloze)")
+    return InverseCloze(cut_corpus, queries, positives)
