@@ -44,6 +44,7 @@ from rocketkd.evaluation.report import evaluate_systems, system_intervals, write
 from rocketkd.io import read_json, write_json
 from rocketkd.models import resolve_model_path
 from rocketkd.models.loading import load_reranker, load_retriever
+from rocketkd.pretrain import pretrain_reranker
 from rocketkd.search.bm25 import BM25Retriever
 from rocketkd.search.cache import embedding_cache
 from rocketkd.search.fusion import (
@@ -68,7 +69,6 @@ from rocketkd.teachers.prior import (
 )
 from rocketkd.teachers.targets import HeldOut, build_targets, teacher_lists, teachers_rejected
 from rocketkd.training import TrainResult, finished, load_result, train
-from rocketkd.training.pretrain import pretrain_reranker
 
 logger = logging.getLogger(__name__)
 

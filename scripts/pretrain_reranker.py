@@ -20,9 +20,9 @@ from pathlib import Path
 from rocketkd.candidates.title_queries import apply_data_config
 from rocketkd.config import load_config
 from rocketkd.data.formats import load_retrieval_data
+from rocketkd.pretrain import pretrain_reranker
 from rocketkd.search.cache import embedding_cache
 from rocketkd.teachers.prior import Prior
-from rocketkd.training.pretrain import pretrain_reranker
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ LAYERS = [
     ("rocketkd.candidates", 5),
     ("rocketkd.teachers", 6),
     ("rocketkd.training", 7),
-    ("rocketkd.pipeline", 8),
+    ("rocketkd.pipeline", 8), ("rocketkd.pretrain", 8),
     ("rocketkd.commands", 9), ("rocketkd.cli", 9),
 ]
 

@@ -1,4 +1,4 @@
-"""The re-ranker's label-free pre-training (rocketkd.training.pretrain, pipeline.reranker_pretrain): its data, its
+"""The re-ranker's label-free pre-training (rocketkd.pretrain, pipeline.reranker_pretrain): its data, its
 check against the prior on held-out queries, and the pipeline stage that keeps it only on that evidence."""
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import rocketkd.pipeline as pipeline_mod
-import rocketkd.training.pretrain as pretrain_mod
+import rocketkd.pretrain as pretrain_mod
 from rocketkd.candidates.inverse_cloze import ICT_QUERY_PREFIX
 from rocketkd.config import load_config
 from rocketkd.data.formats import load_retrieval_data

@@ -40,7 +40,7 @@ from rocketkd.teachers.prior import (
     held_out_for_prior,
     prior_members,
 )
-from rocketkd.training.loop import train
+from rocketkd.training import train
 
 logger = logging.getLogger(__name__)
 
