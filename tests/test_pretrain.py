@@ -132,3 +132,29 @@ def test_the_script_runs_the_stage_alone_and_resumes(tiny_bert, tiny_data, tmp_p
     with pytest.raises(SystemExit):
         script.main(["--prior", str(tmp_path / "o" / "nothing"), "--output", str(tmp_path / "x")])
     assert "no rocketkd_prior.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["ict", "labels"])
+def test_the_probe_script_measures_prior_plus_g_on_held_out_queries(tiny_bert, tiny_data, tmp_path, kind):
+    import math
+    import os
+    import subprocess
+    import sys
+
+    from rocketkd.models.loading import retriever_settings
+
+    cfg = _cfg(tiny_bert, _sentences(tiny_data), tmp_path / "unused")
+    Prior({"bm25": 0.5, "base": 0.5}, {"bm25": 1.0, "base": 1.0}, base_model=str(tiny_bert),
+          base_settings=retriever_settings(cfg)).save(tmp_path)
+    config = tmp_path / "tiny.yaml"
+    config.write_text((ROOT / "configs" / "tiny.yaml").read_text().replace("tests/resources/tiny-bert", str(tiny_bert))
+                      .replace("tests/resources/tiny", str(cfg.data.path)).replace("depth: 10", "depth: 6"))
+    out = tmp_path / "probe"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "probe_reranker_residual.py"), str(config), str(tmp_path),
+                    str(out), "12", "1", f"kind={kind}", "batch=2"], check=True, cwd=ROOT,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
+    (result,) = json.loads((out / "results.json").read_text())
+    assert math.isfinite(result["delta"]) and 0.0 <= result["p"] <= 1.0 and result["g_std"] > 0
+    assert (out / "reranker" / "config.json").exists()
+    log = (out / "log.txt").read_text()
+    assert "held-out" in log and ("training queries" in log)
