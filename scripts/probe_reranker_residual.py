@@ -8,7 +8,8 @@ CPU, grad-norm clip 1) beside the library's, so the two can cross-check each oth
 
 keys: ``kind`` = ict (a sentence cut out of each passage is the query; every passage loses one sentence), title
 (the title is the query; passages lose their titles) or labels (the judged train queries of fold A -- a hash of the
-query id, even -- on the original corpus; N_QUERIES is ignored); ``lr_body``, ``lr_head``, ``batch``.
+query id, even; ``fold=1``: odd -- on the original corpus; N_QUERIES is ignored); ``lr_body``, ``lr_head``,
+``batch``.
 Lists: the positive and G-1 negatives sampled from the base encoder's top ``mining.depth``. The prior's
 log-probabilities are added to g (listwise CE, positive at column 0). Held-out check: the dev + judged train queries
 (fold B only with kind=labels), the base encoder's top ``eval.rerank_depth`` re-ranked by ``prior + g`` against the
@@ -102,7 +103,7 @@ FOLD_A = set()
 if KIND == "labels":  # judged train queries of fold A (hash of the id), the original corpus
     tr = data.qrels[cfg.data.train_split]
     FOLD_A = {q for q in tr if q not in data.qrels[cfg.data.dev_split]
-              and int(hashlib.sha1(q.encode()).hexdigest(), 16) % 2 == 0}
+              and int(hashlib.sha1(q.encode()).hexdigest(), 16) % 2 == int(opts.get("fold", 0))}
     ict_corpus = data.corpus
     ict_queries, label_pairs = {}, []
     for q in sorted(FOLD_A):
