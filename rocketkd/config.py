@@ -189,7 +189,12 @@ class EvalConfig:
 class PipelineConfig:
     rounds: int = _f(2, "mine -> train rounds after warm-up")
     warmup: bool = _f(True, "train both models on labels before distilling (a fresh head is a random teacher)")
-    warmup_steps: int | None = _f(None, "warm-up optimizer steps (empty = train.epochs worth)")
+    warmup_steps: int | None = _f(None, "warm-up optimizer steps (empty = train.max_steps, or train.epochs worth)")
+    warmup_epochs: float | None = _f(
+        None,
+        "warm-up length in passes over its lists (overrides warmup_steps): sizes itself with the collection. How long "
+        "the re-ranker may learn from labels is chosen on folds of train (docs/results.md: SciFact 2, Cranfield 0)",
+    )
     round_steps: int | None = _f(None, "optimizer steps of each round's training (empty = train.max_steps)")
     warmup_retriever: bool = _f(
         True,
@@ -450,6 +455,9 @@ def validate_config(cfg: Config) -> None:
     if cfg.pipeline.reranker_pretrain_steps is not None and cfg.pipeline.reranker_pretrain_steps < 1:
         raise ConfigError(f"config key 'pipeline.reranker_pretrain_steps': must be at least 1 (or empty), got "
                           f"{cfg.pipeline.reranker_pretrain_steps}")
+    if cfg.pipeline.warmup_epochs is not None and not cfg.pipeline.warmup_epochs > 0:
+        raise ConfigError(f"config key 'pipeline.warmup_epochs': must be > 0 (or empty), got "
+                          f"{cfg.pipeline.warmup_epochs}")
     if cfg.data.title_queries < 0:
         raise ConfigError(f"config key 'data.title_queries': must be >= 0 (0 = off), got {cfg.data.title_queries}")
     if cfg.candidates.list_length < 2:

@@ -422,8 +422,9 @@ def _run_stages(cfg: Config) -> dict:
 
         def warm() -> dict:
             # A retriever the round would drop is not trained at all: the re-ranker learns alone (same loss for it)
-            wcfg = _train_cfg(cfg, mode="warmup" if p.warmup_retriever else "reranker",
-                              max_steps=p.warmup_steps or cfg.train.max_steps)
+            length = ({"max_steps": None, "epochs": p.warmup_epochs} if p.warmup_epochs
+                      else {"max_steps": p.warmup_steps or cfg.train.max_steps})
+            wcfg = _train_cfg(cfg, mode="warmup" if p.warmup_retriever else "reranker", **length)
             lists = read_candidates(round0, corpus=data.corpus, queries=data.all_queries())
             if prior is not None:
                 lists = attach_prior(data, lists, prior)

@@ -554,3 +554,12 @@ def test_yaml_no_is_a_precision_not_false():
     assert cfg.train.mixed_precision == "no" and cfg.index.autocast == "no"
     with pytest.raises(ConfigError, match="'train.mode': expected a string, got False"):
         load_config(None, ["train.mode=no"])
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_warmup_epochs_must_be_positive(value):
+    from rocketkd.config import load_config
+
+    assert load_config(None, ["pipeline.warmup_epochs=2"]).pipeline.warmup_epochs == 2
+    with pytest.raises(ConfigError, match=f"'pipeline.warmup_epochs': must be > 0 \\(or empty\\), got {value}"):
+        load_config(None, [f"pipeline.warmup_epochs={value}"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,7 @@ def test_pipeline_keeps_start_retriever_and_best_of_round(tiny_bert, tiny_data, 
         f"data.path={tiny_data}", f"model.retriever={tiny_bert}", f"model.reranker={tiny_bert}", f"output_dir={out}",
         "pipeline.warmup_retriever=false", "train.keep_best=true", "train.eval_every=2", "pipeline.plot=false",
         "pipeline.systems=bm25,base,retriever", "train.max_steps=6", "pipeline.round_steps=4",
-        "pipeline.check_on_train=true", "pipeline.teacher_members=bm25,base",
+        "pipeline.check_on_train=true", "pipeline.teacher_members=bm25,base", "pipeline.warmup_epochs=1.5",
     ])
     run_pipeline(cfg)
     stages = json.loads((out / "stages.json").read_text())
@@ -116,7 +117,11 @@ def test_pipeline_keeps_start_retriever_and_best_of_round(tiny_bert, tiny_data, 
     logged = [json.loads(line) for line in (out / "warmup" / "train_log.jsonl").read_text().splitlines()]
     assert logged and all("reranker_ce" in h and "retriever_ce" not in h for h in logged)
     assert student_spread(warmed, cfg.model.score_scale) == pytest.approx(scale, rel=1e-6)
-    assert stages["warmup"]["steps"] == cfg.pipeline.warmup_steps and not (out / "warmup" / "dev_start.json").exists()
+    # pipeline.warmup_epochs sizes the warm-up with its lists (and overrides the config's warmup_steps)
+    n_lists = len((out / "round0" / "candidates.jsonl").read_text().splitlines())
+    per_epoch = math.ceil(n_lists / cfg.train.batch_size)
+    assert stages["warmup"]["steps"] == math.ceil(1.5 * per_epoch) != cfg.pipeline.warmup_steps
+    assert not (out / "warmup" / "dev_start.json").exists()
     state = json.loads((out / "round1" / "train_state.json").read_text())
     assert "start" in state["dev_ndcg@10"] and sorted(map(int, state["dev_curve"])) == [0, 2, 4]
     assert state["step"] == 4 and stages["train-1"]["steps"] == 4  # pipeline.round_steps, not train.max_steps
