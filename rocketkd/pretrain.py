@@ -12,6 +12,10 @@ Nothing departs from "no change" without evidence: the pre-trained ``g`` is kept
 base encoder's top ``eval.rerank_depth`` of the dev + train queries (whose labels nothing has learned yet) better
 than the prior alone, in a paired randomization test at ``pipeline.prior_alpha``. Otherwise round 1 starts from
 ``model.reranker`` as before.
+
+How long ``g`` may then learn from the labels before the joint round (``pipeline.warmup_epochs``) is chosen the same
+way, on folds of train (:func:`choose_warmup_epochs`): with a few dozen judged queries ``g`` learns them by heart and
+falls below its prior on the others (Cranfield), with a few hundred it adds to it (SciFact).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from rocketkd.teachers.prior import (
     attach_prior,
     held_out_for_prior,
     prior_members,
+    query_fold,
 )
 from rocketkd.training import train
 
@@ -66,24 +71,87 @@ def pretrain_config(cfg: Config, lists: int) -> Config:
     return new
 
 
-def check_pretrained(cfg: Config, data, prior: Prior, reranker: str) -> dict:
-    """``prior + g`` (``reranker``'s g) against the prior alone on :func:`held_out_for_prior`'s queries: nDCG@10 of
-    the base encoder's top ``eval.rerank_depth`` re-ranked by each, paired randomization test."""
-    queries, qrels = held_out_for_prior(cfg, data)
+def base_candidates(cfg: Config, data, queries: dict[str, str]) -> dict[str, list[str]]:
+    """The base encoder's top ``eval.rerank_depth`` of each query: the lists every check of ``g`` re-ranks."""
     base = load_retriever(cfg, resolve_model_path(cfg.model.retriever))
     index = DenseIndex.build(base, data.corpus, batch_size=cfg.index.batch_size, autocast=cfg.index.autocast)
-    candidates = candidates_from_run(search_run(index, queries, cfg.eval.rerank_depth), cfg.eval.rerank_depth)
-    prior_scorer = PriorScorer(prior, prior_members(prior, data.corpus))
+    return candidates_from_run(search_run(index, queries, cfg.eval.rerank_depth), cfg.eval.rerank_depth)
+
+
+def g_scores(cfg: Config, data, reranker: str, candidates, queries) -> dict[str, dict[str, float]]:
+    """``reranker``'s cross-encoder part ``g`` alone on ``candidates``."""
     model = load_reranker(cfg, reranker, trainable=False)
     g = RerankerScorer(model, autocast_dtype=resolve_autocast(cfg.index.autocast, model.device))
-    prior_run = scores_on_candidates(prior_scorer, candidates, queries, data.corpus)
-    g_run = scores_on_candidates(g, candidates, queries, data.corpus)
+    return scores_on_candidates(g, candidates, queries, data.corpus)
+
+
+def residual_gain(prior_run, g_run, qrels) -> dict:
+    """``prior + g`` against the prior alone on ``g_run``'s queries: nDCG@10, paired randomization test, and the
+    mean per-list spread of each part (how much ``g`` can reorder)."""
+    prior_run = {q: prior_run[q] for q in g_run}
     full = {q: {p: prior_run[q][p] + s for p, s in scores.items()} for q, scores in g_run.items()}
     c = compare_runs(prior_run, full, qrels, ["nDCG@10"])[0].to_dict()
     spread = lambda run: float(np.mean([np.std(list(s.values())) for s in run.values() if s]))  # noqa: E731
-    return {"queries": len(queries), "prior_ndcg@10": c["mean_a"], "reranker_ndcg@10": c["mean_b"],
+    return {"queries": len(g_run), "prior_ndcg@10": c["mean_a"], "reranker_ndcg@10": c["mean_b"],
             "delta": c["mean_b"] - c["mean_a"], "p_value": c["p_value"], "g_std": spread(g_run),
             "prior_std": spread(prior_run)}
+
+
+def check_pretrained(cfg: Config, data, prior: Prior, reranker: str) -> dict:
+    """``prior + g`` (``reranker``'s g) against the prior alone on :func:`held_out_for_prior`'s queries, the base
+    encoder's top ``eval.rerank_depth`` re-ranked by each (:func:`residual_gain`)."""
+    queries, qrels = held_out_for_prior(cfg, data)
+    candidates = base_candidates(cfg, data, queries)
+    prior_run = scores_on_candidates(PriorScorer(prior, prior_members(prior, data.corpus)), candidates, queries,
+                                     data.corpus)
+    return residual_gain(prior_run, g_scores(cfg, data, reranker, candidates, queries), qrels)
+
+
+def label_warmup_config(cfg: Config, epochs: float) -> Config:
+    """``cfg`` for ``g``'s label training over the prior: the re-ranker alone, ``epochs`` passes over its lists."""
+    new = copy.deepcopy(cfg)
+    new.train.mode, new.train.teachers, new.train.eval_dev, new.train.keep_best = "reranker", {}, False, False
+    new.train.max_steps, new.train.epochs = None, epochs
+    return new
+
+
+def choose_warmup_epochs(cfg: Config, data, out: Path, prior: Prior, lists, epochs=(1, 2), *,
+                         resume: bool = True) -> dict:
+    """How many passes over the judged lists ``g`` may learn before the joint round, chosen on two folds of train.
+
+    The held-out queries of the prior's check (dev + judged train) are split in two by a hash of their id. For each
+    candidate length, ``g`` is trained over the prior on the lists of one fold's queries and scores the other
+    fold's base top ``eval.rerank_depth``; then the folds swap, so every held-out query is scored once by a ``g``
+    that never saw its labels. The pooled ``prior + g`` is compared with the prior (paired randomization test). Of the
+    lengths whose gain is significant at ``pipeline.prior_alpha``, the one with the largest gain wins (a tie: the
+    shorter); with none, 0 -- no warm-up, ``g`` starts at zero in the joint round.
+    """
+    queries, qrels = held_out_for_prior(cfg, data)
+    candidates = base_candidates(cfg, data, queries)
+    prior_run = scores_on_candidates(PriorScorer(prior, prior_members(prior, data.corpus)), candidates, queries,
+                                     data.corpus)
+    lists = attach_prior(data, lists, prior)
+    tried = []
+    for n in epochs:
+        g_run: dict[str, dict[str, float]] = {}
+        for k in (0, 1):
+            fold_lists = [x for x in lists if query_fold(x.qid) == k]
+            held = {q: t for q, t in queries.items() if query_fold(q) != k}
+            res = train(label_warmup_config(cfg, n), fold_lists, data=data, output_dir=out / f"epochs-{n}" / f"fold-{k}",
+                        resume=resume)
+            g_run.update(g_scores(cfg, data, str(res.reranker_dir), {q: candidates[q] for q in held}, held))
+        gain = residual_gain(prior_run, g_run, qrels)
+        logger.info("g over the prior, %s epoch(s) on one fold of train, scored on the other: nDCG@10 %+.4f (p=%.3g) "
+                    "on %d held-out queries", n, gain["delta"], gain["p_value"], gain["queries"])
+        tried.append({"epochs": n, **gain})
+    return {"epochs": pick_warmup_epochs(tried, cfg.pipeline.prior_alpha), "tried": tried,
+            "alpha": cfg.pipeline.prior_alpha}
+
+
+def pick_warmup_epochs(tried: list[dict], alpha: float) -> float:
+    """The length with the largest held-out gain among those significant at ``alpha`` (a tie: the shorter), else 0."""
+    ok = [t for t in tried if t["delta"] > 0 and t["p_value"] < alpha]
+    return max(ok, key=lambda t: (round(t["delta"], 6), -t["epochs"]))["epochs"] if ok else 0
 
 
 def pretrain_reranker(cfg: Config, data, out: Path, prior: Prior, *, resume: bool = True) -> dict:

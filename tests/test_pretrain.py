@@ -158,3 +158,88 @@ def test_the_probe_script_measures_prior_plus_g_on_held_out_queries(tiny_bert, t
     assert (out / "reranker" / "config.json").exists()
     log = (out / "log.txt").read_text()
     assert "held-out" in log and ("training queries" in log)
+
+
+@pytest.mark.parametrize("tried, alpha, chosen", [
+    ([(1, 0.008, 0.01), (2, 0.020, 0.005), (3, 0.010, 0.3)], 0.05, 2),  # SciFact's shape: the peak, significant
+    ([(1, 0.008, 0.01), (2, 0.020, 0.08)], 0.05, 1),                    # the larger gain is not significant
+    ([(1, -0.008, 0.2), (2, -0.061, 0.001)], 0.05, 0),                  # Cranfield's: significant, but a loss
+    ([(1, 0.01, 0.01), (2, 0.01, 0.01)], 0.05, 1),                      # a tie goes to the shorter warm-up
+    ([], 0.05, 0),
+])
+def test_the_warmup_length_needs_a_significant_held_out_gain(tried, alpha, chosen):
+    rows = [{"epochs": n, "delta": d, "p_value": p} for n, d, p in tried]
+    assert pretrain_mod.pick_warmup_epochs(rows, alpha) == chosen
+
+
+def test_choose_warmup_epochs_scores_each_held_out_query_once_by_a_g_blind_to_it(tiny_bert, tiny_data, tmp_path,
+                                                                                 monkeypatch):
+    import math
+
+    from rocketkd.candidates.mining import mine
+    from rocketkd.data.formats import read_candidates
+    from rocketkd.models.loading import retriever_settings
+    from rocketkd.teachers.prior import held_out_for_prior, query_fold
+
+    cfg = _cfg(tiny_bert, tiny_data, tmp_path / "unused", "pipeline.prior_alpha=0.05")
+    data = load_retrieval_data(cfg.data.path)
+    prior = Prior({"bm25": 0.5, "base": 0.5}, {"bm25": 1.0, "base": 1.0}, base_model=str(tiny_bert),
+                  base_settings=retriever_settings(cfg))
+    mine(cfg, output=tmp_path / "lists.jsonl", data=data)
+    lists = read_candidates(tmp_path / "lists.jsonl", corpus=data.corpus, queries=data.all_queries())
+    trained, scored = [], []
+    train, g_scores = pretrain_mod.train, pretrain_mod.g_scores
+
+    def spy_train(tcfg, fold_lists, **kw):
+        trained.append((tcfg.train.epochs, {x.qid for x in fold_lists}, len(fold_lists)))
+        assert tcfg.train.mode == "reranker" and tcfg.train.max_steps is None
+        assert all(x.teacher_scores is not None for x in fold_lists)  # the prior's log-probabilities ride along
+        return train(tcfg, fold_lists, **kw)
+
+    def spy_g(cfg_, data_, reranker, candidates, queries):
+        scored.append(set(queries))
+        return g_scores(cfg_, data_, reranker, candidates, queries)
+
+    monkeypatch.setattr(pretrain_mod, "train", spy_train)
+    monkeypatch.setattr(pretrain_mod, "g_scores", spy_g)
+    choice = pretrain_mod.choose_warmup_epochs(cfg, data, tmp_path / "choose", prior, lists, epochs=(1, 2))
+    held, _ = held_out_for_prior(cfg, data)
+    assert [t[0] for t in trained] == [1, 1, 2, 2] and len(scored) == 4
+    for i in range(0, 4, 2):  # per length: the two folds' held-out queries partition the check's queries
+        assert scored[i] | scored[i + 1] == set(held) and not scored[i] & scored[i + 1]
+    for (_, qids, _), queries in zip(trained, scored):
+        assert qids and not qids & queries  # g never scores a query whose lists it learned
+        assert len({query_fold(q) for q in qids}) == 1
+    steps = json.loads((tmp_path / "choose" / "epochs-2" / "fold-0" / "train_state.json").read_text())["step"]
+    assert steps == math.ceil(2 * math.ceil(trained[2][2] / cfg.train.batch_size))
+    assert [t["epochs"] for t in choice["tried"]] == [1, 2] and choice["alpha"] == 0.05
+    assert all(t["queries"] == len(held) and t["g_std"] > 0 for t in choice["tried"])
+    assert choice["epochs"] == pretrain_mod.pick_warmup_epochs(choice["tried"], 0.05)
+
+
+def test_the_choose_warmup_script_prints_and_writes_the_choice(tiny_bert, tiny_data, tmp_path, capsys):
+    import importlib.util
+
+    from rocketkd.models.loading import retriever_settings
+
+    spec = importlib.util.spec_from_file_location("choose_script", ROOT / "scripts" / "choose_warmup.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cfg = _cfg(tiny_bert, tiny_data, tmp_path / "unused")
+    Prior({"bm25": 0.5, "base": 0.5}, {"bm25": 1.0, "base": 1.0}, base_model=str(tiny_bert),
+          base_settings=retriever_settings(cfg)).save(tmp_path)
+    args = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--prior", str(tmp_path), "--output", str(tmp_path / "o"),
+            "--epochs", "1", *[x for kv in [f"data.path={cfg.data.path}", f"model.retriever={tiny_bert}",
+                                            f"model.reranker={tiny_bert}", "model.reranker_prior=true",
+                                            "mining.depth=6"] for x in ("--set", kv)]]
+    assert script.main(args) == 0
+    printed = capsys.readouterr().out
+    first = json.loads((tmp_path / "o" / "choice.json").read_text())
+    assert [t["epochs"] for t in first["tried"]] == [1] and "1 epoch(s): prior + g nDCG@10" in printed
+    assert ("pipeline.warmup_epochs: 1" if first["epochs"] else "pipeline.warmup: false") in printed
+    assert script.main(args) == 0  # resumed: the fold runs are read back, the same numbers
+    assert json.loads((tmp_path / "o" / "choice.json").read_text())["tried"] == first["tried"]
+    for bad, needle in ((["--epochs", "0"], "every length must be > 0"), (["--lists", "nope.jsonl"], "no such file")):
+        with pytest.raises(SystemExit):
+            script.main([*args, *bad])
+        assert needle in capsys.readouterr().err

@@ -57,7 +57,7 @@ def test_every_query_is_measured_out_of_fold_once(folds, monkeypatch):
     held_out = [set(candidates) - fit for fit in per_fold]
     assert all(h for h in held_out) and sum(len(h) for h in held_out) == 40  # disjoint, covering every query
     assert set().union(*held_out) == set(candidates)
-    assert [prior_module._fold(q, 2) for q in ("1", "2", "abc")] == [1, 0, 1]  # two folds: as before folds existed
+    assert [prior_module.query_fold(q, 2) for q in ("1", "2", "abc")] == [1, 0, 1]  # two folds: as before folds existed
 
 
 def test_a_member_no_better_than_chance_leaves_the_student_as_prior():

@@ -143,7 +143,7 @@ def prior_members(prior: Prior, corpus, load_base: Callable[[str | None], object
     return made
 
 
-def _fold(qid: str, folds: int = 2) -> int:
+def query_fold(qid: str, folds: int = 2) -> int:
     # stable across runs and machines (two folds: the first byte's low bit, as before folds were configurable)
     return int.from_bytes(hashlib.sha1(qid.encode()).digest()[:8], "little") % folds
 
@@ -199,8 +199,8 @@ def _fit_prior(candidates, student_scores, members, qrels, *, temperatures, comb
     out_of_fold: dict[str, float] = {}
     fold_weights = []
     for k in range(folds):
-        fit_q = [q for q in candidates if _fold(q, folds) != k and q in qrels]
-        eval_q = [q for q in candidates if _fold(q, folds) == k and q in qrels]
+        fit_q = [q for q in candidates if query_fold(q, folds) != k and q in qrels]
+        eval_q = [q for q in candidates if query_fold(q, folds) == k and q in qrels]
         if not fit_q or not eval_q:
             continue
         choice = check_teachers({q: candidates[q] for q in fit_q}, student_scores,
