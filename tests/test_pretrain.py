@@ -243,3 +243,26 @@ def test_the_choose_warmup_script_prints_and_writes_the_choice(tiny_bert, tiny_d
         with pytest.raises(SystemExit):
             script.main([*args, *bad])
         assert needle in capsys.readouterr().err
+
+    # the cross-fit probe: each list taught by the fold's g that never saw it, against g trained on every list
+    from rocketkd.data.formats import read_candidates, write_candidates
+    from rocketkd.teachers.prior import attach_prior
+
+    data = load_retrieval_data(cfg.data.path)
+    prior = Prior.load(tmp_path)
+    lists = read_candidates(tmp_path / "o" / "candidates.jsonl", corpus=data.corpus, queries=data.all_queries())
+    write_candidates(tmp_path / "with_prior.jsonl", attach_prior(data, lists, prior))
+    spec = importlib.util.spec_from_file_location("crossfit", ROOT / "scripts" / "probe_crossfit_teacher.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    config = tmp_path / "o" / "epochs-1.0" / "fold-0" / "config.yaml"  # a full config of this collection
+    assert probe.main(["--config", str(config), "--lists", str(tmp_path / "with_prior.jsonl"),
+                       "--folds", str(tmp_path / "o" / "epochs-1.0"),
+                       "--in-fold", str(tmp_path / "o" / "epochs-1.0" / "fold-0" / "reranker"),
+                       "--output", str(tmp_path / "x"), "--set", "pipeline.round_steps=2"]) == 0
+    got = json.loads((tmp_path / "x" / "results.json").read_text())
+    assert 0 < got["prior"]["p_positive"] < 1
+    for name in ("in-fold", "crossfit"):
+        assert 0 < got[name]["p_positive"] < 1 and 0 <= got[name]["test_ndcg@10"] <= 1
+        assert (tmp_path / "x" / name / "runs" / "retriever.test.trec").exists()
+        assert json.loads((tmp_path / "x" / name / "train" / "train_state.json").read_text())["step"] == 2
