@@ -130,9 +130,12 @@ def _paired(args, recipes) -> str:
     per: dict[str, dict[str, list[float]]] = {}
 
     def read(root: Path, seed: int, mode: str, suffix: str = "") -> None:
-        systems = (("retriever", mode), ("reranked", f"{mode} re-ranked"), ("base", "base"), ("bm25", "bm25"))
+        # with model.reranker_prior: the re-ranker alone (prior + g) and its prior alone on the retriever's top
+        # eval.rerank_depth -- whether the cross-encoder part added anything on these queries
+        systems = (("retriever", mode), ("reranked", f"{mode} re-ranked"), ("reranker-raw", f"{mode} re-ranker alone"),
+                   ("prior", f"{mode} prior alone"), ("base", "base"), ("bm25", "bm25"))
         for system, name in systems:
-            name += suffix if system in ("retriever", "reranked") else ""
+            name += suffix if system not in ("base", "bm25") else ""
             run_file = root / f"seed{seed}" / mode / "runs" / f"{system}.{split}.trec"
             if not run_file.exists() or (system in ("base", "bm25") and name in per):
                 continue  # BM25 and the untrained encoder do not depend on the seed: counted once
@@ -157,6 +160,7 @@ def _paired(args, recipes) -> str:
     pairs = list(zip(order, order[1:]))
     pairs += [(m, "bm25") for m in order if m != "base" and "bm25" in per]
     pairs += [(f"{m} re-ranked", other) for m in order for other in (m, "base") if f"{m} re-ranked" in per]
+    pairs += [(f"{m} re-ranker alone", f"{m} prior alone") for m in order if f"{m} prior alone" in per]
     tag = f" [{args.against.name}]" if args.against else ""
     pairs += [(f"{m}{r}", f"{m}{r}{tag}") for m in namesakes for r in ("", " re-ranked") if f"{m}{r}{tag}" in per]
     lines = [f"| A vs B ({split} nDCG@10, mean over seeds per query) | A | B | A - B | 95% CI | p (paired randomization) |",

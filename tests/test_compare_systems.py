@@ -50,6 +50,18 @@ def test_compare_systems_shares_stages_and_adds_single_teacher_recipes(tiny_bert
     monkeypatch.setattr(sys, "argv", [*argv, "--paired-only"])
     runpy.run_path(str(ROOT / "scripts" / "compare_systems.py"), run_name="__main__")
     assert (out / "paired.md").read_text() == paired
+    # a prior recipe's runs add the re-ranker alone against its prior alone (here stand-ins: reranked and retriever,
+    # so the pair must equal "contrastive re-ranked vs contrastive")
+    runs = out / "seed1" / "contrastive" / "runs"
+    shutil.copy(runs / "reranked.test.trec", runs / "reranker-raw.test.trec")
+    shutil.copy(runs / "retriever.test.trec", runs / "prior.test.trec")
+    runpy.run_path(str(ROOT / "scripts" / "compare_systems.py"), run_name="__main__")
+    prior_rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:]
+                  for line in (out / "paired.md").read_text().splitlines()[2:]}
+    assert prior_rows["contrastive re-ranker alone vs contrastive prior alone"] == \
+        prior_rows["contrastive re-ranked vs contrastive"]
+    (runs / "reranker-raw.test.trec").unlink()
+    (runs / "prior.test.trec").unlink()
 
     # --against: the same recipe finished elsewhere is paired with its namesake (here the same runs: no difference),
     # a recipe finished only there joins the ablation order; --split dev writes paired.dev.md from the dev runs
