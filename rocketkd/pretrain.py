@@ -62,13 +62,21 @@ def inverse_cloze_data(cfg: Config, data) -> RetrievalData:
                          path=data.path)
 
 
-def pretrain_config(cfg: Config, lists: int) -> Config:
-    """``cfg`` for the pre-training: the re-ranker alone (its rates, precision and batch as configured), for
-    ``pipeline.reranker_pretrain_steps`` steps or one pass over the ``lists``; no offline teachers, no dev."""
+def reranker_alone_config(cfg: Config, *, max_steps: int | None = None, epochs: float | None = None) -> Config:
+    """``cfg`` for training the re-ranker alone (its rates, precision and batch as configured) for ``max_steps``
+    steps, or ``epochs`` passes over its lists; no offline teachers, no dev measurement."""
     new = copy.deepcopy(cfg)
     new.train.mode, new.train.teachers, new.train.eval_dev, new.train.keep_best = "reranker", {}, False, False
-    new.train.max_steps = cfg.pipeline.reranker_pretrain_steps or max(1, -(-lists // cfg.train.batch_size))
+    new.train.max_steps = max_steps
+    if epochs is not None:
+        new.train.epochs = epochs
     return new
+
+
+def pretrain_config(cfg: Config, lists: int) -> Config:
+    """The pre-training's: ``pipeline.reranker_pretrain_steps`` steps, or one pass over the ``lists``."""
+    return reranker_alone_config(
+        cfg, max_steps=cfg.pipeline.reranker_pretrain_steps or max(1, -(-lists // cfg.train.batch_size)))
 
 
 def base_candidates(cfg: Config, data, queries: dict[str, str]) -> dict[str, list[str]]:
@@ -107,14 +115,6 @@ def check_pretrained(cfg: Config, data, prior: Prior, reranker: str) -> dict:
     return residual_gain(prior_run, g_scores(cfg, data, reranker, candidates, queries), qrels)
 
 
-def label_warmup_config(cfg: Config, epochs: float) -> Config:
-    """``cfg`` for ``g``'s label training over the prior: the re-ranker alone, ``epochs`` passes over its lists."""
-    new = copy.deepcopy(cfg)
-    new.train.mode, new.train.teachers, new.train.eval_dev, new.train.keep_best = "reranker", {}, False, False
-    new.train.max_steps, new.train.epochs = None, epochs
-    return new
-
-
 def choose_warmup_epochs(cfg: Config, data, out: Path, prior: Prior, lists, epochs=(1, 2), *,
                          resume: bool = True) -> dict:
     """How many passes over the judged lists ``g`` may learn before the joint round, chosen on two folds of train.
@@ -137,7 +137,7 @@ def choose_warmup_epochs(cfg: Config, data, out: Path, prior: Prior, lists, epoc
         for k in (0, 1):
             fold_lists = [x for x in lists if query_fold(x.qid) == k]
             held = {q: t for q, t in queries.items() if query_fold(q) != k}
-            res = train(label_warmup_config(cfg, n), fold_lists, data=data, output_dir=out / f"epochs-{n}" / f"fold-{k}",
+            res = train(reranker_alone_config(cfg, epochs=n), fold_lists, data=data, output_dir=out / f"epochs-{n}" / f"fold-{k}",
                         resume=resume)
             g_run.update(g_scores(cfg, data, str(res.reranker_dir), {q: candidates[q] for q in held}, held))
         gain = residual_gain(prior_run, g_run, qrels)
