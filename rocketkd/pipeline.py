@@ -86,10 +86,18 @@ TRAINING_ONLY_KEYS = frozenset(f"train.{k}" for k in (
     "reranker_ce_weight", "distill_to_reranker", "in_batch_negatives", "mixed_precision", "dropout", "keep_best",
     "eval_every", "save_every", "num_workers"))
 BEFORE_TRAINING = ("prior", "teachers")  # stage kinds that ignore TRAINING_ONLY_KEYS
+# Pipeline keys that only size a round's training: the stages before it (prior, pre-training, warm-up, teachers'
+# check) do not read them, so a longer round reuses the half hour of warm-up before it.
+ROUND_ONLY_KEYS = frozenset({"pipeline.round_steps"})
 # The re-ranker's label-free pre-training trains the cross-encoder alone: the retriever's keys do not touch it.
 RETRIEVER_ONLY_KEYS = frozenset(f"train.{k}" for k in (
     "max_steps", "epochs", "lr_retriever", "distill_loss", "distill_weight", "retriever_ce_weight",
     "distill_to_reranker", "in_batch_negatives", "keep_best", "eval_every"))
+
+
+def _pipeline_value(cfg, key: str):
+    """``cfg.pipeline.<key>`` of a Config or of its dict (the previous run's config.yaml)."""
+    return (cfg.get("pipeline") or {}).get(key) if isinstance(cfg, dict) else getattr(cfg.pipeline, key)
 
 
 class StageLog:
@@ -111,19 +119,24 @@ class StageLog:
         self.fresh = False
 
     @staticmethod
-    def _ignored(name: str) -> frozenset[str]:
+    def _ignored(name: str, cfg) -> frozenset[str]:
         kind = name.split("-")[0]
-        return TRAINING_ONLY_KEYS if kind in BEFORE_TRAINING else RETRIEVER_ONLY_KEYS if kind == "pretrain" else frozenset()
+        if kind in BEFORE_TRAINING:
+            return TRAINING_ONLY_KEYS | ROUND_ONLY_KEYS
+        # the pre-training, and a warm-up without the retriever, train the cross-encoder alone
+        alone = kind == "pretrain" or (kind == "warmup" and not _pipeline_value(cfg, "warmup_retriever"))
+        return (RETRIEVER_ONLY_KEYS if alone else frozenset()) | (ROUND_ONLY_KEYS if kind in ("pretrain", "warmup")
+                                                                  else frozenset())
 
     def _stamp(self, name: str, cfg) -> dict:
-        return make_stamp(cfg, STAGE_KEYS.get(name.split("-")[0]), ignore=self._ignored(name), **self.inputs)
+        return make_stamp(cfg, STAGE_KEYS.get(name.split("-")[0]), ignore=self._ignored(name, cfg), **self.inputs)
 
     def _check(self, name: str, now: dict) -> None:
         """Decide ``redo`` and ``fresh`` for stage ``name`` whose stamp today is ``now``."""
         before = self._stamp(name, self.previous) if self.previous is not None else None
         if name in self.done and not self.redo:
             old = self.stamps.get(name, before)
-            ignore = self._ignored(name)
+            ignore = self._ignored(name, self.cfg)
             if old is not None and ignore:  # a stamp written before these keys were ignored may still hold them
                 old = {**old, "config": {k: v for k, v in (old.get("config") or {}).items() if k not in ignore}}
             changed = differences(old, now) if old is not None else []

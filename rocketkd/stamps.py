@@ -78,11 +78,15 @@ def make_stamp(cfg: Any, sections: tuple[str, ...] | None = None, *, ignore: fro
 
 
 def differences(old: dict, new: dict) -> list[str]:
-    """The names that differ between two stamps: config keys as ``section.key``, inputs as ``input:name``."""
+    """The names that differ between two stamps: config keys as ``section.key``, inputs as ``input:name``.
+
+    A config key that one stamp lacks and the other holds as ``None`` is not a difference: options are added empty
+    (= off, the behaviour before they existed), so an output stamped before a new option appeared stays reusable."""
     names = []
     for part, label in (("config", ""), ("inputs", "input:")):
         a, b = old.get(part) or {}, new.get(part) or {}
-        names += [f"{label}{k}" for k in sorted(set(a) | set(b)) if a.get(k, _MISSING) != b.get(k, _MISSING)]
+        unset = None if part == "config" else _MISSING
+        names += [f"{label}{k}" for k in sorted(set(a) | set(b)) if a.get(k, unset) != b.get(k, unset)]
     return names
 
 

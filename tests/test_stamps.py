@@ -60,6 +60,48 @@ def test_stamp_differences_name_keys_and_inputs():
     b = make_stamp(cfg, ("mining",), corpus="c2")
     assert differences(a, b) == ["mining.depth", "input:corpus"]
     assert differences(b, json.loads(json.dumps(b))) == []  # a stamp read back from JSON compares equal
+    # an option added since (absent from the old stamp) counts as unchanged while it is left empty, not once set
+    old = {"config": {k: v for k, v in b["config"].items() if k != "mining.depth"}, "inputs": b["inputs"]}
+    assert differences(old, {**b, "config": {**b["config"], "mining.depth": None}}) == []
+    assert differences(old, b) == ["mining.depth"]
+    assert differences({"inputs": {}}, {"inputs": {"corpus": None}}) == ["input:corpus"]  # inputs: no such leniency
+
+
+def test_a_longer_round_keeps_the_prior_warm_up_and_check_before_it(tmp_path):
+    corpus = SimpleNamespace(fingerprint=lambda: "corpus-1")
+    ran: list[str] = []
+
+    def run_all(cfg, previous=None):
+        log = StageLog(tmp_path / "stages.json", cfg, corpus, previous)
+        for name in ("baselines", "mine-0", "prior", "warmup", "mine-1", "teachers-1", "train-1", "final"):
+            log.run(name, lambda name=name: ran.append(name) or {"made": name})
+
+    cfg = load_config(TINY_CONFIG, ["pipeline.round_steps=4"])
+    run_all(cfg)
+    ran.clear()
+    longer = load_config(TINY_CONFIG, ["pipeline.round_steps=8"])
+    run_all(longer, cfg.to_dict())
+    assert ran == ["train-1", "final"]
+    ran.clear()
+    alone = load_config(TINY_CONFIG, ["pipeline.round_steps=8", "pipeline.warmup_retriever=false"])
+    run_all(alone, longer.to_dict())  # a pipeline key: the prior (every pipeline key counts there) and all after it
+    assert ran == ["prior", "warmup", "mine-1", "teachers-1", "train-1", "final"]
+    ran.clear()
+    best = load_config(TINY_CONFIG, ["pipeline.round_steps=8", "pipeline.warmup_retriever=false",
+                                     "train.keep_best=true", "train.eval_every=2"])
+    run_all(best, alone.to_dict())  # keys of the retriever's training: a warm-up of the re-ranker alone is kept
+    assert ran == ["train-1", "final"]
+    ran.clear()
+    both = load_config(TINY_CONFIG, ["pipeline.round_steps=8", "pipeline.warmup_retriever=true",
+                                     "train.keep_best=true", "train.eval_every=2"])
+    run_all(both, best.to_dict())
+    ran.clear()
+    run_all(load_config(TINY_CONFIG, ["pipeline.round_steps=8", "pipeline.warmup_retriever=true"]), both.to_dict())
+    assert ran[0] == "warmup"  # ... but one that trains the retriever too reads them
+    ran.clear()
+    rate = load_config(TINY_CONFIG, ["pipeline.round_steps=8", "pipeline.warmup_retriever=true", "train.lr_reranker=0.5"])
+    run_all(rate, longer.to_dict())  # the warm-up trains the re-ranker at that rate: it and every later stage redone
+    assert ran == ["warmup", "mine-1", "teachers-1", "train-1", "final"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
