@@ -196,6 +196,8 @@ class PipelineConfig:
         "the re-ranker may learn from labels is chosen on folds of train (docs/results.md: SciFact 2, Cranfield 0)",
     )
     round_steps: int | None = _f(None, "optimizer steps of each round's training (empty = train.max_steps)")
+    round_epochs: float | None = _f(
+        None, "each round's length in passes over its lists (overrides round_steps): sizes itself with the collection")
     warmup_retriever: bool = _f(
         True,
         "keep the warm-up's retriever (false: round 1 starts from model.retriever as given -- for a start that is "
@@ -455,9 +457,10 @@ def validate_config(cfg: Config) -> None:
     if cfg.pipeline.reranker_pretrain_steps is not None and cfg.pipeline.reranker_pretrain_steps < 1:
         raise ConfigError(f"config key 'pipeline.reranker_pretrain_steps': must be at least 1 (or empty), got "
                           f"{cfg.pipeline.reranker_pretrain_steps}")
-    if cfg.pipeline.warmup_epochs is not None and not cfg.pipeline.warmup_epochs > 0:
-        raise ConfigError(f"config key 'pipeline.warmup_epochs': must be > 0 (or empty), got "
-                          f"{cfg.pipeline.warmup_epochs}")
+    for key in ("warmup_epochs", "round_epochs"):
+        value = getattr(cfg.pipeline, key)
+        if value is not None and not value > 0:
+            raise ConfigError(f"config key 'pipeline.{key}': must be > 0 (or empty), got {value}")
     if cfg.data.title_queries < 0:
         raise ConfigError(f"config key 'data.title_queries': must be >= 0 (0 = off), got {cfg.data.title_queries}")
     if cfg.candidates.list_length < 2:

@@ -88,7 +88,7 @@ TRAINING_ONLY_KEYS = frozenset(f"train.{k}" for k in (
 BEFORE_TRAINING = ("prior", "teachers")  # stage kinds that ignore TRAINING_ONLY_KEYS
 # Pipeline keys that only size a round's training: the stages before it (prior, pre-training, warm-up, teachers'
 # check) do not read them, so a longer round reuses the half hour of warm-up before it.
-ROUND_ONLY_KEYS = frozenset({"pipeline.round_steps"})
+ROUND_ONLY_KEYS = frozenset({"pipeline.round_steps", "pipeline.round_epochs"})
 # The re-ranker's label-free pre-training trains the cross-encoder alone: the retriever's keys do not touch it.
 RETRIEVER_ONLY_KEYS = frozenset(f"train.{k}" for k in (
     "max_steps", "epochs", "lr_retriever", "distill_loss", "distill_weight", "retriever_ce_weight",
@@ -211,6 +211,12 @@ def _train_cfg(cfg: Config, **train_overrides) -> Config:
     for key, value in train_overrides.items():
         setattr(new.train, key, value)
     return new
+
+
+def _length(epochs: float | None, steps: int) -> dict:
+    """A training stage's length: ``epochs`` passes over its lists where given (sized with the collection), else
+    ``steps`` optimizer steps."""
+    return {"max_steps": None, "epochs": epochs} if epochs else {"max_steps": steps}
 
 
 def _stage_teachers(cfg: Config, data, out: Path, r: int, retriever: str, reranker: str, lists_path: Path) -> dict:
@@ -435,9 +441,8 @@ def _run_stages(cfg: Config) -> dict:
 
         def warm() -> dict:
             # A retriever the round would drop is not trained at all: the re-ranker learns alone (same loss for it)
-            length = ({"max_steps": None, "epochs": p.warmup_epochs} if p.warmup_epochs
-                      else {"max_steps": p.warmup_steps or cfg.train.max_steps})
-            wcfg = _train_cfg(cfg, mode="warmup" if p.warmup_retriever else "reranker", **length)
+            wcfg = _train_cfg(cfg, mode="warmup" if p.warmup_retriever else "reranker",
+                              **_length(p.warmup_epochs, p.warmup_steps or cfg.train.max_steps))
             lists = read_candidates(round0, corpus=data.corpus, queries=data.all_queries())
             if prior is not None:
                 lists = attach_prior(data, lists, prior)
@@ -476,7 +481,7 @@ def _run_stages(cfg: Config) -> dict:
         def joint(t=t, r=r, retriever=retriever, reranker=reranker, prior=prior) -> dict:
             jcfg = _train_cfg(cfg, mode=t["mode"], online_teacher_weight=t["online_teacher_weight"],
                               teacher=t.get("teacher", cfg.train.teacher),
-                              max_steps=p.round_steps or cfg.train.max_steps)
+                              **_length(p.round_epochs, p.round_steps or cfg.train.max_steps))
             lists = read_candidates(t["lists"], corpus=data.corpus, queries=data.all_queries())
             res = train(jcfg, lists, data=data, output_dir=out / f"round{r}", resume=not stages.fresh,
                         retriever_path=retriever, reranker_path=reranker)

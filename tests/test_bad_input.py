@@ -556,10 +556,11 @@ def test_yaml_no_is_a_precision_not_false():
         load_config(None, ["train.mode=no"])
 
 
+@pytest.mark.parametrize("key", ["warmup_epochs", "round_epochs"])
 @pytest.mark.parametrize("value", ["0", "-1"])
-def test_warmup_epochs_must_be_positive(value):
+def test_pass_counts_must_be_positive(key, value):
     from rocketkd.config import load_config
 
-    assert load_config(None, ["pipeline.warmup_epochs=2"]).pipeline.warmup_epochs == 2
-    with pytest.raises(ConfigError, match=f"'pipeline.warmup_epochs': must be > 0 \\(or empty\\), got {value}"):
-        load_config(None, [f"pipeline.warmup_epochs={value}"])
+    assert getattr(load_config(None, [f"pipeline.{key}=2"]).pipeline, key) == 2
+    with pytest.raises(ConfigError, match=f"'pipeline.{key}': must be > 0 \\(or empty\\), got {value}"):
+        load_config(None, [f"pipeline.{key}={value}"])

@@ -84,9 +84,15 @@ def test_pipeline_teacher_members_and_kept_bad_teachers(tiny_bert, tiny_data, tm
     lists = read_candidates(t["lists"])
     assert all(c.teacher_scores is not None for c in lists)
 
-    zeroed = run_pipeline(load_config(ROOT / "configs" / "tiny.yaml", [*base, f"output_dir={tmp_path / 'zeroed'}"]))
+    zeroed_cfg = load_config(ROOT / "configs" / "tiny.yaml",
+                             [*base, f"output_dir={tmp_path / 'zeroed'}", "pipeline.round_epochs=1.5"])
+    zeroed = run_pipeline(zeroed_cfg)
     t = zeroed["teachers"]["teachers-1"]
     assert t["mode"] == "contrastive" and set(t["weights"].values()) == {0.0}
+    # pipeline.round_epochs sizes each round with its lists (and overrides round_steps / train.max_steps)
+    stages = json.loads((tmp_path / "zeroed" / "stages.json").read_text())
+    per_epoch = math.ceil(len(read_candidates(t["lists"])) / zeroed_cfg.train.batch_size)
+    assert stages["train-1"]["steps"] == math.ceil(1.5 * per_epoch) != zeroed_cfg.train.max_steps
 
 
 def test_pipeline_keeps_start_retriever_and_best_of_round(tiny_bert, tiny_data, tmp_path):
