@@ -121,12 +121,14 @@ class StageLog:
     @staticmethod
     def _ignored(name: str, cfg) -> frozenset[str]:
         kind = name.split("-")[0]
+        # a length in steps has no effect beside a length in passes (pipeline.*_epochs overrides it)
+        unused = frozenset(f"pipeline.{k}_steps" for k in ("warmup", "round") if _pipeline_value(cfg, f"{k}_epochs"))
         if kind in BEFORE_TRAINING:
-            return TRAINING_ONLY_KEYS | ROUND_ONLY_KEYS
+            return TRAINING_ONLY_KEYS | ROUND_ONLY_KEYS | unused
         # the pre-training, and a warm-up without the retriever, train the cross-encoder alone
         alone = kind == "pretrain" or (kind == "warmup" and not _pipeline_value(cfg, "warmup_retriever"))
-        return (RETRIEVER_ONLY_KEYS if alone else frozenset()) | (ROUND_ONLY_KEYS if kind in ("pretrain", "warmup")
-                                                                  else frozenset())
+        return ((RETRIEVER_ONLY_KEYS if alone else frozenset()) | unused
+                | (ROUND_ONLY_KEYS if kind in ("pretrain", "warmup") else frozenset()))
 
     def _stamp(self, name: str, cfg) -> dict:
         return make_stamp(cfg, STAGE_KEYS.get(name.split("-")[0]), ignore=self._ignored(name, cfg), **self.inputs)

@@ -99,6 +99,11 @@ def test_a_longer_round_keeps_the_prior_warm_up_and_check_before_it(tmp_path):
     run_all(load_config(TINY_CONFIG, ["pipeline.round_steps=8", "pipeline.warmup_retriever=true"]), both.to_dict())
     assert ran[0] == "warmup"  # ... but one that trains the retriever too reads them
     ran.clear()
+    passes = load_config(TINY_CONFIG, ["pipeline.round_epochs=2", "pipeline.round_steps=8"])
+    run_all(passes, longer.to_dict())
+    ran.clear()
+    run_all(load_config(TINY_CONFIG, ["pipeline.round_epochs=2"]), passes.to_dict())
+    assert ran == []  # round_steps (8 -> unset) has no effect beside round_epochs: nothing redone
     rate = load_config(TINY_CONFIG, ["pipeline.round_steps=8", "pipeline.warmup_retriever=true", "train.lr_reranker=0.5"])
     run_all(rate, longer.to_dict())  # the warm-up trains the re-ranker at that rate: it and every later stage redone
     assert ran == ["warmup", "mine-1", "teachers-1", "train-1", "final"]

@@ -292,6 +292,16 @@ def test_keep_best_saves_the_best_dev_retriever_and_the_curve(tiny_bert, tiny_da
     assert dev_ndcg(saved, data, cfg) == pytest.approx(result.dev["best"], abs=1e-6)
     assert json.loads((out / "train_state.json").read_text())["dev_curve"] == curve
 
+    # a folder seeded with another run's dev curve and best weights (no checkpoint): a --resume starts from step 0
+    # and hands on neither -- keep-best would otherwise keep the other run's retriever, whose dev value it cannot beat
+    other = tmp_path / "seeded"
+    other.mkdir()
+    (other / "dev_curve.json").write_text(json.dumps({"best": 2.0, "best_step": 7, "curve": {"0": 0.1, "7": 2.0}}))
+    (other / "best_retriever.pt").write_bytes(b"not the weights of this run")
+    again = train(cfg, output_dir=other, resume=True)
+    assert set(json.loads((other / "dev_curve.json").read_text())["curve"]) == {"0", "2", "4"}
+    assert again.dev["best"] == pytest.approx(result.dev["best"]) and again.dev["best_step"] == best_step
+
 
 def _cranfield_subset(dst: Path, *, train_queries: int = 8, extra_passages: int = 150, seed: int = 0) -> Path:
     """A small real collection: cranfield's dev queries, a few train queries, their judged passages and some others."""

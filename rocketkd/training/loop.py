@@ -32,6 +32,7 @@ from rocketkd.training.checkpoint import (
     discard_previous,
     export_run,
     finished,
+    list_checkpoints,
     load_latest,
     load_result,
     result_of,
@@ -84,7 +85,9 @@ def train(
     if resume and finished(out):
         logger.info("%s already holds a finished run; nothing to resume", out)
         return load_result(out)
-    if not resume and accelerator.is_main_process:  # a new run: nothing of an earlier run here is handed on
+    # A run that starts at step 0 -- new, or resumed with no checkpoint to resume from (a folder seeded with another
+    # run's files) -- hands on nothing of an earlier run there: keep-best would otherwise compare against its best.
+    if accelerator.is_main_process and (not resume or not list_checkpoints(ckpt_root)):
         discard_previous(out)
     accelerator.wait_for_everyone()
     dataset = GroupDataset(lists, cfg.candidates.list_length, seed=t.seed)
