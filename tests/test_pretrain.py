@@ -132,6 +132,16 @@ def test_the_script_runs_the_stage_alone_and_resumes(tiny_bert, tiny_data, tmp_p
     with pytest.raises(SystemExit):
         script.main(["--prior", str(tmp_path / "o" / "nothing"), "--output", str(tmp_path / "x")])
     assert "no rocketkd_prior.json" in capsys.readouterr().err
+    # --check: a g trained elsewhere, checked over this prior, nothing trained: the stage's own check, reproduced
+    capsys.readouterr()
+    check = ["--check", first["pretrained"], "--output", str(tmp_path / "c")]
+    assert script.main([*args[:4], *check, *args[6:]]) == 0
+    again = json.loads((tmp_path / "c" / "pretrain.json").read_text())
+    assert again["check"] == first["check"] and again["reranker"] == first["pretrained"]
+    assert not (tmp_path / "c" / "checkpoints").exists()  # nothing was trained
+    with pytest.raises(SystemExit) as bad:
+        script.main([*args[:4], "--check", str(tmp_path / "nowhere"), "--output", str(tmp_path / "d")])
+    assert bad.value.code == 2 and "--check" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["ict", "labels"])
