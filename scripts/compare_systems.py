@@ -17,6 +17,11 @@ paired with its namesake there, and a recipe finished only there, e.g. contrasti
 
     python scripts/compare_systems.py --config configs/scifact.yaml --seeds 1 2 3 --modes joint static \
         --set train.retriever_ce_weight=1.0 --output OUT_B1 --paired-only --against OUT --split dev
+
+Keeping finished seeds for later sessions: ``--paired-only --export DIR`` writes, per finished recipe, its
+``results.json`` and ``per_query.json`` (every system's per-query nDCG@10 on dev and test, a few KB) under
+``DIR/seedN/MODE`` -- small enough to commit (``docs/runs/``). Where a recipe's run files are gone, the paired tests
+read its ``per_query.json``, so ``--output DIR`` (or ``--against DIR``) pairs seeds run in different sessions.
 """
 
 from __future__ import annotations
@@ -57,10 +62,18 @@ def main() -> None:
                     help="another --output of this script (e.g. the same recipes under other --set keys): a recipe "
                          "finished in both is also paired with its namesake there, and one finished only there "
                          "(e.g. contrastive) joins the ablation order")
+    ap.add_argument("--export", type=Path, default=None, metavar="DIR",
+                    help="with --paired-only: write each finished recipe's results.json and per-query nDCG@10 "
+                         "(per_query.json) under DIR/seedN/MODE, to keep (commit) after the run files are gone")
     args = ap.parse_args()
+    if args.export is not None and not args.paired_only:
+        ap.exit(2, "compare_systems: --export goes with --paired-only (it writes finished recipes, trains nothing)\n")
     if args.paired_only:
         if not args.output.is_dir():
             ap.exit(2, f"compare_systems: --output {args.output}: no such folder (nothing finished to compare)\n")
+        if args.export is not None:
+            for line in _export(args):
+                print(line)
         paired = _paired(args, [(m, LABELS[m], []) for m in args.modes])
         (args.output / _paired_name(args)).write_text(paired + "\n")
         print(paired)
@@ -120,9 +133,8 @@ def _paired(args, recipes) -> str:
     zero-shot base), then each recipe's retriever against BM25 and its re-ranked second stage against its retriever;
     with ``--against``, each recipe against its namesake there."""
     from rocketkd.config import load_config
-    from rocketkd.data.formats import load_qrels, read_trec_run
+    from rocketkd.data.formats import load_qrels
     from rocketkd.evaluation.compare import compare_values
-    from rocketkd.evaluation.metrics import evaluate_run
 
     cfg = load_config(args.config, args.overrides)
     split = args.split or cfg.data.test_split
@@ -132,23 +144,22 @@ def _paired(args, recipes) -> str:
     def read(root: Path, seed: int, mode: str, suffix: str = "") -> None:
         # with model.reranker_prior: the re-ranker alone (prior + g) and its prior alone on the retriever's top
         # eval.rerank_depth -- whether the cross-encoder part added anything on these queries
+        kept = _per_query(root / f"seed{seed}" / mode, split, qrels)
         systems = (("retriever", mode), ("reranked", f"{mode} re-ranked"), ("reranker-raw", f"{mode} re-ranker alone"),
                    ("prior", f"{mode} prior alone"), ("base", "base"), ("bm25", "bm25"))
         for system, name in systems:
             name += suffix if system not in ("base", "bm25") else ""
-            run_file = root / f"seed{seed}" / mode / "runs" / f"{system}.{split}.trec"
-            if not run_file.exists() or (system in ("base", "bm25") and name in per):
+            if system not in kept or (system in ("base", "bm25") and name in per):
                 continue  # BM25 and the untrained encoder do not depend on the seed: counted once
-            res = evaluate_run(read_trec_run(run_file), qrels, ["nDCG@10"]).per_query
-            for q, v in res.items():
-                per.setdefault(name, {}).setdefault(q, []).append(v["nDCG@10"])
+            for q, v in kept[system].items():
+                per.setdefault(name, {}).setdefault(q, []).append(v)
 
     namesakes = []
     for seed in args.seeds:
         modes = [m for m, _, _ in recipes]
         for mode in modes + ([m for m in MODES if m not in modes] if args.against else []):
-            here = (args.output / f"seed{seed}" / mode / "runs").is_dir()
-            there = args.against is not None and (args.against / f"seed{seed}" / mode / "runs").is_dir()
+            here = _finished(args.output / f"seed{seed}" / mode)
+            there = args.against is not None and _finished(args.against / f"seed{seed}" / mode)
             if here:
                 read(args.output, seed, mode)
             if there:
@@ -172,6 +183,56 @@ def _paired(args, recipes) -> str:
         lines.append(f"| {a} vs {b} | {c.mean_b:.4f} | {c.mean_a:.4f} | {c.delta:+.4f} | [{c.ci_low:+.4f}, "
                      f"{c.ci_high:+.4f}] | {c.p_value:.3f} |")
     return "\n".join(lines) if len(pairs) else ""
+
+
+SYSTEMS = ("retriever", "reranked", "reranker-raw", "prior", "base", "bm25")  # the run files paired above
+
+
+def _finished(recipe: Path) -> bool:
+    """A recipe with run files, or one kept by ``--export`` (its per-query values, the run files gone)."""
+    return (recipe / "runs").is_dir() or (recipe / "per_query.json").is_file()
+
+
+def _per_query(recipe: Path, split: str, qrels) -> dict[str, dict[str, float]]:
+    """Per system, per query nDCG@10 on ``split``: from the recipe's run files where they exist, else from the
+    ``per_query.json`` that ``--export`` kept."""
+    from rocketkd.data.formats import read_trec_run
+    from rocketkd.evaluation.metrics import evaluate_run
+
+    found = {}
+    for system in SYSTEMS:
+        run_file = recipe / "runs" / f"{system}.{split}.trec"
+        if run_file.exists():
+            res = evaluate_run(read_trec_run(run_file), qrels, ["nDCG@10"]).per_query
+            found[system] = {q: v["nDCG@10"] for q, v in res.items()}
+    if not found and (recipe / "per_query.json").is_file():
+        found = json.loads((recipe / "per_query.json").read_text()).get(split, {})
+    return found
+
+
+def _export(args) -> list[str]:
+    """``--export``: each finished recipe's results.json and per-query nDCG@10 (dev and test) under the folder."""
+    from rocketkd.config import load_config
+    from rocketkd.data.formats import load_qrels
+
+    cfg = load_config(args.config, args.overrides)
+    splits = {s: load_qrels(Path(cfg.data.path) / "qrels" / f"{s}.tsv")
+              for s in (cfg.data.dev_split, cfg.data.test_split)}
+    written = []
+    for seed in args.seeds:
+        for mode in args.modes:
+            src = args.output / f"seed{seed}" / mode
+            if not (src / "runs").is_dir() or not (src / "results.json").is_file():
+                continue  # unfinished: nothing to keep yet
+            dst = args.export / f"seed{seed}" / mode
+            dst.mkdir(parents=True, exist_ok=True)
+            per = {split: _per_query(src, split, qrels) for split, qrels in splits.items()}
+            tmp = dst / "per_query.json.tmp"  # written whole, then moved: no half-written file is left
+            tmp.write_text(json.dumps(per, indent=1, sort_keys=True))
+            tmp.replace(dst / "per_query.json")
+            shutil.copy(src / "results.json", dst / "results.json")
+            written.append(f"kept seed {seed} {mode}: {dst}")
+    return written
 
 
 def _write(args, rows: dict[str, list[dict]], teachers: dict) -> None:

@@ -50,6 +50,23 @@ def test_compare_systems_shares_stages_and_adds_single_teacher_recipes(tiny_bert
     monkeypatch.setattr(sys, "argv", [*argv, "--paired-only"])
     runpy.run_path(str(ROOT / "scripts" / "compare_systems.py"), run_name="__main__")
     assert (out / "paired.md").read_text() == paired
+    # --export keeps per-query values small enough to commit; the paired tests read them where no run file is left
+    kept = tmp_path / "kept"
+    monkeypatch.setattr(sys, "argv", [*argv, "--paired-only", "--export", str(kept)])
+    runpy.run_path(str(ROOT / "scripts" / "compare_systems.py"), run_name="__main__")
+    per_query = json.loads((kept / "seed1" / "contrastive" / "per_query.json").read_text())
+    assert set(per_query) == {"dev", "test"} and {"retriever", "reranked", "base", "bm25"} <= set(per_query["test"])
+    assert not (kept / "seed1" / "contrastive" / "runs").exists()
+    assert json.loads((kept / "seed1" / "contrastive" / "results.json").read_text()) == result
+    exported = [a if a != str(out) else str(kept) for a in argv]
+    monkeypatch.setattr(sys, "argv", [*exported, "--paired-only"])
+    runpy.run_path(str(ROOT / "scripts" / "compare_systems.py"), run_name="__main__")
+    assert (kept / "paired.md").read_text() == paired
+    monkeypatch.setattr(sys, "argv", [*argv, "--export", str(kept)])  # a training run never exports
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(ROOT / "scripts" / "compare_systems.py"), run_name="__main__")
+    assert exc.value.code == 2
+    monkeypatch.setattr(sys, "argv", [*argv, "--paired-only"])
     # a prior recipe's runs add the re-ranker alone against its prior alone (here stand-ins: reranked and retriever,
     # so the pair must equal "contrastive re-ranked vs contrastive")
     runs = out / "seed1" / "contrastive" / "runs"
