@@ -182,6 +182,12 @@ class EvalConfig:
     k: int = _f(100, "passages retrieved per query")
     rerank_depth: int = _f(100, "retrieved passages re-ranked")
     fuse_rerank: bool = _f(True, "interpolate re-ranker and retriever scores per query, weight chosen on dev")
+    fusion_alpha: float = _f(
+        0.05,
+        "a dev-fitted fusion weight replaces its default -- the re-ranker alone for reranked, reranked's own weights "
+        "(no BM25) for hybrid -- only when it beats that default on dev in a paired randomization test at this "
+        "level: on a few dozen dev queries a fitted weight is mostly noise (1 = always take the fitted weight)",
+    )
     run_tag: str = _f("rocketkd", "TREC run tag (6th column) of the pipeline's runs: each system's is TAG-SYSTEM")
 
 
@@ -467,6 +473,8 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError("config key 'candidates.list_length': needs at least 2 (a positive and a negative)")
     if cfg.train.batch_size < 1:
         raise ConfigError("config key 'train.batch_size': must be at least 1")
+    if not 0.0 < cfg.eval.fusion_alpha <= 1.0:
+        raise ConfigError(f"config key 'eval.fusion_alpha': must lie in (0, 1], got {cfg.eval.fusion_alpha}")
     if not 0.0 < cfg.pipeline.prior_alpha <= 1.0:
         raise ConfigError(f"config key 'pipeline.prior_alpha': must lie in (0, 1], got {cfg.pipeline.prior_alpha}")
     if cfg.pipeline.prior_folds < 2:

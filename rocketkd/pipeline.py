@@ -51,6 +51,7 @@ from rocketkd.search.fusion import (
     candidates_from_run,
     choose_fusion_weight,
     choose_fusion_weights,
+    fitted_or_default,
     fuse_stages,
     head_of_run,
 )
@@ -495,7 +496,8 @@ def _run_stages(cfg: Config) -> dict:
         retriever, reranker = j["retriever"], j["reranker"]
     stages.run("final", _stage_final, cfg, data, out, retriever, reranker, prior)
     if "hybrid" in p.systems:
-        stages.run("hybrid", _stage_hybrid, cfg, data, out, stages.done["final"]["reranker"])
+        stages.run("hybrid", _stage_hybrid, cfg, data, out, stages.done["final"]["reranker"],
+                   stages.done["final"].get("fusion_weight", 1.0))
     results = _write_results(cfg, data, out, stages)
     return results
 
@@ -538,9 +540,17 @@ def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str, pr
             logger.info("%s: re-ranker (prior + cross-encoder) nDCG@10 %.4f against the prior alone %.4f (%+.4f, "
                         "p=%.3f, %d queries)", split, cmp.mean_b, cmp.mean_a, cmp.delta, cmp.p_value, cmp.queries)
         _write_run(cfg, out, "reranker-raw", split, reranked[split])  # for the hybrid stage
-    weight = 1.0
-    if cfg.eval.fuse_rerank:
-        weight, _ = choose_fusion_weight(read_trec_run(_run_path(out, "retriever", dev)), reranked[dev], data.qrels[dev])
+    weight, fusion = 1.0, None
+    if cfg.eval.fuse_rerank:  # a fitted weight replaces the re-ranker alone only on significant dev evidence
+        first = read_trec_run(_run_path(out, "retriever", dev))
+        fitted, _ = choose_fusion_weight(first, reranked[dev], data.qrels[dev])
+        fusion = fitted_or_default(fuse_stages(first, [reranked[dev]], [1.0 - fitted, fitted]),
+                                   fuse_stages(first, [reranked[dev]], [0.0, 1.0]), data.qrels[dev],
+                                   cfg.eval.fusion_alpha)
+        weight = fitted if fusion["use_fitted"] else 1.0
+        logger.info("re-ranker fusion weight %.2f fitted on %s: %+.4f nDCG@10 over the re-ranker alone (p=%.3g) -> %s",
+                    fitted, dev, fusion["delta"], fusion["p_value"],
+                    f"weight {weight:.2f}" if fusion["use_fitted"] else "kept the re-ranker alone (weight 1)")
     for split in (dev, test):
         first = read_trec_run(_run_path(out, "retriever", split))
         _write_run(cfg, out, "reranked", split, fuse_stages(first, [reranked[split]], [1.0 - weight, weight]))
@@ -549,6 +559,8 @@ def _stage_final(cfg: Config, data, out: Path, retriever: str, reranker: str, pr
                            first_stage=str(out / "index"), depth=cfg.eval.rerank_depth,
                            prior=prior is not None)
     result = {"index": str(out / "index"), "retriever": retriever, "reranker": reranker, "fusion_weight": weight}
+    if fusion is not None:
+        result["fusion_check"] = {**fusion, "fitted_weight": fitted}
     if checks:
         result["reranker_vs_prior"] = checks
     return result
@@ -562,9 +574,11 @@ def _spreads(g: dict, prior: dict) -> dict[str, float]:
     return {"g_std": float(np.mean(g_std)) if g_std else 0.0, "prior_std": float(np.mean(p_std)) if p_std else 0.0}
 
 
-def _stage_hybrid(cfg: Config, data, out: Path, reranker: str) -> dict:
+def _stage_hybrid(cfg: Config, data, out: Path, reranker: str, rerank_weight: float = 1.0) -> dict:
     """The retriever's top ``eval.rerank_depth`` re-scored by three specialists -- the retriever itself, the
-    re-ranker and BM25 -- fused per query (:func:`rocketkd.search.fusion.fuse_stages`), weights fitted on dev.
+    re-ranker and BM25 -- fused per query (:func:`rocketkd.search.fusion.fuse_stages`), weights fitted on dev; they
+    replace the ``reranked`` system's own (``rerank_weight``, no BM25) only on significant dev evidence
+    (``eval.fusion_alpha``).
 
     On small data the lexical specialist is what a learned re-ranker is not (issue 11: a fused zero-shot bi-encoder
     and BM25 beat a trained MiniLM cross-encoder on cranfield); ``reranked`` keeps the two-stage system alone.
@@ -587,13 +601,22 @@ def _stage_hybrid(cfg: Config, data, out: Path, reranker: str) -> dict:
         lexical = bm25_run(first, queries, data.corpus, depth=depth, bm25=bm25)
         parts[split] = [first, raw, lexical]
     first, raw, lexical = parts[dev]
-    weights, dev_value = choose_fusion_weights([head_of_run(first, depth), raw, lexical], data.qrels[dev])
+    fitted, dev_value = choose_fusion_weights([head_of_run(first, depth), raw, lexical], data.qrels[dev])
+    default = (1.0 - rerank_weight, rerank_weight, 0.0)
+    check = fitted_or_default(fuse_stages(first, [raw, lexical], fitted, depth=depth),
+                              fuse_stages(first, [raw, lexical], default, depth=depth), data.qrels[dev],
+                              cfg.eval.fusion_alpha)
+    weights = fitted if check["use_fitted"] else default
     for split in (dev, test):
         first, raw, lexical = parts[split]
         _write_run(cfg, out, "hybrid", split, fuse_stages(first, [raw, lexical], weights, depth=depth))
-    named = dict(zip(("retriever", "reranker", "bm25"), weights))
-    logger.info("hybrid re-ranking weights (fitted on %s, nDCG@10 %.4f): %s", dev, dev_value, named)
-    return {"weights": named, "dev_ndcg@10": dev_value}
+    names = ("retriever", "reranker", "bm25")
+    named = dict(zip(names, weights))
+    logger.info("hybrid re-ranking weights fitted on %s: %s, %+.4f nDCG@10 over reranked's own (p=%.3g) -> %s", dev,
+                dict(zip(names, fitted)), check["delta"], check["p_value"],
+                named if check["use_fitted"] else "kept reranked's weights")
+    return {"weights": named, "dev_ndcg@10": check["fitted"] if check["use_fitted"] else check["default"],
+            "fusion_check": {**check, "fitted_weights": dict(zip(names, fitted))}}
 
 
 def _write_results(cfg: Config, data, out: Path, stages: StageLog) -> dict:

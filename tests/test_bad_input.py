@@ -564,3 +564,12 @@ def test_pass_counts_must_be_positive(key, value):
     assert getattr(load_config(None, [f"pipeline.{key}=2"]).pipeline, key) == 2
     with pytest.raises(ConfigError, match=f"'pipeline.{key}': must be > 0 \\(or empty\\), got {value}"):
         load_config(None, [f"pipeline.{key}={value}"])
+
+
+@pytest.mark.parametrize("value", ["0", "-0.1", "1.5"])
+def test_the_fusion_level_lies_in_zero_one(value):
+    from rocketkd.config import load_config
+
+    assert load_config(None, ["eval.fusion_alpha=1"]).eval.fusion_alpha == 1.0
+    with pytest.raises(ConfigError, match=f"'eval.fusion_alpha': must lie in \\(0, 1\\], got {float(value)}"):
+        load_config(None, [f"eval.fusion_alpha={value}"])

@@ -39,6 +39,13 @@ def test_pipeline_end_to_end_and_resume(tiny_bert, tiny_data, tmp_path, monkeypa
     stages = json.loads((out / "stages.json").read_text())
     assert list(stages) == ["baselines", "mine-0", "warmup", "mine-1", "teachers-1", "train-1", "final", "hybrid"]
     assert sum(stages["hybrid"]["weights"].values()) == pytest.approx(1.0)
+    # fitted fusion weights replace the defaults (the re-ranker alone; reranked's weights, no BM25) only on
+    # significant dev evidence -- on the tiny collection's few dev queries, never
+    final, hybrid = stages["final"], stages["hybrid"]
+    assert final["fusion_check"]["alpha"] == 0.05 and not final["fusion_check"]["use_fitted"]
+    assert final["fusion_weight"] == 1.0
+    assert not hybrid["fusion_check"]["use_fitted"]
+    assert hybrid["weights"] == {"retriever": 0.0, "reranker": 1.0, "bm25": 0.0}
     # the offline teachers' sharpness is the warmed-up student's spread on the lists round 1 trains on
     from rocketkd.data.formats import load_retrieval_data, read_candidates
     from rocketkd.models.loading import load_retriever

@@ -15,6 +15,7 @@ from rocketkd.evaluation.metrics import evaluate_run, rank_scores
 from rocketkd.models import CrossEncoderRanker, DualEncoder
 from rocketkd.search.bm25 import BM25Retriever
 from rocketkd.search.fusion import (
+    fitted_or_default,
     DEFAULT_FUSION_GRID,
     candidates_from_run,
     choose_fusion_weight,
@@ -176,6 +177,24 @@ def test_choose_fusion_weight_prefers_the_better_run_and_the_smaller_weight_on_t
     assert choose_fusion_weight(first, first, qrels)[0] == 0.0
     # the first stage better: weight 0
     assert choose_fusion_weight(second, first, qrels)[0] == 0.0
+
+
+def test_a_fitted_fusion_replaces_its_default_only_on_significant_held_out_evidence():
+    # "p" is relevant in every query; the default run puts it second, the fitted run first (nDCG@10 1 vs 1/log2(3))
+    n = 12
+    qrels = {f"q{i}": {"p": 1} for i in range(n)}
+    default = {f"q{i}": {"x": 2.0, "p": 1.0} for i in range(n)}
+    fitted = {f"q{i}": {"p": 2.0, "x": 1.0} for i in range(n)}
+    check = fitted_or_default(fitted, default, qrels, 0.05)
+    assert check["use_fitted"] and check["queries"] == n
+    assert check["delta"] == pytest.approx(1 - 1 / math.log2(3)) and check["p_value"] < 0.001  # 2^-12 * 2 exactly
+    # better on 2 of 12 queries, the same on the rest: the gain is real on those two but p = 0.5 -> the default
+    partly = {q: (fitted[q] if i < 2 else default[q]) for i, q in enumerate(qrels)}
+    check = fitted_or_default(partly, default, qrels, 0.05)
+    assert not check["use_fitted"] and check["delta"] > 0 and check["p_value"] == pytest.approx(0.5, abs=0.01)
+    assert fitted_or_default(partly, default, qrels, 1.0)["use_fitted"]  # alpha 1: the fitted weight, always
+    assert fitted_or_default(default, fitted, qrels, 1.0)["use_fitted"]  # alpha 1 takes even a loss
+    assert not fitted_or_default(default, fitted, qrels, 0.05)["use_fitted"]  # worse: never
 
 
 def test_fuse_many_by_hand_and_as_fuse_runs():

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rocketkd.evaluation.compare import compare_runs
 from rocketkd.evaluation.metrics import evaluate_run, parse_metric, rank_scores
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ __all__ = [
     "candidates_from_run",
     "choose_fusion_weight",
     "choose_fusion_weights",
+    "fitted_or_default",
     "fuse_many",
     "fuse_runs",
     "fuse_stages",
@@ -225,3 +227,14 @@ def choose_fusion_weights(
             best = (value, w)
     assert best is not None
     return best[1], best[0]
+
+
+def fitted_or_default(fitted: Run, default: Run, qrels: Qrels, alpha: float, *, metric: str = "nDCG@10") -> dict:
+    """Whether a run fused with dev-fitted weights may replace the ``default`` fusion: only when it beats it on the
+    held-out ``qrels`` in a paired randomization test at ``alpha`` (``alpha`` 1: always). Fitting a weight on 25-50
+    queries picks the grid point that fits their noise best, so without this test the fitted weight departs from
+    "no change" on no evidence. Returns the comparison with ``use_fitted``."""
+    (c,) = compare_runs(default, fitted, qrels, [metric])
+    use = alpha >= 1.0 or (c.delta > 0 and c.p_value < alpha)
+    return {"use_fitted": bool(use), "fitted": c.mean_b, "default": c.mean_a, "delta": c.delta,
+            "p_value": c.p_value, "queries": c.queries, "alpha": alpha}
