@@ -257,6 +257,13 @@ class PipelineConfig:
                                                 "then loses its title)")
     reranker_pretrain_steps: int | None = _f(None, "optimizer steps of that pre-training (empty = one pass over its "
                                                    "lists)")
+    reranker_pretrain_data: str | None = _f(
+        None,
+        "model.reranker_prior: another judged collection (a data folder, e.g. data/scifact) on whose train labels the "
+        "cross-encoder g learns over this collection's prior before round 1, instead of inverse-cloze queries -- "
+        "RocketQA starts its cross-encoder from MS MARCO's labels. Kept only when prior + g beats the prior alone on "
+        "this collection's dev + train queries in a paired test at pipeline.prior_alpha",
+    )
     plot: bool = _f(True, "write recall@k and loss curves as PNG next to results.json")
 
 
@@ -457,6 +464,9 @@ def validate_config(cfg: Config) -> None:
     if cfg.pipeline.reranker_pretrain < 0:
         raise ConfigError(f"config key 'pipeline.reranker_pretrain': must be >= 0 (0 = off), got "
                           f"{cfg.pipeline.reranker_pretrain}")
+    if cfg.pipeline.reranker_pretrain_data is not None and not cfg.model.reranker_prior:
+        raise ConfigError("config key 'pipeline.reranker_pretrain_data': pre-trains the cross-encoder over its prior; "
+                          "set model.reranker_prior: true (or leave pipeline.reranker_pretrain_data empty)")
     if cfg.pipeline.reranker_pretrain and not cfg.model.reranker_prior:
         raise ConfigError("config key 'pipeline.reranker_pretrain': pre-trains the cross-encoder over its prior; "
                           "set model.reranker_prior: true (or pipeline.reranker_pretrain: 0)")

@@ -3,7 +3,8 @@
     baselines  BM25 and the untrained encoder on dev and test (runs kept for the teacher check and results)
     mine-0     first-round candidates (BM25 or the base encoder)
     prior      (model.reranker_prior) the re-ranker's label-free prior, fitted on held-out queries
-    pretrain   (pipeline.reranker_pretrain) its cross-encoder pre-trained over the prior on inverse-cloze queries
+    pretrain   (pipeline.reranker_pretrain / _data) its cross-encoder pre-trained over the prior on inverse-cloze
+               queries or another collection's labels, kept only on held-out evidence
     warmup     both models on labels only: a re-ranker with a fresh head is a random teacher (the re-ranker
                alone with pipeline.warmup_retriever false: round 1 would drop a warmed-up retriever)
     for each round r = 1..rounds:
@@ -44,7 +45,7 @@ from rocketkd.evaluation.report import evaluate_systems, system_intervals, write
 from rocketkd.io import read_json, write_json
 from rocketkd.models import resolve_model_path
 from rocketkd.models.loading import load_reranker, load_retriever
-from rocketkd.pretrain import pretrain_reranker
+from rocketkd.pretrain import labelled_source_data, pretrain_reranker
 from rocketkd.search.bm25 import BM25Retriever
 from rocketkd.search.cache import embedding_cache
 from rocketkd.search.fusion import (
@@ -418,6 +419,9 @@ def _run_stages(cfg: Config) -> dict:
     cfg.dump(out / "config.yaml")
     data = apply_data_config(cfg, load_retrieval_data(cfg.data.path, cache_dir=cfg.data.cache_dir))
     check_disjoint_splits(cfg, data.qrels)  # nothing selected on dev may be a test (or train) query
+    # another collection's labels for the re-ranker's pre-training: read now, so a bad folder fails before any work
+    source = (labelled_source_data(cfg, cfg.pipeline.reranker_pretrain_data)
+              if cfg.pipeline.reranker_pretrain_data else None)
     stages = StageLog(out / "stages.json", cfg, data.corpus, previous)
     p = cfg.pipeline
 
@@ -431,9 +435,10 @@ def _run_stages(cfg: Config) -> dict:
         nonlocal reranker
         stages.run("prior", _stage_prior, cfg, data, out, lists_path)
         fitted = Prior.load(out / "prior")
-        if p.reranker_pretrain:  # g learns over the prior on inverse-cloze queries, kept only on held-out evidence
+        if p.reranker_pretrain or source is not None:  # g learns over the prior on inverse-cloze queries or
+            # another collection's labels, kept only on held-out evidence
             reranker = stages.run("pretrain", lambda: pretrain_reranker(
-                cfg, data, out / "pretrain", fitted, resume=not stages.fresh))["reranker"]
+                cfg, data, out / "pretrain", fitted, resume=not stages.fresh, source=source))["reranker"]
         return fitted
 
     if p.warmup:

@@ -13,6 +13,11 @@ base encoder's top ``eval.rerank_depth`` of the dev + train queries (whose label
 than the prior alone, in a paired randomization test at ``pipeline.prior_alpha``. Otherwise round 1 starts from
 ``model.reranker`` as before.
 
+The same stage can instead teach ``g`` the labels of *another* judged collection (``pipeline.reranker_pretrain_data``,
+e.g. SciFact's 809 judged claims for Cranfield's 100 training questions): its judged train lists, mined by the base
+encoder and scored by this collection's prior (its z-scored members carry over unchanged), as RocketQA starts its
+cross-encoder from MS MARCO's labels. Kept, again, only on this collection's held-out evidence.
+
 How long ``g`` may then learn from the labels before the joint round (``pipeline.warmup_epochs``) is chosen the same
 way, on folds of train (:func:`choose_warmup_epochs`): with a few dozen judged queries ``g`` learns them by heart and
 falls below its prior on the others (Cranfield), with a few hundred it adds to it (SciFact).
@@ -29,7 +34,8 @@ import numpy as np
 from rocketkd.candidates.inverse_cloze import inverse_cloze
 from rocketkd.candidates.mining import mine
 from rocketkd.config import Config
-from rocketkd.data.formats import RetrievalData, read_candidates
+from rocketkd.data.formats import RetrievalData, load_retrieval_data, read_candidates
+from rocketkd.errors import ConfigError
 from rocketkd.evaluation.compare import compare_runs
 from rocketkd.models import resolve_model_path
 from rocketkd.models.loading import load_reranker, load_retriever
@@ -60,6 +66,25 @@ def inverse_cloze_data(cfg: Config, data) -> RetrievalData:
     qrels = {qid: {pid: grade} for qid, pid in ict.positives.items()}
     return RetrievalData(corpus=ict.corpus, queries=dict(ict.queries), qrels={cfg.data.train_split: qrels},
                          path=data.path)
+
+
+def labelled_source_data(cfg: Config, path: str | Path) -> RetrievalData:
+    """``pipeline.reranker_pretrain_data``: another judged collection's ``data.train_split`` for ``g`` to learn from,
+    every judged positive (any grade >= 1 there) at this config's lowest positive grade, so the collection's own
+    grading need not match this one's; no dev, test or unlabeled query of it is kept (none is ever read)."""
+    src = load_retrieval_data(path, cache_dir=cfg.data.cache_dir)
+    split = cfg.data.train_split
+    if split not in src.qrels:
+        raise ConfigError(f"config key 'pipeline.reranker_pretrain_data': {path} has no qrels split {split!r} "
+                          f"(data.train_split; it has {', '.join(src.qrels) or 'none'})")
+    grade = max(1, cfg.data.min_positive_grade)
+    qrels = {q: {pid: grade for pid, g in docs.items() if g >= 1} for q, docs in src.qrels[split].items()}
+    qrels = {q: docs for q, docs in qrels.items() if docs and q in src.queries}
+    if not qrels:
+        raise ConfigError(f"config key 'pipeline.reranker_pretrain_data': split {split!r} of {path} judges no "
+                          "passage relevant")
+    return RetrievalData(corpus=src.corpus, queries={q: src.queries[q] for q in qrels}, qrels={split: qrels},
+                         path=src.path)
 
 
 def reranker_alone_config(cfg: Config, *, max_steps: int | None = None, epochs: float | None = None) -> Config:
@@ -154,18 +179,22 @@ def pick_warmup_epochs(tried: list[dict], alpha: float) -> float:
     return max(ok, key=lambda t: (round(t["delta"], 6), -t["epochs"]))["epochs"] if ok else 0
 
 
-def pretrain_reranker(cfg: Config, data, out: Path, prior: Prior, *, resume: bool = True) -> dict:
-    """Pre-train ``g`` over ``prior`` on inverse-cloze lists under ``out`` and check it; returns the re-ranker
-    round 1 starts from (the pre-trained one if the check accepts it, else ``model.reranker``) and the evidence."""
-    ict = inverse_cloze_data(cfg, data)
+def pretrain_reranker(cfg: Config, data, out: Path, prior: Prior, *, resume: bool = True,
+                      source: RetrievalData | None = None) -> dict:
+    """Pre-train ``g`` over ``prior`` under ``out`` -- on ``source``'s judged train lists (another collection:
+    :func:`labelled_source_data`), else on inverse-cloze lists of this corpus -- and check it on this collection;
+    returns the re-ranker round 1 starts from (the pre-trained one if the check accepts it, else
+    ``model.reranker``) and the evidence."""
+    kind = "labelled" if source is not None else "inverse-cloze"
+    src = source if source is not None else inverse_cloze_data(cfg, data)
     lists_path = out / "candidates.jsonl"
     if not (resume and lists_path.exists()):
-        mine(cfg, output=lists_path, data=ict, retriever=resolve_model_path(cfg.model.retriever))
-    lists = attach_prior(ict, read_candidates(lists_path, corpus=ict.corpus, queries=ict.queries), prior)
+        mine(cfg, output=lists_path, data=src, retriever=resolve_model_path(cfg.model.retriever))
+    lists = attach_prior(src, read_candidates(lists_path, corpus=src.corpus, queries=src.queries), prior)
     pcfg = pretrain_config(cfg, len(lists))
-    logger.info("re-ranker pre-training: %d inverse-cloze lists, %d steps of the cross-encoder over its prior %s",
-                len(lists), pcfg.train.max_steps, prior.weights)
-    result = train(pcfg, lists, data=ict, output_dir=out, resume=resume)
+    logger.info("re-ranker pre-training: %d %s lists (%s), %d steps of the cross-encoder over its prior %s",
+                len(lists), kind, src.path, pcfg.train.max_steps, prior.weights)
+    result = train(pcfg, lists, data=src, output_dir=out, resume=resume)
     prior.save(result.reranker_dir)
     check = check_pretrained(cfg, data, prior, str(result.reranker_dir))
     accepted = check["delta"] > 0 and check["p_value"] < cfg.pipeline.prior_alpha
@@ -174,5 +203,6 @@ def pretrain_reranker(cfg: Config, data, out: Path, prior: Prior, *, resume: boo
                 check["reranker_ndcg@10"], check["prior_ndcg@10"], check["queries"], check["p_value"],
                 check["g_std"], check["prior_std"])
     return {"reranker": str(result.reranker_dir) if accepted else resolve_model_path(cfg.model.reranker),
-            "accepted": accepted, "queries": len(ict.queries), "lists": len(lists), "steps": result.steps,
+            "accepted": accepted, "source": kind if source is None else str(source.path),
+            "queries": len(src.queries), "lists": len(lists), "steps": result.steps,
             "check": check, "pretrained": str(result.reranker_dir)}

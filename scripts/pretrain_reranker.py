@@ -4,6 +4,8 @@ label-free queries made from the corpus, and its check on held-out queries (dev 
 
     python scripts/pretrain_reranker.py --config configs/scifact.yaml --prior RUN/prior --output OUT \
         --set pipeline.reranker_pretrain=1200 [--set pipeline.reranker_pretrain_cut=title]
+    python scripts/pretrain_reranker.py --config configs/demo.yaml --prior RUN/prior --output OUT \
+        --set pipeline.reranker_pretrain_data=data/scifact      # another collection's judged train lists
 
 ``--prior``: a finished pipeline's ``prior/`` folder (``rocketkd_prior.json``). Prints the check (prior + g against
 the prior alone: nDCG@10, the paired randomization p-value, g's and the prior's per-list spread) and writes it with
@@ -27,7 +29,7 @@ from pathlib import Path
 from rocketkd.candidates.title_queries import apply_data_config
 from rocketkd.config import load_config
 from rocketkd.data.formats import load_retrieval_data
-from rocketkd.pretrain import check_pretrained, pretrain_reranker
+from rocketkd.pretrain import check_pretrained, labelled_source_data, pretrain_reranker
 from rocketkd.search.cache import embedding_cache
 from rocketkd.teachers.prior import Prior
 
@@ -47,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--prior {args.prior}: no rocketkd_prior.json there")
     if args.check is not None and not Path(args.check, "config.json").is_file():
         ap.exit(2, f"pretrain_reranker: --check {args.check}: no config.json there (not a model folder)\n")
-    if args.check is None and not cfg.pipeline.reranker_pretrain:
-        ap.error("set pipeline.reranker_pretrain to the number of queries (e.g. --set pipeline.reranker_pretrain=1000)")
+    if args.check is None and not (cfg.pipeline.reranker_pretrain or cfg.pipeline.reranker_pretrain_data):
+        ap.error("set pipeline.reranker_pretrain to the number of queries (e.g. --set pipeline.reranker_pretrain=1000), "
+                 "or pipeline.reranker_pretrain_data to another judged collection (e.g. data/scifact)")
     out = Path(args.output)
     data = apply_data_config(cfg, load_retrieval_data(cfg.data.path, cache_dir=cfg.data.cache_dir))
     with embedding_cache(out / "embedding-cache"):
@@ -57,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             accepted = check["delta"] > 0 and check["p_value"] < cfg.pipeline.prior_alpha
             result = {"reranker": args.check, "accepted": accepted, "check": check}
         else:
-            result = pretrain_reranker(cfg, data, out, prior, resume=True)
+            source = (labelled_source_data(cfg, cfg.pipeline.reranker_pretrain_data)
+                      if cfg.pipeline.reranker_pretrain_data else None)
+            result = pretrain_reranker(cfg, data, out, prior, resume=True, source=source)
     c = result["check"]
     print(f"prior + g nDCG@10 {c['reranker_ndcg@10']:.4f} vs prior {c['prior_ndcg@10']:.4f} ({c['delta']:+.4f}, "
           f"p={c['p_value']:.3f}, {c['queries']} held-out queries; g spread {c['g_std']:.3f}, prior "

@@ -2,6 +2,7 @@
 check against the prior on held-out queries, and the pipeline stage that keeps it only on that evidence."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -276,3 +277,61 @@ def test_the_choose_warmup_script_prints_and_writes_the_choice(tiny_bert, tiny_d
         assert 0 < got[name]["p_positive"] < 1 and 0 <= got[name]["test_ndcg@10"] <= 1
         assert (tmp_path / "x" / name / "runs" / "retriever.test.trec").exists()
         assert json.loads((tmp_path / "x" / name / "train" / "train_state.json").read_text())["step"] == 2
+
+
+def _other_collection(tiny_data: Path, tmp_path: Path) -> Path:
+    """Another judged collection: the tiny one's copy with its own passage and query ids, a zero grade added."""
+    other = tmp_path / "other-data"
+    shutil.copytree(tiny_data, other)
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        rows = [json.loads(line) for line in (other / name).read_text().splitlines()]
+        (other / name).write_text("".join(json.dumps({**r, "_id": "o" + r["_id"]}) + "\n" for r in rows))
+    for split in ("train", "dev", "test"):
+        lines = (other / "qrels" / f"{split}.tsv").read_text().splitlines()
+        rows = [line.split("\t") for line in lines[1:]]
+        (other / "qrels" / f"{split}.tsv").write_text(
+            lines[0] + "\n" + "".join(f"o{q}\to{d}\t{g}\n" for q, d, g in rows) + ("oq0\tod5\t0\n" if split == "train"
+                                                                                   else ""))
+    return other
+
+
+def test_another_collections_labels_are_its_judged_train_positives(tiny_bert, tiny_data, tmp_path):
+    other = _other_collection(tiny_data, tmp_path)
+    cfg = _cfg(tiny_bert, tiny_data, tmp_path / "run", "data.min_positive_grade=2")
+    src = pretrain_mod.labelled_source_data(cfg, other)
+    theirs = load_retrieval_data(other).qrels["train"]
+    # every judged positive of any grade >= 1 there (grades 1 and 2 alike), at this config's lowest positive grade
+    assert list(src.qrels) == ["train"] and set(src.queries) == set(theirs)
+    assert src.qrels["train"] == {q: {d: 2 for d, g in docs.items() if g >= 1} for q, docs in theirs.items()}
+    assert "od5" not in src.qrels["train"]["oq0"]  # grade 0: judged, not relevant
+    assert not src.unlabeled_queries and len(src.corpus) == len(load_retrieval_data(other).corpus)
+    with pytest.raises(ConfigError, match="reranker_pretrain_data.*no qrels split 'nope'"):
+        pretrain_mod.labelled_source_data(_cfg(tiny_bert, tiny_data, tmp_path, "data.train_split=nope"), other)
+    with pytest.raises(ConfigError, match="reranker_pretrain_data.*model.reranker_prior"):
+        _cfg(tiny_bert, tiny_data, tmp_path, f"pipeline.reranker_pretrain_data={other}", "model.reranker_prior=false")
+
+
+def test_the_pipeline_pretrains_g_on_another_collections_labels_and_checks_it_here(tiny_bert, tiny_data, tmp_path,
+                                                                                  capsys):
+    from rocketkd.errors import DataFormatError
+
+    other = _other_collection(tiny_data, tmp_path)
+    out = tmp_path / "run"
+    cfg = _cfg(tiny_bert, tiny_data, out, "pipeline.reranker_pretrain=0", f"pipeline.reranker_pretrain_data={other}")
+    results = run_pipeline(cfg)
+    stages = json.loads((out / "stages.json").read_text())
+    assert list(stages)[:4] == ["baselines", "mine-1", "prior", "pretrain"]
+    pre = stages["pretrain"]
+    positives = sum(1 for docs in load_retrieval_data(other).qrels["train"].values() for g in docs.values() if g >= 1)
+    # one list per judged positive of the other collection, its own passages only; the check ran on this one's
+    assert pre["source"] == str(other) and pre["lists"] == positives and pre["steps"] == 2
+    rows = [json.loads(line) for line in (out / "pretrain" / "candidates.jsonl").read_text().splitlines()]
+    assert rows and all(r["qid"].startswith("oq") and all(p.startswith("od") for p in r["pids"]) for r in rows)
+    data = load_retrieval_data(tiny_data)
+    assert pre["check"]["queries"] == len(data.qrels["dev"]) + len(data.qrels["train"])
+    assert results["reranker_pretrain"]["source"] == str(other)
+    # a folder that is not a collection fails before any work (no output folder is made)
+    bad = _cfg(tiny_bert, tiny_data, tmp_path / "bad", f"pipeline.reranker_pretrain_data={tmp_path / 'nowhere'}")
+    with pytest.raises(DataFormatError, match="nowhere"):
+        run_pipeline(bad)
+    assert not (tmp_path / "bad" / "stages.json").exists()
