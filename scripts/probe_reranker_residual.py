@@ -9,7 +9,8 @@ CPU, grad-norm clip 1) beside the library's, so the two can cross-check each oth
 keys: ``kind`` = ict (a sentence cut out of each passage is the query; every passage loses one sentence), title
 (the title is the query; passages lose their titles) or labels (the judged train queries of fold A -- a hash of the
 query id, even; ``fold=1``: odd -- on the original corpus; N_QUERIES is ignored); ``lr_body``, ``lr_head``,
-``batch``.
+``batch``; ``kind=graded``: as labels, but each list also holds up to 3 more judged passages of the query and
+the target is their grades, normalised (ListNet over gains); ``init``: the cross-encoder to start from (a folder).
 Lists: the positive and G-1 negatives sampled from the base encoder's top ``mining.depth``. The prior's
 log-probabilities are added to g (listwise CE, positive at column 0). Held-out check: the dev + judged train queries
 (fold B only with kind=labels), the base encoder's top ``eval.rerank_depth`` re-ranked by ``prior + g`` against the
@@ -100,7 +101,7 @@ pseudo = pseudo[:n_queries]
 ict_corpus = Corpus.from_records(records, source="ict")
 ict_queries = {"ict:" + pid: s for _, pid, s in pseudo}
 FOLD_A = set()
-if KIND == "labels":  # judged train queries of fold A (hash of the id), the original corpus
+if KIND in ("labels", "graded"):  # judged train queries of fold A (hash of the id), the original corpus
     tr = data.qrels[cfg.data.train_split]
     FOLD_A = {q for q in tr if q not in data.qrels[cfg.data.dev_split]
               and int(hashlib.sha1(q.encode()).hexdigest(), 16) % 2 == int(opts.get("fold", 0))}
@@ -117,14 +118,19 @@ base = load_retriever(cfg, cfg.model.retriever)
 idx = DenseIndex.build(base, ict_corpus, batch_size=cfg.index.batch_size, autocast=cfg.index.autocast, show_progress=False)
 run = search_run(idx, ict_queries, cfg.mining.depth + 1)
 rng = random.Random(0)
-lists = []
-heads = label_pairs if KIND == "labels" else [(q, q[4:]) for q in run]
+lists, targets = [], []
+heads = label_pairs if KIND in ("labels", "graded") else [(q, q[4:]) for q in run]
 for qid, pos in heads:
     scores = run[qid]
-    judged = set(data.qrels[cfg.data.train_split].get(qid, {})) if KIND == "labels" else {pos}
-    ranked = [p for p, _ in sorted(scores.items(), key=lambda kv: -kv[1]) if p not in judged][: cfg.mining.depth]
-    negs = rng.sample(ranked, G - 1)
-    lists.append(CandidateList(qid, [pos] + negs))
+    grades = data.qrels[cfg.data.train_split].get(qid, {}) if KIND in ("labels", "graded") else {pos: 1}
+    ranked = [p for p, _ in sorted(scores.items(), key=lambda kv: -kv[1]) if p not in grades][: cfg.mining.depth]
+    others = []
+    if KIND == "graded":  # up to 3 more judged passages of any grade: the list also says which judged one is better
+        others = rng.sample(sorted(p for p in grades if p != pos), min(3, len(grades) - 1))
+    negs = rng.sample(ranked, G - 1 - len(others))
+    lists.append(CandidateList(qid, [pos] + others + negs))
+    gain = np.array([grades[pos]] + [grades[p] for p in others] + [0] * len(negs), dtype=np.float32)
+    targets.append(gain / gain.sum())
 pos_rank = [0]
 say("base rank of the ICT positive: mean", np.mean(pos_rank), "top1", np.mean([r == 0 for r in pos_rank]))
 ict_scorer = PriorScorer(prior, prior_members(prior, ict_corpus, shared={"base": RetrieverScorer(base)}))
@@ -173,7 +179,7 @@ def evaluate(reranker, tag):
 
 
 # ---- train prior + g on the ICT lists (listwise CE, positive at column 0)
-reranker = load_reranker(cfg, cfg.model.reranker, trainable=True)
+reranker = load_reranker(cfg, opts.get("init", cfg.model.reranker), trainable=True)
 reranker.train()
 body_ids = {id(p) for p in reranker.model.base_model.parameters()}
 groups_opt = [{"params": [p for p in reranker.parameters() if id(p) in body_ids], "lr": lr_body},
@@ -203,7 +209,8 @@ while step < total:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             g = reranker.score_groups(inputs, G)
         pr = torch.tensor(np.stack([prior_lp[r] for r in rows]), dtype=torch.float32)
-        loss = torch.nn.functional.cross_entropy(pr + g.float(), torch.zeros(len(rows), dtype=torch.long))
+        tgt = torch.tensor(np.stack([targets[r] for r in rows]))  # one-hot at column 0 unless kind=graded
+        loss = -(tgt * torch.log_softmax(pr + g.float(), dim=-1)).sum(-1).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(reranker.parameters(), 1.0)
         opt.step()
