@@ -15,6 +15,7 @@ of output, marked and locked for the run; anything else is refused with one line
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -97,11 +98,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                 record_config(cfg.output_dir, cfg)
         written = Path(cfg.output_dir) / "config.yaml"
         before = written.stat().st_mtime_ns if written.exists() else None
+        given = copy.deepcopy(cfg)  # run_train sizes `auto` lengths from the data in cfg; --resume compares the given
         try:
             result = run_train(cfg, output_dir=cfg.output_dir, resume=args.resume)
         finally:  # once training has begun (it wrote config.yaml), keep the config it was given for --resume
             if _launched_main() and written.exists() and written.stat().st_mtime_ns != before:
-                record_config(cfg.output_dir, cfg)
+                record_config(cfg.output_dir, given)
     print(f"retriever: {result.retriever_dir}")
     if result.reranker_dir:
         print(f"reranker:  {result.reranker_dir}")

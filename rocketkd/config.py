@@ -54,9 +54,12 @@ class ModelConfig:
     pooling: str | None = _f(None, "mean or cls; empty = what the model folder says, else mean")
     similarity: str | None = _f(None, "dot or cosine; empty = what the model folder says (MiniLM: cosine)")
     score_scale: float = _f(20.0, "retriever scores are multiplied by this before any softmax (cosine needs ~20; dot: 1)")
-    query_max_length: int = _f(64, "maximum query tokens")
-    passage_max_length: int = _f(256, "maximum passage tokens")
-    reranker_max_length: int = _f(320, "maximum tokens of a (query, passage) pair")
+    query_max_length: int | typing.Literal["auto"] = _f(64, "maximum query tokens, or auto: the 99th percentile of the train + dev "
+                                     "queries' tokens, up to the model's own (rocketkd.models.lengths)")
+    passage_max_length: int | typing.Literal["auto"] = _f(256, "maximum passage tokens, or auto: the 95th percentile of the corpus's "
+                                       "tokens, up to the model folder's max_seq_length")
+    reranker_max_length: int | typing.Literal["auto"] = _f(320, "maximum tokens of a (query, passage) pair, or auto: query + passage "
+                                        "lengths, up to the re-ranker's position limit")
     reranker_prior: bool = _f(
         False,
         "the re-ranker scores a list as prior + cross-encoder: the prior is the lists' stored teacher scores (the "
@@ -287,6 +290,12 @@ class Config:
             yaml.safe_dump(self.to_dict(), f, sort_keys=False)
 
 
+def _describe(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Literal:
+        return " or ".join(repr(a) for a in typing.get_args(annotation))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(annotation, str(annotation))
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check ``value`` against a field's type, converting the strings of ``--set`` where unambiguous."""
     origin = typing.get_origin(annotation)
@@ -303,7 +312,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"config key {key!r}: {value!r} is not a valid {annotation}")
+        wanted = " or ".join(_describe(arg) for arg in args if arg is not type(None))
+        raise ConfigError(f"config key {key!r}: expected {wanted}, got {value!r}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"config key {key!r}: expected {_describe(annotation)}, got {value!r}")
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -440,6 +454,10 @@ def validate_config(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), key)
         if value not in choices:
             raise ConfigError(f"config key {dotted!r}: {value!r} is not one of {', '.join(str(c) for c in choices)}")
+    for key in ("query_max_length", "passage_max_length", "reranker_max_length"):
+        value = getattr(cfg.model, key)
+        if value != "auto" and value < 4:  # [CLS] x [SEP] at the least
+            raise ConfigError(f"config key 'model.{key}': a number of tokens (at least 4) or auto, got {value!r}")
     if cfg.train.mode == "static" and cfg.train.teacher == "online":
         raise ConfigError("config key 'train.teacher': static mode needs a frozen 'reranker' or 'stored' scores, not 'online'")
     if not isinstance(cfg.eval.run_tag, str) or cfg.eval.run_tag.split() != [cfg.eval.run_tag]:  # one word

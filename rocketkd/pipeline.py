@@ -416,8 +416,8 @@ def _run_stages(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     previous = previous_config(out)  # the config of the run this one continues: judges its unstamped stages
-    cfg.dump(out / "config.yaml")
     data = apply_data_config(cfg, load_retrieval_data(cfg.data.path, cache_dir=cfg.data.cache_dir))
+    cfg.dump(out / "config.yaml")  # after the data: lengths left to it (auto) are written as the ints they became
     check_disjoint_splits(cfg, data.qrels)  # nothing selected on dev may be a test (or train) query
     # another collection's labels for the re-ranker's pre-training: read now, so a bad folder fails before any work
     source = (labelled_source_data(cfg, cfg.pipeline.reranker_pretrain_data)

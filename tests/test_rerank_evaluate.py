@@ -15,11 +15,11 @@ from rocketkd.evaluation.metrics import evaluate_run, rank_scores
 from rocketkd.models import CrossEncoderRanker, DualEncoder
 from rocketkd.search.bm25 import BM25Retriever
 from rocketkd.search.fusion import (
-    fitted_or_default,
     DEFAULT_FUSION_GRID,
     candidates_from_run,
     choose_fusion_weight,
     choose_fusion_weights,
+    fitted_or_default,
     fuse_many,
     fuse_runs,
     fuse_stages,

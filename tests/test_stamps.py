@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import yaml
+
 import rocketkd.candidates.lists as lists_mod
 import rocketkd.commands as commands
 import rocketkd.teachers.targets as targets_mod
@@ -294,3 +296,15 @@ def test_training_only_keys_are_train_keys_read_only_by_the_training_step():
     assert readers == {}
     # and the check can fail: a key the teachers' check does read is found
     assert re.search(r"\.temperature\b", sources["pipeline.py:_stage_prior_teachers"])
+
+
+def test_train_resume_with_auto_lengths_compares_the_given_config(capsys, tiny_bert, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--config", TINY_CONFIG, "--set", f"data.path={tiny_data}", "--set", f"model.retriever={tiny_bert}",
+            "--set", f"model.reranker={tiny_bert}", "--set", "train.eval_dev=false", "--set", "train.max_steps=2",
+            "--set", "model.passage_max_length=auto", "--output", out]
+    assert cli(capsys, *args)[0] == 0
+    assert yaml.safe_load((out / "config.given.yaml").read_text())["model"]["passage_max_length"] == "auto"
+    trained = yaml.safe_load((out / "config.yaml").read_text())["model"]["passage_max_length"]
+    assert isinstance(trained, int) and trained >= 32  # what it trained with: the length the tiny corpus needs
+    assert cli(capsys, *args, "--resume")[0] == 0  # auto again: the same given config, no "keys changed"

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from rocketkd.errors import ConfigError
+from rocketkd.models.lengths import size_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,9 @@ def add_title_queries(data: Any, split: str, limit: int, grade: int, held_out: I
 
 
 def apply_data_config(cfg: Any, data: Any) -> Any:
-    """What ``cfg.data`` asks of a loaded collection beyond its files (now: ``data.title_queries``); returns it."""
+    """What the config asks of a loaded collection beyond its files: ``data.title_queries``, and the model lengths
+    left to the data (``model.*_max_length: auto``, :func:`rocketkd.models.lengths.size_lengths`); returns it."""
+    size_lengths(cfg, data)  # before the title queries join: they are not the collection's queries
     d = cfg.data
     add_title_queries(data, d.train_split, d.title_queries, max(1, d.min_positive_grade),
                       held_out=(d.dev_split, d.test_split))

@@ -49,7 +49,12 @@ def retriever_settings(cfg: Config) -> dict:
     without the config (a re-ranker's prior, :func:`load_retriever_with`)."""
     m = cfg.model
     return {"shared": m.shared_towers, "pooling": m.pooling, "similarity": m.similarity,
-            "query_max_length": m.query_max_length, "passage_max_length": m.passage_max_length}
+            "query_max_length": _length(m.query_max_length), "passage_max_length": _length(m.passage_max_length)}
+
+
+def _length(value: int | str) -> int | None:
+    """A length from ``cfg.model``; ``auto`` not yet sized from data (no collection at hand) = the folder's own."""
+    return None if value == "auto" else value
 
 
 def load_retriever_with(path: str | None, settings: dict) -> DualEncoder:
@@ -62,7 +67,7 @@ def load_reranker(cfg: Config, path: str | None, *, trainable: bool = True) -> C
     process's device."""
     reranker = CrossEncoderRanker.from_pretrained(
         resolve_model_path(path),
-        max_length=cfg.model.reranker_max_length,
+        max_length=_length(cfg.model.reranker_max_length),
         gradient_checkpointing=trainable and cfg.train.gradient_checkpointing,
         warn_new_head=not cfg.model.reranker_prior,  # with a prior a new head is expected: it starts at zero
     )
