@@ -369,9 +369,7 @@ def test_load_retriever_takes_cfg_model_keys_else_the_folders(tiny_bert, tmp_pat
 def test_load_retriever_with_the_demo_config_is_the_packaged_model_as_is():
     """The pipeline's baselines built the base encoder with the two lengths only; load_retriever gives the same
     model for configs/demo.yaml (its model.pooling/similarity are empty: the folder's)."""
-    # the demo's lengths are auto: the pipeline sizes them from Cranfield (48 / 256) before any model is built
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml",
-                      ["model.query_max_length=48", "model.passage_max_length=256"])
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml", [])
     before = DualEncoder.from_pretrained(
         resolve_model_path(cfg.model.retriever), query_max_length=cfg.model.query_max_length,
         passage_max_length=cfg.model.passage_max_length,
