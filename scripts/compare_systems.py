@@ -9,7 +9,7 @@ named teacher: the retriever distilled from that teacher alone, kept even where 
 (pipeline.teacher_members=[NAME], pipeline.zero_bad_teachers=false) -- what each teacher does to the student. For one seed the recipes share the stages before
 they differ -- the first-round candidates, the warm-up and the first re-mining -- and every seed shares the
 baselines: they are run once and copied, and the pipeline resumes from there. Rerunning the command resumes where
-it stopped. After each recipe, --output gets table.md (mean ± std over the seeds so far) and raw.json.
+it stopped; a recipe added later (--modes static after a finished joint) starts from that seed's finished recipe. After each recipe, --output gets table.md (mean ± std over the seeds so far) and raw.json.
 
 Paired tests of finished runs, nothing trained: ``--paired-only`` (paired.md, the test split), ``--split dev``
 (paired.dev.md: the split to decide on), ``--against DIR`` (the same recipes run with other keys: each recipe
@@ -86,7 +86,7 @@ def main() -> None:
     teachers: dict[str, list] = {}
     seed_free: Path | None = None
     for seed in args.seeds:
-        first: Path | None = None
+        first = _finished_sibling(args.output / f"seed{seed}")
         recipes = [(m, LABELS[m], [f"pipeline.round_mode={m}"]) for m in args.modes]
         recipes += [(f"only-{t}", f"distilled from {t} alone (kept without the dev check)",
                      ["pipeline.round_mode=auto", f"pipeline.teacher_members={t}", "pipeline.zero_bad_teachers=false"])
@@ -239,6 +239,16 @@ def _write(args, rows: dict[str, list[dict]], teachers: dict) -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "table.md").write_text(_table(rows, args) + "\n")
     (args.output / "raw.json").write_text(json.dumps({"systems": rows, "teachers": teachers}, indent=2))
+
+
+def _finished_sibling(seed_dir: Path) -> Path | None:
+    """A recipe of this seed finished by an earlier invocation (e.g. joint, before --modes static): the recipes run
+    now start from its shared stages instead of redoing them."""
+    for mode in MODES:
+        stages = seed_dir / mode / "stages.json"
+        if stages.exists() and all(s in json.loads(stages.read_text()) for s in SHARED):
+            return seed_dir / mode
+    return None
 
 
 def _copy_shared(src: Path, dst: Path, shared: tuple[str, ...]) -> None:

@@ -100,6 +100,17 @@ def test_compare_systems_shares_stages_and_adds_single_teacher_recipes(tiny_bert
                        load_qrels(tiny_data / "qrels" / "dev.tsv"), ["nDCG@10"]).mean["nDCG@10"]
     assert abs(float(dev["contrastive vs contrastive [other]"][1]) - own) < 1e-4
 
+    # a later invocation with another recipe starts from the seed's recipe finished earlier, not from scratch
+    later = [a for a in argv if a not in ("--teachers", "bm25")]
+    later[later.index("contrastive")] = "static"
+    record = out / "seed1" / "contrastive" / "stages.json"  # a time no rerun would give marks the copied record
+    record.write_text(json.dumps({**first, "warmup": {**first["warmup"], "seconds": 12345.0}}))
+    monkeypatch.setattr(sys, "argv", later)
+    runpy.run_path(str(ROOT / "scripts" / "compare_systems.py"), run_name="__main__")
+    static = json.loads((out / "seed1" / "static" / "stages.json").read_text())
+    assert static["warmup"]["seconds"] == 12345.0
+    assert static["warmup"]["retriever"].startswith(str(out / "seed1" / "static"))
+
 
 def test_compare_systems_paired_only_refuses_a_missing_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["compare_systems.py", "--output", str(tmp_path / "nope"), "--paired-only"])
