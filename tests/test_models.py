@@ -527,3 +527,41 @@ def test_without_the_demo_extra_the_default_model_says_what_to_do(monkeypatch):
         resolve_model_path(DEFAULT_MODEL)
     with pytest.raises(ModelLoadError, match="not installed"):
         resolve_model_path(None)
+
+
+def test_train_attention_dropout_changes_training_forwards_not_the_saved_folder(tiny_bert, tmp_path):
+    """train.attention_dropout=0 makes a training forward deterministic where attention dropout was its only noise
+    (the fused-attention speed-up of docs/speed.md), on the retriever and the re-ranker; the folder keeps its own."""
+    config = json.loads((tiny_bert / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.5)
+    (tiny_bert / "config.json").write_text(json.dumps(config))
+    cfg = Config()
+    cfg.model.reranker_max_length = 24
+
+    def twice(cfg):
+        retriever = load_retriever(cfg, str(tiny_bert), for_training=True).train()
+        inputs = retriever.tokenize_passages(TEXTS)
+        torch.manual_seed(0)
+        first = retriever.encode_passages(inputs)
+        second = retriever.encode_passages(inputs)
+        reranker = load_reranker(cfg, str(tiny_bert)).train()
+        pairs = reranker.tokenize_pairs([q for q, _ in PAIRS], [p for _, p in PAIRS])
+        return (first, second), (reranker(pairs), reranker(pairs)), retriever
+
+    (a, b), (c, d), _ = twice(cfg)  # the model's own 0.5: two forwards differ
+    assert not torch.allclose(a, b) and not torch.allclose(c, d)
+    cfg.train.attention_dropout = 0.0
+    (a, b), (c, d), retriever = twice(cfg)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(c, d)
+    layers = [m for m in retriever.modules() if isinstance(m, torch.nn.Dropout)]
+    assert sorted({m.p for m in layers}) == [0.0]  # hidden dropout was 0 in this folder, attention now 0
+    saved = retriever.save(tmp_path / "r")
+    assert json.loads((saved / "config.json").read_text())["attention_probs_dropout_prob"] == 0.5
+
+
+def test_train_attention_dropout_out_of_range_is_refused(tmp_path):
+    from rocketkd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'train.attention_dropout': must be in \[0, 1\).*got 1.5"):
+        load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", ["train.attention_dropout=1.5"])

@@ -36,6 +36,7 @@ def load_retriever(cfg: Config, path: str | None, *, for_training: bool = False)
     )
     if not for_training:
         return retriever.to(local_device())
+    set_attention_dropout(retriever, cfg.train.attention_dropout)
     # The backbone's pooler (BERT's tanh layer over [CLS]) feeds no retriever score: freeze it so DDP does not wait
     # for gradients that never come and the optimizer does not decay weights nobody uses.
     for name, param in retriever.named_parameters():
@@ -77,12 +78,34 @@ def load_reranker(cfg: Config, path: str | None, *, trainable: bool = True) -> C
                     "prior and g learns from the labels", path or "the packaged MiniLM")
     if not trainable:
         return reranker.eval().requires_grad_(False).to(local_device())
+    set_attention_dropout(reranker, cfg.train.attention_dropout)
     # A listwise softmax is shift-invariant, so the one-logit head's bias gets an exactly-zero gradient; Adam would
     # turn its float noise into +-lr steps that differ between runs. Keep it fixed.
     for name, param in reranker.named_parameters():
         if name.endswith("bias") and tuple(param.shape) == (1,):
             param.requires_grad_(False)
     return reranker
+
+
+def set_attention_dropout(model: nn.Module, p: float | None) -> int:
+    """Set the dropout on the attention probabilities of every self-attention layer to ``p`` (None: leave the
+    model's own); returns how many layers changed.
+
+    Why: with dropout on the attention probabilities PyTorch's CPU attention falls back to the unfused path, which
+    materialises (and drops out of) every (pairs x heads x L x L) matrix; without it the fused kernel runs, several
+    times faster at a few hundred tokens and in a fraction of the memory. Only the modules change, not the model's
+    config, so a saved folder keeps its own setting for whoever fine-tunes it next.
+    """
+    if p is None:
+        return 0
+    layers = [m.dropout for m in model.modules()
+              if "Attention" in type(m).__name__ and isinstance(getattr(m, "dropout", None), nn.Dropout)]
+    if not layers:
+        logger.warning("train.attention_dropout=%s: no self-attention dropout found in %s; left as it is",
+                       p, type(model).__name__)
+    for layer in layers:
+        layer.p = float(p)
+    return len(layers)
 
 
 def zero_output_layer(reranker: CrossEncoderRanker) -> None:
