@@ -24,6 +24,8 @@ chunked peak at the shortest L (1 = flat). ``--quick`` runs a small version (L =
 
     python scripts/bench_memory.py            # L = 8, 32, 128; a few minutes on a 2-core CPU
     python scripts/bench_memory.py --quick
+    python scripts/bench_memory.py --lengths 8 --batch 8 --query-len 48 --passage-len 256 --pair-len 304 \
+        --mixed-precision bf16 --attention-dropout 0     # each configuration also with train.attention_dropout=0
     python scripts/bench_memory.py --device cuda --mixed-precision bf16 --batch 8 --lengths 32 128
 """
 
@@ -71,6 +73,7 @@ def child(args) -> dict:
 
     from rocketkd.config import load_config
     from rocketkd.models import CrossEncoderRanker, DualEncoder, resolve_model_path
+    from rocketkd.models.loading import set_attention_dropout
     from rocketkd.training import JointBatch, JointModel, chunked_backward, step_loss
 
     torch.set_num_threads(args.threads)
@@ -81,6 +84,7 @@ def child(args) -> dict:
     retriever = DualEncoder.from_pretrained(path, query_max_length=args.query_len, passage_max_length=args.passage_len)
     reranker = CrossEncoderRanker.from_pretrained(path, max_length=args.pair_len)
     model = JointModel(retriever, reranker, score_scale=cfg.model.score_scale).train()
+    set_attention_dropout(model, args.attn_drop)  # None: the model's own (as train.attention_dropout empty)
     for name, param in model.named_parameters():
         if ".pooler." in f".{name}" or (name.endswith("bias") and tuple(param.shape) == (1,)):
             param.requires_grad_(False)  # as train() does
@@ -139,6 +143,7 @@ def child(args) -> dict:
     return {
         "L": args.length,
         "chunk_size": args.chunk or None,
+        "attention_dropout": args.attn_drop,
         "peak_mb": round(peak_mb, 1),
         "step_s": round(sorted(walls)[len(walls) // 2], 4),
         "step_cpu_s": round(sorted(cpus)[len(cpus) // 2], 3),
@@ -173,6 +178,10 @@ def main(argv=None) -> None:
     ap.add_argument("--query-len", type=int, default=16, help="query max length (default 16)")
     ap.add_argument("--passage-len", type=int, default=32, help="passage max length (default 32)")
     ap.add_argument("--pair-len", type=int, default=48, help="(query, passage) pair max length (default 48)")
+    ap.add_argument("--attention-dropout", type=float, default=None, metavar="P",
+                    help="also measure every configuration with train.attention_dropout=P (peer: the model's own "
+                         "dropout, measured in the same run); adds attention_dropout_ratios")
+    ap.add_argument("--attn-drop", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--length", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
@@ -189,31 +198,36 @@ def main(argv=None) -> None:
     print(f"device: {device.type} (--device {args.device}), precision {args.mixed_precision}", flush=True)
     cuda = device.type == "cuda"
     rows = []
-    for length in lengths:
-        for chunk in (0, args.chunk_size):
-            cmd = [sys.executable, __file__, "--child", "--length", str(length), "--chunk", str(chunk),
-                   "--batch", str(args.batch), "--steps", str(steps), "--threads", str(args.threads), "--query-len", str(args.query_len),
-                   "--passage-len", str(args.passage_len), "--pair-len", str(args.pair_len),
-                   "--device", device.type, "--mixed-precision", args.mixed_precision]
-            if args.model:  # the children run in the repository root: pass folders as absolute paths
-                cmd += ["--model", str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model)]
-            if args.data:
-                cmd += ["--data", str(Path(args.data).resolve())]
-            out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.stderr.write(out.stderr[-5000:])
-                if cuda and "out of memory" in out.stderr.lower():  # report it, measure the other configurations
-                    rows.append({"L": length, "chunk_size": chunk or None, "error": "out of memory", "device": "cuda"})
-                    print(f"L={length:4d} {'chunked' if chunk else 'plain':7s} out of GPU memory", flush=True)
-                    continue
-                raise SystemExit(f"child failed: {' '.join(cmd)}")
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append(row)
-            print(f"L={row['L']:4d} {'chunked' if chunk else 'plain':7s} peak {row['peak_mb']:8.1f} MB  "
-                  f"step {row['step_cpu_s']:7.3f} s CPU {row['step_s']:7.3f} s wall  loss {row['loss_first_step']:.5f}", flush=True)
+    drops = [None] + ([args.attention_dropout] if args.attention_dropout is not None else [])
+    for length, chunk, drop in ((n, c, d) for n in lengths for c in (0, args.chunk_size) for d in drops):
+        cmd = [sys.executable, __file__, "--child", "--length", str(length), "--chunk", str(chunk),
+               "--batch", str(args.batch), "--steps", str(steps), "--threads", str(args.threads), "--query-len", str(args.query_len),
+               "--passage-len", str(args.passage_len), "--pair-len", str(args.pair_len),
+               "--device", device.type, "--mixed-precision", args.mixed_precision]
+        if args.model:  # the children run in the repository root: pass folders as absolute paths
+            cmd += ["--model", str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model)]
+        if args.data:
+            cmd += ["--data", str(Path(args.data).resolve())]
+        if drop is not None:
+            cmd += ["--attn-drop", str(drop)]
+        out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.stderr.write(out.stderr[-5000:])
+            if cuda and "out of memory" in out.stderr.lower():  # report it, measure the other configurations
+                rows.append({"L": length, "chunk_size": chunk or None, "attention_dropout": drop,
+                             "error": "out of memory", "device": "cuda"})
+                print(f"L={length:4d} {'chunked' if chunk else 'plain':7s} out of GPU memory", flush=True)
+                continue
+            raise SystemExit(f"child failed: {' '.join(cmd)}")
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(f"L={row['L']:4d} {'chunked' if chunk else 'plain':7s} "
+              f"{'' if drop is None else f'attention dropout {drop} '}peak {row['peak_mb']:8.1f} MB  "
+              f"step {row['step_cpu_s']:7.3f} s CPU {row['step_s']:7.3f} s wall  loss {row['loss_first_step']:.5f}", flush=True)
 
-    def get(length, chunked, key):
-        return next((r.get(key) for r in rows if r["L"] == length and bool(r["chunk_size"]) == chunked), None)
+    def get(length, chunked, key, drop=None):
+        return next((r.get(key) for r in rows if r["L"] == length and bool(r["chunk_size"]) == chunked
+                     and r["attention_dropout"] == drop), None)
 
     def ratio(a, b):
         return None if a is None or b is None else round(a / max(b, 1e-9), 3)
@@ -245,6 +259,13 @@ def main(argv=None) -> None:
         "wall_time_ratio_chunked_over_plain": {str(n): ratio(get(n, True, "step_s"), get(n, False, "step_s"))
                                                for n in lengths},
     }
+    if args.attention_dropout is not None:  # P against the model's own, each path and length, from this run
+        p = args.attention_dropout
+        summary["attention_dropout_ratios"] = {
+            f"{n} {'chunked' if c else 'plain'}": {
+                "time": ratio(get(n, c, time_key, p), get(n, c, time_key)),
+                "peak_mb": ratio(get(n, c, "peak_mb", p), get(n, c, "peak_mb")),
+            } for n in lengths for c in (False, True)}
     print(json.dumps(summary))
 
 

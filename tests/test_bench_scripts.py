@@ -200,6 +200,24 @@ def test_bench_memory_device_auto_runs_children_on_cpu(tmp_path):
 
 
 @needs_no_cuda
+def test_bench_memory_attention_dropout_peer_measures_each_configuration_twice(tmp_path):
+    proc = _run_script(
+        "bench_memory.py",
+        ["--model", str(TINY_BERT), "--data", str(TINY_DATA), "--lengths", "4", "--chunk-size", "2", "--steps", "1",
+         "--attention-dropout", "0"],
+        tmp_path,
+    )
+    result = _last_json(proc)
+    rows = result["rows"]
+    assert [(r["L"], r["chunk_size"], r["attention_dropout"]) for r in rows] == [
+        (4, None, None), (4, None, 0.0), (4, 2, None), (4, 2, 0.0)]
+    ratios = result["attention_dropout_ratios"]
+    assert set(ratios) == {"4 plain", "4 chunked"}
+    assert ratios["4 plain"]["time"] == pytest.approx(rows[1]["step_cpu_s"] / rows[0]["step_cpu_s"], abs=2e-3)
+    assert "attention dropout 0.0 peak" in proc.stdout
+
+
+@needs_no_cuda
 def test_bench_device_cuda_is_refused_without_cuda(tmp_path):
     proc = _run_script("bench_memory.py", ["--device", "cuda", "--lengths", "4"], tmp_path, timeout=120)
     assert proc.returncode != 0
