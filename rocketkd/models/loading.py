@@ -98,8 +98,10 @@ def set_attention_dropout(model: nn.Module, p: float | None) -> int:
     """
     if p is None:
         return 0
-    layers = [m.dropout for m in model.modules()
-              if "Attention" in type(m).__name__ and isinstance(getattr(m, "dropout", None), nn.Dropout)]
+    # the Dropout children of the self-attention modules (BERT's BertSelfAttention holds only the one on the
+    # probabilities; its output dropout sits in BertSelfOutput)
+    layers = [child for m in model.modules() if "Attention" in type(m).__name__
+              for child in m.children() if isinstance(child, nn.Dropout)]
     if not layers:
         logger.warning("train.attention_dropout=%s: no self-attention dropout found in %s; left as it is",
                        p, type(model).__name__)
