@@ -118,3 +118,18 @@ def test_compare_systems_paired_only_refuses_a_missing_folder(tmp_path, monkeypa
         runpy.run_path(str(ROOT / "scripts" / "compare_systems.py"), run_name="__main__")
     assert exc.value.code == 2
     assert "nope: no such folder" in capsys.readouterr().err
+
+
+def test_exported_runs_can_be_committed():
+    """``--export docs/runs`` is meant to be committed: an unanchored ``runs/`` in .gitignore once hid it from git,
+    and the exported seeds were lost with the machine."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(["git", "check-ignore", "-q", "docs/runs/scifact_two_pass/seed1/joint/per_query.json"],
+                             cwd=root)
+    assert ignored.returncode == 1, "docs/runs/ is ignored by git"
+    # what the scripts write by default stays ignored
+    assert subprocess.run(["git", "check-ignore", "-q", "outputs/demo/results.json"], cwd=root).returncode == 0
