@@ -213,6 +213,13 @@ class PipelineConfig:
     round_steps: int | None = _f(None, "optimizer steps of each round's training (empty = train.max_steps)")
     round_epochs: float | None = _f(
         None, "each round's length in passes over its lists (overrides round_steps): sizes itself with the collection")
+    round_reranker_lr_scale: float = _f(
+        1.0,
+        "the re-ranker's rates (train.lr_reranker and lr_reranker_head) in each round, as a multiple; the warm-up "
+        "keeps them. Below 1 the online teacher learns its training lists more slowly: at 1 its listwise CE on them "
+        "falls to about 0.3 in a two-pass SciFact round, and targets that close to the labels teach the retriever "
+        "little beyond its own CE (docs/results.md, \"Attention dropout off on SciFact\")",
+    )
     warmup_retriever: bool = _f(
         True,
         "keep the warm-up's retriever (false: round 1 starts from model.retriever as given -- for a start that is "
@@ -501,6 +508,10 @@ def validate_config(cfg: Config) -> None:
         value = getattr(cfg.pipeline, key)
         if value is not None and not value > 0:
             raise ConfigError(f"config key 'pipeline.{key}': must be > 0 (or empty), got {value}")
+    scale = cfg.pipeline.round_reranker_lr_scale
+    if not (math.isfinite(scale) and scale > 0):  # 0 would freeze the online teacher: that is round_mode static
+        raise ConfigError(f"config key 'pipeline.round_reranker_lr_scale': must be a number > 0 (round_mode static "
+                          f"freezes the re-ranker), got {scale}")
     if cfg.data.title_queries < 0:
         raise ConfigError(f"config key 'data.title_queries': must be >= 0 (0 = off), got {cfg.data.title_queries}")
     if cfg.candidates.list_length < 2:

@@ -90,7 +90,7 @@ TRAINING_ONLY_KEYS = frozenset(f"train.{k}" for k in (
 BEFORE_TRAINING = ("prior", "teachers")  # stage kinds that ignore TRAINING_ONLY_KEYS
 # Pipeline keys that only size a round's training: the stages before it (prior, pre-training, warm-up, teachers'
 # check) do not read them, so a longer round reuses the half hour of warm-up before it.
-ROUND_ONLY_KEYS = frozenset({"pipeline.round_steps", "pipeline.round_epochs"})
+ROUND_ONLY_KEYS = frozenset({"pipeline.round_steps", "pipeline.round_epochs", "pipeline.round_reranker_lr_scale"})
 # The re-ranker's label-free pre-training trains the cross-encoder alone: the retriever's keys do not touch it.
 RETRIEVER_ONLY_KEYS = frozenset(f"train.{k}" for k in (
     "max_steps", "epochs", "lr_retriever", "distill_loss", "distill_weight", "retriever_ce_weight",
@@ -215,6 +215,15 @@ def _train_cfg(cfg: Config, **train_overrides) -> Config:
     for key, value in train_overrides.items():
         setattr(new.train, key, value)
     return new
+
+
+def _round_rates(cfg: Config) -> dict:
+    """The re-ranker's rates in a round: ``pipeline.round_reranker_lr_scale`` times the warm-up's."""
+    scale = cfg.pipeline.round_reranker_lr_scale
+    if scale == 1.0:
+        return {}
+    head = cfg.train.lr_reranker_head if cfg.train.lr_reranker_head is not None else cfg.train.lr_reranker
+    return {"lr_reranker": cfg.train.lr_reranker * scale, "lr_reranker_head": head * scale}
 
 
 def _length(epochs: float | None, steps: int) -> dict:
@@ -488,7 +497,7 @@ def _run_stages(cfg: Config) -> dict:
 
         def joint(t=t, r=r, retriever=retriever, reranker=reranker, prior=prior) -> dict:
             jcfg = _train_cfg(cfg, mode=t["mode"], online_teacher_weight=t["online_teacher_weight"],
-                              teacher=t.get("teacher", cfg.train.teacher),
+                              teacher=t.get("teacher", cfg.train.teacher), **_round_rates(cfg),
                               **_length(p.round_epochs, p.round_steps or cfg.train.max_steps))
             lists = read_candidates(t["lists"], corpus=data.corpus, queries=data.all_queries())
             res = train(jcfg, lists, data=data, output_dir=out / f"round{r}", resume=not stages.fresh,

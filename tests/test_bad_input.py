@@ -566,6 +566,16 @@ def test_pass_counts_must_be_positive(key, value):
         load_config(None, [f"pipeline.{key}={value}"])
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_the_rounds_reranker_rate_scale_is_a_positive_number(value):
+    from rocketkd.config import load_config
+
+    assert load_config(None, ["pipeline.round_reranker_lr_scale=0.1"]).pipeline.round_reranker_lr_scale == 0.1
+    with pytest.raises(ConfigError, match=f"'pipeline.round_reranker_lr_scale': must be a number > 0 \\(round_mode "
+                                          f"static freezes the re-ranker\\), got {float(value)}"):
+        load_config(None, [f"pipeline.round_reranker_lr_scale={value}"])
+
+
 @pytest.mark.parametrize("value", ["0", "-0.1", "1.5"])
 def test_the_fusion_level_lies_in_zero_one(value):
     from rocketkd.config import load_config

@@ -164,3 +164,31 @@ def test_check_on_train_only_where_nothing_learned_the_train_labels(tiny_data, t
     assert set(queries) == set(dev)  # the student has trained on the train labels
     queries, _ = check("pipeline.check_on_train=true", "pipeline.teacher_members=reranker,bm25")
     assert set(queries) == set(dev)  # so has the re-ranker
+
+
+def test_the_rounds_reranker_rates_scale_but_the_warm_ups_do_not(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    """pipeline.round_reranker_lr_scale multiplies the re-ranker's body and head rates in the joint round only: the
+    optimizer of the warm-up gets train.lr_reranker / lr_reranker_head as given, the round's a tenth of them."""
+    import rocketkd.training.loop as loop_mod
+
+    seen = []
+    real = loop_mod.param_groups
+
+    def spy(model, cfg):
+        seen.append((cfg.train.mode, cfg.train.lr_reranker, cfg.train.lr_reranker_head))
+        groups = real(model, cfg)
+        seen.append(sorted({g["lr"] for g in groups}))
+        return groups
+
+    monkeypatch.setattr(loop_mod, "param_groups", spy)
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [
+        f"data.path={tiny_data}", f"model.retriever={tiny_bert}", f"model.reranker={tiny_bert}",
+        f"output_dir={tmp_path / 'run'}", "pipeline.round_mode=joint", "pipeline.plot=false",
+        "train.lr_retriever=5e-4", "train.lr_reranker=1e-3", "train.lr_reranker_head=2e-3",
+        "pipeline.round_reranker_lr_scale=0.1"])
+    run_pipeline(cfg)
+    warm, warm_lrs, joint, joint_lrs = seen
+    assert warm[1:] == (1e-3, 2e-3) and warm_lrs == [5e-4, 1e-3, 2e-3]
+    assert joint[0] == "joint" and joint[1:] == pytest.approx((1e-4, 2e-4))
+    assert joint_lrs == pytest.approx([1e-4, 2e-4, 5e-4])  # the retriever's rate is left as it is
+    assert cfg.train.lr_reranker == 1e-3  # the pipeline's own config is not changed by the round's

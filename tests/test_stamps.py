@@ -109,6 +109,11 @@ def test_a_longer_round_keeps_the_prior_warm_up_and_check_before_it(tmp_path):
     rate = load_config(TINY_CONFIG, ["pipeline.round_steps=8", "pipeline.warmup_retriever=true", "train.lr_reranker=0.5"])
     run_all(rate, longer.to_dict())  # the warm-up trains the re-ranker at that rate: it and every later stage redone
     assert ran == ["warmup", "mine-1", "teachers-1", "train-1", "final"]
+    ran.clear()
+    slower = load_config(TINY_CONFIG, ["pipeline.round_steps=8", "pipeline.warmup_retriever=true", "train.lr_reranker=0.5",
+                                       "pipeline.round_reranker_lr_scale=0.1"])
+    run_all(slower, rate.to_dict())  # the round's rates alone: the warm-up (at the rates as given) and check are kept
+    assert ran == ["train-1", "final"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
