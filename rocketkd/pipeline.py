@@ -88,8 +88,8 @@ TRAINING_ONLY_KEYS = frozenset(f"train.{k}" for k in (
     "reranker_ce_weight", "distill_to_reranker", "in_batch_negatives", "mixed_precision", "dropout", "keep_best",
     "eval_every", "save_every", "num_workers"))
 BEFORE_TRAINING = ("prior", "teachers")  # stage kinds that ignore TRAINING_ONLY_KEYS
-# Pipeline keys that only size a round's training: the stages before it (prior, pre-training, warm-up, teachers'
-# check) do not read them, so a longer round reuses the half hour of warm-up before it.
+# Pipeline keys that only shape a round's training (its length, the re-ranker's rates in it): the stages before it
+# (prior, pre-training, warm-up, teachers' check) do not read them, so a longer round reuses the warm-up before it.
 ROUND_ONLY_KEYS = frozenset({"pipeline.round_steps", "pipeline.round_epochs", "pipeline.round_reranker_lr_scale"})
 # The re-ranker's label-free pre-training trains the cross-encoder alone: the retriever's keys do not touch it.
 RETRIEVER_ONLY_KEYS = frozenset(f"train.{k}" for k in (
