@@ -217,8 +217,8 @@ class PipelineConfig:
         1.0,
         "the re-ranker's rates (train.lr_reranker and lr_reranker_head) in each round, as a multiple; the warm-up "
         "keeps them. Below 1 the online teacher learns its training lists more slowly: at 1 its listwise CE on them "
-        "falls to about 0.3 in a two-pass SciFact round, and targets that close to the labels teach the retriever "
-        "little beyond its own CE (docs/results.md, \"Attention dropout off on SciFact\")",
+        "falls to about 0.3 in a two-pass SciFact round, and targets that close to the labels may teach the "
+        "retriever little beyond its own CE -- not yet measured (docs/results.md, \"Attention dropout off on SciFact\")",
     )
     warmup_retriever: bool = _f(
         True,
